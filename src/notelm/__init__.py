@@ -1,0 +1,3 @@
+"""notelm: learn music from symbolic scores and write new music."""
+
+__version__ = "0.1.0"

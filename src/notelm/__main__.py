@@ -1,0 +1,5 @@
+import sys
+
+from notelm.cli import main
+
+sys.exit(main())

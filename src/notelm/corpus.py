@@ -1,0 +1,394 @@
+"""The on-disk corpus: a note table, a song table, metadata tables and a manifest.
+
+Layout of a corpus directory::
+
+    manifest.json    format, version, sources, counts, split fractions, failures, duplicates
+    songs.arrow      one row per song (path, hash, collection, counts, duration, split, note range)
+    notes.arrow      one row per note (song, track, ticks and quarters, pitch, velocity, program, is_drum)
+    tempos.arrow     song, tick, qpm
+    timesigs.arrow   song, tick, numerator, denominator
+    keysigs.arrow    song, tick, sharps, minor
+
+All tables are Arrow IPC files (``pyarrow.ipc``; ``polars.read_ipc`` and
+``pandas.read_feather`` open them too), read through a memory map.  Notes are
+stored song after song, so a song is the row range ``note_start:note_end``.
+
+``prepare`` builds a corpus in resumable chunks under ``<out>.partial/`` and
+renames the finished directory into place: a corpus is never half-written.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.ipc
+
+from notelm import notes as nt
+from notelm.ingest import Chunk, IngestPool, Job, chunk_saved, default_workers, read_chunk
+from notelm.io import NotelmError, atomic_dir, hash_unit, read_json, write_json
+from notelm.sources import iter_files, read_sidecar
+
+FORMAT = "notelm-corpus"
+VERSION = 1
+SPLITS = ("train", "valid", "test")
+DEFAULT_SPLIT = (0.8, 0.1, 0.1)
+CHUNK_FILES = 64  # files per resumable unit of work
+
+META_TABLES = {
+    "tempos": {"tick": np.int64, "qpm": np.float64},
+    "timesigs": {"tick": np.int64, "numerator": np.int16, "denominator": np.int16},
+    "keysigs": {"tick": np.int64, "sharps": np.int16, "minor": np.bool_},
+}
+
+
+def assign_split(sha: str, fractions=DEFAULT_SPLIT) -> str:
+    """Song-level split from the content hash: the same file lands in the same split everywhere."""
+    u = hash_unit(sha)
+    edges = np.cumsum(fractions)
+    return SPLITS[int(min(np.searchsorted(edges, u, side="right"), 2))]
+
+
+def parse_split(text: str) -> tuple[float, float, float]:
+    try:
+        parts = [float(x) for x in text.split("/")]
+    except ValueError:
+        parts = []
+    if len(parts) != 3 or min(parts) < 0 or sum(parts) <= 0:
+        raise NotelmError(f"--split {text!r}: expected three numbers like 80/10/10")
+    total = sum(parts)
+    return tuple(p / total for p in parts)
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    if not text:
+        return None
+    try:
+        k, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        k = n = 0
+    if not (n >= 1 and 1 <= k <= n):
+        raise NotelmError(f"--shard {text!r}: expected K/N with 1 <= K <= N, e.g. 2/8")
+    return k, n
+
+
+# --------------------------------------------------------------------------- reading
+
+class Corpus:
+    """A prepared corpus, memory-mapped.  ``songs`` is a dict of numpy columns."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        manifest_path = self.path / "manifest.json"
+        if not manifest_path.exists():
+            raise NotelmError(f"{self.path}: not a notelm corpus (no manifest.json); make one with `notelm prepare`")
+        self.manifest = read_json(manifest_path)
+        if self.manifest.get("format") != FORMAT:
+            raise NotelmError(f"{self.path}: manifest.json is not a notelm corpus manifest")
+        if self.manifest.get("version") != VERSION:
+            raise NotelmError(f"{self.path}: corpus version {self.manifest.get('version')} is not supported (expected {VERSION}); prepare it again")
+        songs = _read_table(self.path / "songs.arrow")
+        self.songs = {name: songs.column(name).to_numpy(zero_copy_only=False) for name in songs.column_names}
+        self._notes = _read_table(self.path / "notes.arrow")
+        self._meta = {name: _read_table(self.path / f"{name}.arrow") for name in META_TABLES}
+
+    def __len__(self) -> int:
+        return len(self.songs["song"])
+
+    @property
+    def num_notes(self) -> int:
+        return self._notes.num_rows
+
+    @property
+    def collections(self) -> list[str]:
+        return sorted(set(self.songs["collection"].tolist()))
+
+    def split_ids(self, split: str = "all") -> np.ndarray:
+        if split == "all":
+            return self.songs["song"].astype(np.int64)
+        if split not in SPLITS:
+            raise NotelmError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)} or all")
+        return self.songs["song"][self.songs["split"] == split].astype(np.int64)
+
+    def notes(self, song: int) -> nt.Notes:
+        """The notes of one song (sorted by track, onset, pitch)."""
+        start, end = int(self.songs["note_start"][song]), int(self.songs["note_end"][song])
+        part = self._notes.slice(start, end - start)
+        return {name: _column(part, name) for name in nt.NOTE_COLUMNS}
+
+    def all_notes(self, columns: Iterable[str] | None = None) -> nt.Notes:
+        """Whole note-table columns (plus ``song``), for vectorized work over the corpus."""
+        names = list(columns) if columns is not None else ["song", *nt.NOTE_COLUMNS]
+        return {name: _column(self._notes, name) for name in names}
+
+    def meta(self, song: int) -> nt.SongMeta:
+        out = nt.SongMeta(tpq=int(self.songs["tpq"][song]))
+        for table, fields in (("tempos", ("tempo_tick", "tempo_qpm")), ("timesigs", ("timesig_tick", "timesig_num", "timesig_den")),
+                              ("keysigs", ("key_tick", "key_sharps", "key_minor"))):
+            t = self._meta[table]
+            ids = _column(t, "song")
+            lo, hi = np.searchsorted(ids, song), np.searchsorted(ids, song, side="right")
+            for field, column in zip(fields, list(META_TABLES[table])):
+                setattr(out, field, _column(t, column)[lo:hi])
+        return out
+
+    def song_index(self, key: str) -> int:
+        """A song id from an id, a path suffix or a hash prefix."""
+        if key.isdigit() and int(key) < len(self):
+            return int(key)
+        for name in ("sha", "path"):
+            hits = [i for i, v in enumerate(self.songs[name]) if (v.startswith(key) if name == "sha" else v.endswith(key))]
+            if len(hits) == 1:
+                return hits[0]
+        raise NotelmError(f"{self.path}: no single song matches {key!r}")
+
+
+def _read_table(path: Path) -> pa.Table:
+    try:
+        return pa.ipc.open_file(pa.memory_map(str(path), "r")).read_all()
+    except (OSError, pa.ArrowInvalid) as e:
+        raise NotelmError(f"{path}: cannot read corpus table: {e}") from None
+
+
+def _column(table: pa.Table, name: str) -> np.ndarray:
+    col = table.column(name)
+    if col.num_chunks == 1:
+        return col.chunk(0).to_numpy(zero_copy_only=False)
+    return col.to_numpy()
+
+
+# --------------------------------------------------------------------------- writing
+
+SONG_COLUMNS = ["song", "path", "sha", "source", "collection", "part", "split", "n_notes", "n_tracks", "tpq",
+                "duration_q", "duration_s", "qpm", "time_signature", "key", "note_start", "note_end"]
+_STRING_COLUMNS = {"path", "sha", "source", "collection", "split", "time_signature", "key"}
+_FLOAT_COLUMNS = {"duration_q", "duration_s", "qpm"}
+
+
+class CorpusWriter:
+    """Streams chunks of songs into a new corpus directory; duplicates (same hash) are kept once."""
+
+    def __init__(self, out_dir: Path, split=DEFAULT_SPLIT):
+        self.out_dir = Path(out_dir)
+        self.split = split
+        self.records: list[dict] = []
+        self.duplicates: list[dict] = []
+        self._first_path: dict[str, str] = {}
+        self._meta = {name: [] for name in META_TABLES}
+        self._n_notes = 0
+        schema = pa.schema([("song", pa.int32())] + [(k, pa.from_numpy_dtype(v)) for k, v in nt.NOTE_COLUMNS.items()])
+        self._writer = pa.ipc.new_file(str(self.out_dir / "notes.arrow"), schema)
+
+    def add(self, chunk: Chunk) -> None:
+        """Append a chunk; its notes must be grouped by song in song order (as ingest makes them)."""
+        new_id = np.full(len(chunk.records), -1, np.int64)  # chunk song -> corpus song (-1: duplicate)
+        counts = np.bincount(chunk.notes["song"], minlength=len(chunk.records)) if chunk.notes else np.zeros(len(chunk.records), np.int64)
+        start = self._n_notes
+        for k, rec in enumerate(chunk.records):
+            if rec["sha"] in self._first_path:
+                self.duplicates.append({"path": rec["path"], "same_as": self._first_path[rec["sha"]]})
+                continue
+            self._first_path[rec["sha"]] = rec["path"]
+            new_id[k] = len(self.records)
+            n = int(counts[k])
+            self.records.append(dict(rec, song=len(self.records), split=assign_split(rec["sha"], self.split),
+                                     n_notes=n, note_start=start, note_end=start + n))
+            start += n
+        if not chunk.notes:
+            return
+        song = new_id[chunk.notes["song"]]
+        keep = song >= 0
+        batch = {"song": song[keep].astype(np.int32)}
+        for name, dtype in nt.NOTE_COLUMNS.items():
+            col = chunk.notes[name]
+            batch[name] = (col if keep.all() else col[keep]).astype(dtype, copy=False)
+        self._writer.write_batch(pa.record_batch(batch))
+        self._n_notes = start
+        for table, cols in chunk.meta.items():
+            ids = new_id[cols["song"]]
+            ok = ids >= 0
+            self._meta[table].append({"song": ids[ok].astype(np.int32), **{c: v[ok] for c, v in cols.items() if c != "song"}})
+
+    def close(self, manifest: dict) -> dict:
+        self._writer.close()
+        columns = {}
+        for k in SONG_COLUMNS:
+            values = [r[k] for r in self.records]
+            kind = pa.string() if k in _STRING_COLUMNS else pa.float64() if k in _FLOAT_COLUMNS else pa.int64()
+            columns[k] = pa.array(values, kind)
+        _write_table(self.out_dir / "songs.arrow", pa.table(columns))
+        for name, fields in META_TABLES.items():
+            rows = self._meta[name]
+            table = {"song": np.concatenate([r["song"] for r in rows]) if rows else np.zeros(0, np.int32)}
+            for f, dtype in fields.items():
+                table[f] = np.concatenate([r[f] for r in rows]).astype(dtype) if rows else np.zeros(0, dtype)
+            _write_table(self.out_dir / f"{name}.arrow", pa.table(table))
+        collections: dict[str, int] = {}
+        for r in self.records:
+            collections[r["collection"]] = collections.get(r["collection"], 0) + 1
+        manifest = {
+            "format": FORMAT,
+            "version": VERSION,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            **manifest,
+            "split": dict(zip(SPLITS, self.split)),
+        }
+        manifest["counts"] = {
+            **manifest.get("counts", {}),
+            "songs": len(self.records),
+            "notes": self._n_notes,
+            "hours": round(sum(r["duration_s"] for r in self.records) / 3600, 3),
+            "duplicates": len(self.duplicates),
+            **{f"{s}_songs": sum(r["split"] == s for r in self.records) for s in SPLITS},
+        }
+        manifest["collections"] = dict(sorted(collections.items()))
+        manifest["duplicates"] = self.duplicates
+        write_json(self.out_dir / "manifest.json", manifest)
+        return manifest
+
+
+def _write_table(path: Path, table: pa.Table) -> None:
+    with pa.ipc.new_file(str(path), table.schema) as writer:
+        writer.write_table(table)
+
+
+# --------------------------------------------------------------------------- prepare
+
+def _chunks(files, shard):
+    """Group the (optionally sharded) file stream into numbered chunks of CHUNK_FILES."""
+    chunk, number = [], 0
+    for i, f in enumerate(files):
+        if shard and i % shard[1] != shard[0] - 1:
+            continue
+        chunk.append((i, f))
+        if len(chunk) == CHUNK_FILES:
+            yield number, chunk
+            chunk, number = [], number + 1
+    if chunk:
+        yield number, chunk
+
+
+def _chunk_id(chunk) -> str:
+    h = hashlib.blake2b(digest_size=8)
+    for _, f in chunk:
+        h.update(f"{f.path}\0{f.collection}\0{f.source}\n".encode())
+    return h.hexdigest()
+
+
+def prepare(sources: list[str], out: Path, workers: int | None = None, shard: tuple[int, int] | None = None,
+            split=DEFAULT_SPLIT, metadata_csv: str | None = None, max_file_mb: float | None = 64.0,
+            force: bool = False, progress: bool = True, log=print) -> dict:
+    """Build a corpus from sources; resumes from ``<out>.partial`` if a previous run was killed."""
+    from tqdm import tqdm
+
+    out = Path(out)
+    if (out / "manifest.json").exists() and not force:
+        raise NotelmError(f"{out}: a corpus is already there; pass --force to rebuild it")
+    if out.exists() and not (out / "manifest.json").exists() and (not out.is_dir() or any(out.iterdir())):
+        raise NotelmError(f"{out}: exists and is not a notelm corpus; choose another -o")
+    if not sources:
+        raise NotelmError("no sources given")
+    started = time.perf_counter()
+    overrides = read_sidecar(metadata_csv) if metadata_csv else {}
+    stream = lambda: iter_files(sources, max_file_mb=max_file_mb, overrides=overrides)  # noqa: E731
+    total = sum(1 for i, _ in enumerate(stream()) if not shard or i % shard[1] == shard[0] - 1)
+    partial = out.with_name(out.name + ".partial")
+    parts_dir = partial / "parts"
+    parts_dir.mkdir(parents=True, exist_ok=True)
+
+    bar = tqdm(total=total, unit="file", desc="prepare", disable=not progress, dynamic_ncols=True)
+    resumed, failures = 0, []
+
+    def jobs():
+        for number, chunk in _chunks(stream(), shard):
+            chunk_id = _chunk_id(chunk)
+            stem = parts_dir / f"{number:06d}"
+            if chunk_saved(stem, chunk_id):
+                yield (stem, chunk, True), None
+            else:
+                known = [{"index": i, "path": f.path, "reason": f.error} for i, f in chunk if f.error]
+                files = [(i, f.path, f.source, f.collection) for i, f in chunk if not f.error]
+                yield (stem, chunk, False), Job(files, stem, chunk_id, known)
+
+    with IngestPool(workers or default_workers()) as pool, atomic_dir(out) as tmp:
+        writer = CorpusWriter(tmp, split)
+        for stem, chunk, resuming in pool.map(jobs()):
+            result = read_chunk(stem)
+            resumed += len(chunk) if resuming else 0
+            failures += [{"path": f["path"], "reason": f["reason"]} for f in result.failures]
+            writer.add(result)
+            bar.update(len(chunk))
+            bar.set_postfix(failed=len(failures), refresh=False)
+        bar.close()
+        manifest = writer.close({
+            "sources": sources,
+            "shard": f"{shard[0]}/{shard[1]}" if shard else None,
+            "counts": {"files": total, "failed": len(failures)},
+            "failures": failures,
+        })
+    shutil.rmtree(partial, ignore_errors=True)
+    c = manifest["counts"]
+    elapsed = time.perf_counter() - started
+    for f in failures:
+        log(f"failed: {f['path']}: {f['reason']}")
+    log(f"prepared {c['songs']} songs, {c['notes']:,} notes, {c['hours']:.1f} h from {total} files "
+        f"({c['failed']} failed, {c['duplicates']} duplicates{f', {resumed} resumed' if resumed else ''}) "
+        f"in {elapsed:.1f} s -> {out}")
+    return manifest
+
+
+def _corpus_chunks(corpus: Corpus, songs_per_chunk: int = 256) -> Iterator[Chunk]:
+    """A corpus as a stream of Chunks, for merging."""
+    notes = corpus.all_notes()
+    for lo in range(0, len(corpus), songs_per_chunk):
+        hi = min(lo + songs_per_chunk, len(corpus))
+        a, b = int(corpus.songs["note_start"][lo]), int(corpus.songs["note_end"][hi - 1])
+        chunk = Chunk(records=[{k: _py(corpus.songs[k][s]) for k in SONG_COLUMNS} for s in range(lo, hi)])
+        chunk.notes = {k: v[a:b] for k, v in notes.items()}
+        chunk.notes["song"] = chunk.notes["song"] - lo
+        for table in META_TABLES:
+            t = corpus._meta[table]
+            ids = _column(t, "song")
+            i, j = np.searchsorted(ids, lo), np.searchsorted(ids, hi)
+            chunk.meta[table] = {c: _column(t, c)[i:j] for c in t.column_names}
+            chunk.meta[table]["song"] = chunk.meta[table]["song"] - lo
+        yield chunk
+
+
+def _py(v):
+    return v.item() if isinstance(v, np.generic) else v
+
+
+def merge(inputs: list[Path], out: Path, force: bool = False, log=print) -> dict:
+    """Join corpora (e.g. shards) into one; songs with the same hash are kept once."""
+    out = Path(out)
+    if (out / "manifest.json").exists() and not force:
+        raise NotelmError(f"{out}: a corpus is already there; pass --force to replace it")
+    corpora = [Corpus(p) for p in inputs]
+    splits = {tuple(c.manifest["split"].values()) for c in corpora}
+    if len(splits) > 1:
+        raise NotelmError("cannot merge corpora prepared with different --split fractions")
+    started = time.perf_counter()
+    with atomic_dir(out) as tmp:
+        writer = CorpusWriter(tmp, splits.pop())
+        for corpus in corpora:
+            for chunk in _corpus_chunks(corpus):
+                writer.add(chunk)
+        manifest = writer.close({
+            "sources": [s for c in corpora for s in c.manifest["sources"]],
+            "merged_from": [str(p) for p in inputs],
+            "counts": {"files": sum(c.manifest["counts"]["files"] for c in corpora),
+                       "failed": sum(c.manifest["counts"]["failed"] for c in corpora)},
+            "failures": [f for c in corpora for f in c.manifest["failures"]],
+        })
+    c = manifest["counts"]
+    log(f"merged {len(inputs)} corpora: {c['songs']} songs, {c['notes']:,} notes "
+        f"({c['duplicates']} duplicates dropped) in {time.perf_counter() - started:.1f} s -> {out}")
+    return manifest

@@ -1,0 +1,120 @@
+"""Streams and vocabularies shared by every representation.
+
+An encoded song is a ``dict[str, np.ndarray]``: one integer stream per event
+attribute (e.g. ``pitch``, ``duration``), all of the same length, one entry per
+event.  Every stream reserves the same three special ids, so a position is a
+padding, begin-of-piece or end-of-piece event in all streams at once::
+
+    PAD = 0    fills batches past a song's end; never a target
+    BOS = 1    first event of every song
+    EOS = 2    last event of every song
+    3 ...      the stream's own values, named in ``Stream.tokens``
+
+A ``Vocab`` lists the streams (in the order ordered heads predict them) and the
+optional per-piece condition values (collection / composer / genre).  It is
+saved as JSON with every encoded corpus and every model trained on one, and two
+vocabularies must be equal for a model to read a corpus.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from notelm.io import NotelmError
+
+PAD, BOS, EOS = 0, 1, 2
+SPECIALS = ("<pad>", "<bos>", "<eos>")
+N_SPECIAL = len(SPECIALS)
+UNCONDITIONED = 0  # condition id meaning "no collection given"; real values start at 1
+
+
+@dataclass
+class Stream:
+    name: str
+    tokens: list[str]  # names of the regular values; id = N_SPECIAL + index
+
+    @property
+    def size(self) -> int:
+        return N_SPECIAL + len(self.tokens)
+
+    def id_of(self, token: str) -> int:
+        return N_SPECIAL + self.tokens.index(token)
+
+    def name_of(self, token_id: int) -> str:
+        return SPECIALS[token_id] if token_id < N_SPECIAL else self.tokens[token_id - N_SPECIAL]
+
+    @property
+    def dtype(self):
+        return np.uint8 if self.size <= 256 else np.uint16
+
+
+@dataclass
+class Vocab:
+    representation: str  # "seed" or "events"
+    config: dict  # the encoder's settings (grid, caps, flags): part of the identity
+    streams: list[Stream]
+    conditions: list[str] = field(default_factory=list)  # id = 1 + index; 0 = unconditioned
+
+    @property
+    def names(self) -> list[str]:
+        return [s.name for s in self.streams]
+
+    @property
+    def sizes(self) -> list[int]:
+        return [s.size for s in self.streams]
+
+    def stream(self, name: str) -> Stream:
+        for s in self.streams:
+            if s.name == name:
+                return s
+        raise KeyError(name)
+
+    def condition_id(self, name: str | None) -> int:
+        if name is None:
+            return UNCONDITIONED
+        if name not in self.conditions:
+            valid = ", ".join(self.conditions) or "(none: this model was trained without conditioning)"
+            raise NotelmError(f"unknown condition {name!r}; valid names: {valid}")
+        return 1 + self.conditions.index(name)
+
+    def to_json(self) -> dict:
+        return {
+            "representation": self.representation,
+            "config": self.config,
+            "streams": [{"name": s.name, "tokens": s.tokens} for s in self.streams],
+            "conditions": self.conditions,
+        }
+
+    @classmethod
+    def from_json(cls, obj: dict) -> "Vocab":
+        try:
+            return cls(obj["representation"], dict(obj["config"]),
+                       [Stream(s["name"], list(s["tokens"])) for s in obj["streams"]], list(obj.get("conditions", [])))
+        except (KeyError, TypeError) as e:
+            raise NotelmError(f"malformed vocabulary: missing or wrong field {e}") from None
+
+    def differences(self, other: "Vocab") -> list[str]:
+        """Human-readable reasons why ``other`` cannot be read by a model of ``self`` (empty: compatible)."""
+        out = []
+        if self.representation != other.representation:
+            out.append(f"representation {other.representation!r} != {self.representation!r}")
+        if self.config != other.config:
+            keys = sorted(set(self.config) | set(other.config))
+            diff = [f"{k}: {other.config.get(k)!r} vs {self.config.get(k)!r}" for k in keys if self.config.get(k) != other.config.get(k)]
+            out.append("encoder settings differ (" + "; ".join(diff) + ")")
+        if self.names != other.names:
+            out.append(f"streams {other.names} != {self.names}")
+        else:
+            for a, b in zip(self.streams, other.streams):
+                if a.tokens != b.tokens:
+                    out.append(f"stream {a.name!r} has {b.size} values, the model expects {a.size}")
+        return out
+
+    def check_ids(self, streams: dict[str, np.ndarray]) -> None:
+        """Raise if any id is out of its stream's range (vocabularies are closed)."""
+        for s in self.streams:
+            values = streams[s.name]
+            if len(values) and (values.min() < 0 or values.max() >= s.size):
+                raise NotelmError(f"stream {s.name!r} holds ids outside 0..{s.size - 1}")

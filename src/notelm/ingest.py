@@ -1,0 +1,347 @@
+"""File -> notes: symusic for MIDI, music21 for MusicXML / kern / ABC; a crash-proof worker pool.
+
+Per file, ``load_file`` does only the parse (one file may hold several pieces)
+and raises ``IngestError`` with a one-line reason for anything it will not
+keep.  ``load_chunk`` then assembles a whole run of files into one note table
+with a few numpy calls: the per-file Python work stays tiny, which is what
+keeps ingest close to symusic's raw parsing speed.
+
+``IngestPool`` runs chunks in worker processes.  When a parser takes its
+whole process down, the pool is rebuilt and the files of the broken chunks are
+retried one by one, so only the file that crashed is lost.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import multiprocessing as mp
+import os
+import warnings
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from notelm import notes as nt
+from notelm.io import atomic_path, content_hash, read_json, write_json
+from notelm.sources import is_midi
+
+MUSIC21_TPQ = 480  # divisible by 3, 4 and 5: music21's tuplets land on whole ticks
+
+META_FIELDS = {  # corpus table -> column -> SongMeta attribute
+    "tempos": {"tick": "tempo_tick", "qpm": "tempo_qpm"},
+    "timesigs": {"tick": "timesig_tick", "numerator": "timesig_num", "denominator": "timesig_den"},
+    "keysigs": {"tick": "key_tick", "sharps": "key_sharps", "minor": "key_minor"},
+}
+
+
+class IngestError(Exception):
+    """A file that cannot be kept; the message is the one-line reason."""
+
+
+def load_file(path: str) -> tuple[str, list[nt.RawSong]]:
+    """(content hash, parsed pieces) of one file."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise IngestError(f"cannot read: {e.strerror or e}") from None
+    if not data:
+        raise IngestError("empty file (0 bytes)")
+    sha = content_hash(data)
+    raws = [_load_midi(data)] if is_midi(path) else _load_music21(path)
+    if not any(raw.tracks for raw in raws):
+        raise IngestError("no notes")
+    return sha, raws
+
+
+def _load_midi(data: bytes) -> nt.RawSong:
+    import symusic
+
+    if data[:4] != b"MThd":
+        raise IngestError("not a MIDI file (no MThd header)")
+    try:
+        score = symusic.Score.from_midi(data)
+    except Exception as e:  # symusic raises RuntimeError with its parser's message
+        raise IngestError(f"unreadable MIDI: {_one_line(e)}") from None
+    if score.tpq <= 0:
+        raise IngestError(f"invalid ticks per quarter note ({score.tpq})")
+    return nt.raw_from_score(score)
+
+
+def _load_music21(path: str) -> list[nt.RawSong]:
+    import music21
+
+    warnings.simplefilter("ignore")
+    try:
+        parsed = music21.converter.parse(path, forceSource=True)
+    except Exception as e:
+        raise IngestError(f"music21 could not parse it: {_one_line(e)}") from None
+    scores = list(parsed.scores) if isinstance(parsed, music21.stream.Opus) else [parsed]
+    return [_music21_song(score) for score in scores]
+
+
+def _music21_song(score) -> nt.RawSong:
+    """A music21 score -> RawSong; ties are merged first so a tied note is one note."""
+    import music21
+
+    def ticks(offsets):
+        return np.round(np.asarray(offsets, np.float64) * MUSIC21_TPQ).astype(np.int64)
+
+    score = score.stripTies(inPlace=False)
+    flat = score.flatten()
+    meta = nt.SongMeta(tpq=MUSIC21_TPQ)
+    tempos = [(m.getOffsetInHierarchy(score), m.getQuarterBPM()) for m in flat.getElementsByClass(music21.tempo.MetronomeMark)]
+    tempos = [(float(o), q) for o, q in tempos if q]
+    if tempos:
+        meta.tempo_tick, meta.tempo_qpm = ticks([o for o, _ in tempos]), np.array([q for _, q in tempos], np.float64)
+    sigs = list(flat.getElementsByClass(music21.meter.TimeSignature))
+    if sigs:
+        meta.timesig_tick = ticks([float(s.getOffsetInHierarchy(score)) for s in sigs])
+        meta.timesig_num = np.array([s.numerator for s in sigs], np.int16)
+        meta.timesig_den = np.array([s.denominator for s in sigs], np.int16)
+    keys = list(flat.getElementsByClass(music21.key.KeySignature))
+    if keys:
+        meta.key_tick = ticks([float(k.getOffsetInHierarchy(score)) for k in keys])
+        meta.key_sharps = np.array([k.sharps for k in keys], np.int16)
+        meta.key_minor = np.array([getattr(k, "mode", "major") == "minor" for k in keys], np.bool_)
+
+    raw = nt.RawSong(meta)
+    parts = list(score.parts) if hasattr(score, "parts") and len(score.parts) else [score]
+    for index, part in enumerate(parts):
+        instrument = part.getInstrument(returnDefault=True)
+        program = instrument.midiProgram if instrument is not None and instrument.midiProgram is not None else 0
+        onset, duration, pitch, velocity = [], [], [], []
+        for element in part.recurse().notes:  # music21 has no array API: one step per note or chord
+            o = float(element.getOffsetInHierarchy(score))
+            d = float(element.duration.quarterLength)
+            v = element.volume.velocity if element.volume.velocity is not None else 64
+            for p in element.pitches:
+                onset.append(o)
+                duration.append(d)
+                pitch.append(p.midi)
+                velocity.append(v)
+        if pitch:
+            raw.tracks.append((ticks(onset), ticks(duration), np.array(pitch), np.array(velocity), index, int(program), False))
+    return raw
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text[:300]
+
+
+# --------------------------------------------------------------------------- chunks
+
+@dataclass
+class Chunk:
+    """The songs of a run of files.  ``notes`` and every ``meta`` table carry a ``song``
+    column indexing ``records`` (song-table rows, without corpus-wide ids and split)."""
+
+    records: list[dict] = field(default_factory=list)
+    notes: dict = field(default_factory=dict)
+    meta: dict = field(default_factory=dict)  # table -> column -> array
+    failures: list[dict] = field(default_factory=list)
+
+
+def load_chunk(files: list[tuple[int, str, str, str]]) -> Chunk:
+    """Load (index, path, source, collection) files into one Chunk; failures are recorded."""
+    out = Chunk()
+    raws, info = [], []  # info: (index, path, source, collection, sha, part) per piece
+    for index, path, source, collection in files:
+        try:
+            sha, pieces = load_file(path)
+        except IngestError as e:
+            out.failures.append({"index": index, "path": path, "reason": str(e)})
+            continue
+        except Exception as e:  # a parser bug must cost one file, not the run
+            out.failures.append({"index": index, "path": path, "reason": f"parser error: {type(e).__name__}: {_one_line(e)}"})
+            continue
+        for part, raw in enumerate(pieces):
+            raws.append(raw)
+            info.append((index, path, source, collection, sha if len(pieces) == 1 else f"{sha}#{part}", part))
+    if not raws:
+        return out
+
+    notes = nt.assemble(raws)
+    counts = np.bincount(notes["song"], minlength=len(raws))
+    kept = np.flatnonzero(counts > 0)  # a piece whose every note was unplayable is dropped
+    lost = {info[k][0] for k in range(len(raws))} - {info[k][0] for k in kept}
+    for index in sorted(lost):
+        out.failures.append({"index": index, "path": next(i[1] for i in info if i[0] == index), "reason": "no playable notes"})
+    remap = np.full(len(raws), -1, np.int64)
+    remap[kept] = np.arange(len(kept))
+    notes["song"] = remap[notes["song"]].astype(np.int32)
+    raws = [raws[k] for k in kept]
+    info = [info[k] for k in kept]
+
+    for table, fields in META_FIELDS.items():
+        cols = {c: np.concatenate([np.asarray(getattr(r.meta, a)) for r in raws]) for c, a in fields.items()}
+        cols["song"] = np.repeat(np.arange(len(raws), dtype=np.int32), [len(getattr(r.meta, fields["tick"])) for r in raws])
+        out.meta[table] = cols
+    out.notes = notes
+
+    # per-song figures, vectorized over the chunk (notes are grouped by song)
+    starts = np.searchsorted(notes["song"], np.arange(len(raws)))
+    end_tick = np.maximum.reduceat(notes["onset_tick"] + notes["duration_tick"], starts)
+    end_q = np.maximum.reduceat(notes["onset"] + notes["duration"], starts)
+    tempos = out.meta["tempos"]
+    seconds = nt.seconds_at(np.arange(len(raws)), end_tick, tempos["song"], tempos["tick"], tempos["qpm"],
+                            np.array([r.meta.tpq for r in raws]))
+    for k, (raw, (index, path, source, collection, sha, part)) in enumerate(zip(raws, info)):
+        out.records.append({
+            "path": f"{path}#{part}" if "#" in sha else path,
+            "sha": sha, "source": source, "collection": collection, "part": part, "tpq": raw.meta.tpq,
+            "n_tracks": len({t[4] for t in raw.tracks}), "duration_q": float(end_q[k]), "duration_s": float(seconds[k]),
+            "qpm": raw.meta.first_qpm, "time_signature": raw.meta.time_signature, "key": raw.meta.key,
+        })
+    return out
+
+
+def save_chunk(chunk: Chunk, stem: Path, chunk_id: str) -> None:
+    """Store a finished chunk: ``stem.npy`` (its arrays, one ``np.save`` after another),
+    then ``stem.json`` (names, records, failures), whose presence commits the chunk."""
+    arrays = {f"notes.{k}": v for k, v in chunk.notes.items()}
+    arrays.update({f"meta.{t}.{c}": v for t, cols in chunk.meta.items() for c, v in cols.items()})
+    with atomic_path(stem.with_suffix(".npy")) as tmp:
+        with open(tmp, "wb") as fh:
+            for array in arrays.values():
+                np.save(fh, array, allow_pickle=False)
+    write_json(stem.with_suffix(".json"), {"chunk": chunk_id, "arrays": list(arrays), "records": chunk.records,
+                                            "failures": chunk.failures})
+
+
+def read_chunk(stem: Path) -> Chunk:
+    info = read_json(stem.with_suffix(".json"))
+    chunk = Chunk(records=info["records"], failures=info["failures"])
+    with open(stem.with_suffix(".npy"), "rb") as fh:
+        for key in info["arrays"]:
+            kind, *rest = key.split(".")
+            array = np.load(fh, allow_pickle=False)
+            if kind == "notes":
+                chunk.notes[rest[0]] = array
+            else:
+                chunk.meta.setdefault(rest[0], {})[rest[1]] = array
+    return chunk
+
+
+def chunk_saved(stem: Path, chunk_id: str) -> bool:
+    """Whether ``stem`` holds a complete chunk made from exactly the same files."""
+    if not stem.with_suffix(".npy").exists():
+        return False
+    try:
+        return read_json(stem.with_suffix(".json")).get("chunk") == chunk_id
+    except (OSError, ValueError):
+        return False
+
+
+@dataclass
+class Job:
+    """A chunk of work: files to load, failures already known, and where to save the result."""
+
+    files: list  # (index, path, source, collection)
+    stem: Path
+    chunk_id: str
+    known_failures: list = field(default_factory=list)
+
+
+def run_job(job: Job) -> None:
+    """Load a chunk and save it where the job says (the parent reads it back from disk:
+    cheaper than sending it through a pipe, and the same path as a resumed chunk)."""
+    _finish(job, load_chunk(job.files))
+
+
+def _finish(job: Job, chunk: Chunk) -> None:
+    chunk.failures = sorted(job.known_failures + chunk.failures, key=lambda f: f["index"])
+    save_chunk(chunk, job.stem, job.chunk_id)
+
+
+def join_chunks(chunks: list[Chunk]) -> Chunk:
+    """One Chunk from several (song indices shifted so they stay unique)."""
+    out = Chunk()
+    notes, metas = [], {t: [] for t in META_FIELDS}
+    for c in chunks:
+        offset = len(out.records)
+        out.records += c.records
+        out.failures += c.failures
+        if c.notes:
+            notes.append({**c.notes, "song": c.notes["song"] + offset})
+        for t, cols in c.meta.items():
+            metas[t].append({**cols, "song": cols["song"] + offset})
+    out.notes = {k: np.concatenate([n[k] for n in notes]) for k in notes[0]} if notes else {}
+    out.meta = {t: {c: np.concatenate([r[c] for r in rows]) for c in rows[0]} for t, rows in metas.items() if rows}
+    return out
+
+
+# --------------------------------------------------------------------------- the pool
+
+class IngestPool:
+    """Runs ``run_job`` in worker processes, reporting finished jobs in submission order."""
+
+    def __init__(self, workers: int):
+        self.workers = max(1, workers)
+        self._ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
+        self._pool = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._shutdown()
+
+    def _shutdown(self):
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+
+    def _submit(self, job: Job):
+        if self._pool is None:
+            self._pool = cf.ProcessPoolExecutor(self.workers, mp_context=self._ctx)
+        return self._pool.submit(run_job, job)
+
+    def map(self, jobs: Iterable[tuple[object, Job | None]]) -> Iterator[object]:
+        """Run every ``(key, job)`` and yield its key once its chunk is saved, in order,
+        with a bounded number in flight.  A ``None`` job (already saved) is not run."""
+        pending: deque = deque()
+        jobs = iter(jobs)
+        exhausted = False
+        while True:
+            while not exhausted and len(pending) < 2 * self.workers:
+                try:
+                    key, job = next(jobs)
+                except StopIteration:
+                    exhausted = True
+                    break
+                pending.append((key, job, None if job is None else self._submit(job)))
+            if not pending:
+                return
+            key, job, future = pending.popleft()
+            try:
+                if future is not None:
+                    future.result()
+                yield key
+            except cf.process.BrokenProcessPool:
+                # A worker died (segfault, abort, OOM kill) and took every chunk in flight
+                # with it; redo each of their files alone so only the culprit is reported.
+                self._shutdown()
+                redo = [(key, job)] + [(k, j) for k, j, _ in pending]
+                pending.clear()
+                for k, j in redo:
+                    if j is not None:
+                        _finish(j, join_chunks([self._isolated(item) for item in j.files]))
+                    yield k
+
+    def _isolated(self, item) -> Chunk:
+        with cf.ProcessPoolExecutor(1, mp_context=self._ctx) as pool:
+            try:
+                return pool.submit(load_chunk, [item]).result()
+            except cf.process.BrokenProcessPool:
+                return Chunk(failures=[{"index": item[0], "path": item[1], "reason": "the parser crashed its process on this file"}])
+
+
+def default_workers() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return max(1, os.cpu_count() or 1)
