@@ -37,6 +37,42 @@ def cmd_merge(a):
     merge([Path(p) for p in a.corpora], Path(a.output), force=a.force)
 
 
+def cmd_train(a):
+    from notelm.train import load_config, train
+
+    if a.resume and (a.config or a.set):
+        from notelm.io import NotelmError
+
+        raise NotelmError("--resume continues with the run's saved configuration; drop --config/--set")
+    # with --init the model and encoding come from the checkpoint; --config/--set give the training settings
+    run = load_config(a.config, a.set or [])
+    train(a.corpus, run, a.output, resume=a.resume, init=a.init, progress=not a.quiet)
+
+
+def cmd_plot(a):
+    from notelm.train import plot
+
+    print(f"wrote {plot(a.run, a.output)}")
+
+
+def cmd_render(a):
+    from notelm.render import render_file
+
+    written = render_file(Path(a.midi), out_dir=a.output, wav=a.wav, png=a.png, soundfont=a.soundfont)
+    if "wav" in written:
+        w = written["wav"]
+        print(f"wrote {w['path']} ({w['path'].stat().st_size / 1e6:.1f} MB, {w['seconds']:.1f} s, "
+              f"RMS {w['rms']:.3f}, peak {w['peak']:.2f})")
+    if "png" in written:
+        print(f"wrote {written['png']} ({written['png'].stat().st_size / 1e3:.0f} kB piano roll)")
+
+
+def cmd_encode(a):
+    from notelm.encoding.cache import encode_command
+
+    encode_command(a.corpus, a.repr, a.set, force=a.force, progress=not a.quiet)
+
+
 # --------------------------------------------------------------------------- parser
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,6 +103,49 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--output", required=True, metavar="CORPUS_DIR")
     s.add_argument("--force", action="store_true", help="replace an existing output corpus")
     s.set_defaults(func=cmd_merge)
+
+    s = sub.add_parser("train", help="train a model on a corpus (LSTM or transformer; presets in configs/)",
+                       description="Train on the corpus's train split with random crops and the loss at every position, "
+                                   "stop early on the valid split, write checkpoints to RUN_DIR. Presets: seed (the original "
+                                   "experiment), seed_fullseq, lstm, transformer.")
+    s.add_argument("corpus", metavar="CORPUS_DIR")
+    s.add_argument("-o", "--output", required=True, metavar="RUN_DIR")
+    s.add_argument("--config", metavar="NAME_OR_TOML", help="a preset name (seed, seed_fullseq, lstm, transformer) or a TOML file")
+    s.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config value, e.g. train.steps=500 (repeatable)")
+    s.add_argument("--resume", action="store_true", help="continue a killed run from its last checkpoint")
+    s.add_argument("--init", metavar="RUN_OR_MODEL", help="fine-tune: start from this trained model (its representation and vocabulary)")
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("plot", help="draw a run's learning curves to PNG")
+    s.add_argument("run", metavar="RUN_DIR")
+    s.add_argument("-o", "--output", metavar="PNG", help="default: RUN_DIR/learning_curves.png")
+    s.set_defaults(func=cmd_plot)
+
+    s = sub.add_parser("render", help="render a MIDI file to WAV (SoundFont synthesizer) and/or a piano-roll PNG",
+                       description="Render a MIDI file to FILE.wav (General MIDI SoundFont) and/or FILE.png (piano "
+                                   "roll), beside the file or in -o DIR. With neither --wav nor --png, both.")
+    s.add_argument("midi", metavar="FILE.mid")
+    s.add_argument("--wav", action="store_true", help="write a 16-bit 44.1 kHz stereo WAV")
+    s.add_argument("--png", action="store_true", help="write a piano-roll PNG")
+    s.add_argument("-o", "--output", metavar="DIR", help="output folder (default: beside the MIDI file)")
+    s.add_argument("--soundfont", metavar="SF2", help="SoundFont (.sf2/.sf3); default $NOTELM_SOUNDFONT, then the "
+                                                      "venv's share/notelm, then /usr/share/sounds/sf2")
+    s.set_defaults(func=cmd_render)
+
+    s = sub.add_parser("encode", help="turn a corpus into event streams (cached next to the corpus)",
+                       description="Encode every song of a corpus as integer event streams and cache them in "
+                                   "CORPUS_DIR/encoded/REPR-HASH/ (memory-mapped .npy files). The same settings reuse the "
+                                   "cache. Representations: seed (the original experiment: pitch class + 5 durations; "
+                                   "settings durations=drop|nearest, order=onset|parts) and events (time shift, pitch, "
+                                   "duration, optional velocity and program; settings steps_per_quarter, max_shift, "
+                                   "linear_durations, max_duration, durations_per_octave, velocity_bins, program, drums).")
+    s.add_argument("corpus", metavar="CORPUS_DIR")
+    s.add_argument("--repr", default="events", metavar="NAME", help="seed or events (default events)")
+    s.add_argument("--set", action="append", metavar="KEY=VALUE", help="an encoder setting, e.g. velocity_bins=8 (repeatable)")
+    s.add_argument("--force", action="store_true", help="encode again even if a cache exists")
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=cmd_encode)
     return p
 
 

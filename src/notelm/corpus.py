@@ -40,7 +40,7 @@ FORMAT = "notelm-corpus"
 VERSION = 1
 SPLITS = ("train", "valid", "test")
 DEFAULT_SPLIT = (0.8, 0.1, 0.1)
-CHUNK_FILES = 64  # files per resumable unit of work
+CHUNK_FILES = 32  # files per resumable unit of work
 
 META_TABLES = {
     "tempos": {"tick": np.int64, "qpm": np.float64},
@@ -52,8 +52,9 @@ META_TABLES = {
 def assign_split(sha: str, fractions=DEFAULT_SPLIT) -> str:
     """Song-level split from the content hash: the same file lands in the same split everywhere."""
     u = hash_unit(sha)
-    edges = np.cumsum(fractions)
-    return SPLITS[int(min(np.searchsorted(edges, u, side="right"), 2))]
+    if u < fractions[0]:
+        return SPLITS[0]
+    return SPLITS[1] if u < fractions[0] + fractions[1] else SPLITS[2]
 
 
 def parse_split(text: str) -> tuple[float, float, float]:

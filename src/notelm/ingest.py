@@ -61,6 +61,7 @@ def _load_midi(data: bytes) -> nt.RawSong:
 
     if data[:4] != b"MThd":
         raise IngestError("not a MIDI file (no MThd header)")
+    _check_chunks(data)
     try:
         score = symusic.Score.from_midi(data)
     except Exception as e:  # symusic raises RuntimeError with its parser's message
@@ -68,6 +69,22 @@ def _load_midi(data: bytes) -> nt.RawSong:
     if score.tpq <= 0:
         raise IngestError(f"invalid ticks per quarter note ({score.tpq})")
     return nt.raw_from_score(score)
+
+
+def _check_chunks(data: bytes) -> None:
+    """Reject truncated files: symusic quietly keeps whatever part of a cut file it can read."""
+    if len(data) < 14:
+        raise IngestError(f"truncated MIDI: {len(data)} bytes, shorter than a MIDI header")
+    n_tracks = int.from_bytes(data[10:12], "big")
+    pos, found = 8 + int.from_bytes(data[4:8], "big"), 0
+    while found < n_tracks:
+        if pos + 8 > len(data):
+            raise IngestError(f"truncated MIDI: header announces {n_tracks} tracks, the file ends after {found}")
+        length = int.from_bytes(data[pos + 4:pos + 8], "big")
+        if pos + 8 + length > len(data):
+            raise IngestError(f"truncated MIDI: chunk {found + 1} announces {length} bytes, only {len(data) - pos - 8} present")
+        found += data[pos:pos + 4] == b"MTrk"
+        pos += 8 + length
 
 
 def _load_music21(path: str) -> list[nt.RawSong]:
@@ -200,35 +217,42 @@ def load_chunk(files: list[tuple[int, str, str, str]]) -> Chunk:
 
 
 def save_chunk(chunk: Chunk, stem: Path, chunk_id: str) -> None:
-    """Store a finished chunk: ``stem.npy`` (its arrays, one ``np.save`` after another),
-    then ``stem.json`` (names, records, failures), whose presence commits the chunk."""
-    arrays = {f"notes.{k}": v for k, v in chunk.notes.items()}
-    arrays.update({f"meta.{t}.{c}": v for t, cols in chunk.meta.items() for c, v in cols.items()})
+    """Store a finished chunk: ``stem.arrow`` (its notes), ``stem.npy`` (its metadata arrays,
+    one ``np.save`` after another), then ``stem.json`` (records, failures), which commits it."""
+    import pyarrow as pa
+
+    with atomic_path(stem.with_suffix(".arrow")) as tmp:
+        batch = pa.record_batch(chunk.notes) if chunk.notes else pa.record_batch({"song": np.zeros(0, np.int32)})
+        with pa.ipc.new_file(str(tmp), batch.schema) as writer:
+            writer.write_batch(batch)
+    meta = {f"{t}.{c}": v for t, cols in chunk.meta.items() for c, v in cols.items()}
     with atomic_path(stem.with_suffix(".npy")) as tmp:
         with open(tmp, "wb") as fh:
-            for array in arrays.values():
+            for array in meta.values():
                 np.save(fh, array, allow_pickle=False)
-    write_json(stem.with_suffix(".json"), {"chunk": chunk_id, "arrays": list(arrays), "records": chunk.records,
+    write_json(stem.with_suffix(".json"), {"chunk": chunk_id, "meta": list(meta), "records": chunk.records,
                                             "failures": chunk.failures})
 
 
 def read_chunk(stem: Path) -> Chunk:
+    """A saved chunk; its note columns are memory-mapped, not copied."""
+    import pyarrow as pa
+
     info = read_json(stem.with_suffix(".json"))
     chunk = Chunk(records=info["records"], failures=info["failures"])
+    batch = pa.ipc.open_file(pa.memory_map(str(stem.with_suffix(".arrow")))).get_batch(0)
+    if info["records"]:
+        chunk.notes = {name: batch.column(name).to_numpy(zero_copy_only=False) for name in batch.schema.names}
     with open(stem.with_suffix(".npy"), "rb") as fh:
-        for key in info["arrays"]:
-            kind, *rest = key.split(".")
-            array = np.load(fh, allow_pickle=False)
-            if kind == "notes":
-                chunk.notes[rest[0]] = array
-            else:
-                chunk.meta.setdefault(rest[0], {})[rest[1]] = array
+        for key in info["meta"]:
+            table, column = key.split(".")
+            chunk.meta.setdefault(table, {})[column] = np.load(fh, allow_pickle=False)
     return chunk
 
 
 def chunk_saved(stem: Path, chunk_id: str) -> bool:
     """Whether ``stem`` holds a complete chunk made from exactly the same files."""
-    if not stem.with_suffix(".npy").exists():
+    if not (stem.with_suffix(".npy").exists() and stem.with_suffix(".arrow").exists()):
         return False
     try:
         return read_json(stem.with_suffix(".json")).get("chunk") == chunk_id

@@ -11,6 +11,10 @@ import tempfile
 from pathlib import Path
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 class NotelmError(Exception):
     """An error for the user: the CLI prints its message on one line and exits 1."""
 
@@ -28,6 +32,7 @@ def atomic_path(path, suffix: str | None = None):
     tmp = Path(tmp)
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; finished files get the usual mode
         os.replace(tmp, path)
     finally:
         if tmp.exists():

@@ -32,7 +32,7 @@ class SourceFile:
 
 
 def is_midi(path: str) -> bool:
-    return Path(path).suffix.lower() in MIDI_SUFFIXES
+    return os.path.splitext(path)[1].lower() in MIDI_SUFFIXES
 
 
 def music21_corpus_paths(name: str) -> tuple[Path, list[Path]]:
@@ -47,10 +47,11 @@ def music21_corpus_paths(name: str) -> tuple[Path, list[Path]]:
     return Path(corpus.__file__).parent / name, sorted(paths)
 
 
-def _walk(root: Path, seen: set) -> Iterator[tuple[Path, str]]:
-    """Depth-first, sorted, symlink-loop-safe walk yielding (file, error)."""
+def _walk(root: str, seen: set) -> Iterator[tuple[str, str]]:
+    """Depth-first, sorted, symlink-loop-safe walk yielding (file, error).  Plain strings
+    and os.scandir: this runs once per file, so pathlib's overhead would show."""
     try:
-        st = root.stat()
+        st = os.stat(root)
     except OSError as e:
         yield root, f"cannot read folder: {e.strerror or e}"
         return
@@ -66,25 +67,15 @@ def _walk(root: Path, seen: set) -> Iterator[tuple[Path, str]]:
         yield root, f"cannot read folder: {e.strerror or e}"
         return
     for entry in entries:
-        path = Path(entry.path)
         try:
             is_dir = entry.is_dir()  # follows symlinks; loops are caught by `seen`
         except OSError as e:
-            yield path, f"cannot stat: {e.strerror or e}"
+            yield entry.path, f"cannot stat: {e.strerror or e}"
             continue
         if is_dir:
-            yield from _walk(path, seen)
-        elif path.suffix.lower() in SUFFIXES:
-            yield path, ""
-
-
-def _collection(path: Path, root: Path) -> str:
-    """The first folder under the source root, else the root's own name."""
-    try:
-        parts = path.relative_to(root).parts
-    except ValueError:
-        parts = ()
-    return parts[0] if len(parts) > 1 else (root.name or path.parent.name)
+            yield from _walk(entry.path, seen)
+        elif os.path.splitext(entry.name)[1].lower() in SUFFIXES:
+            yield entry.path, ""
 
 
 def iter_files(sources: list[str], max_file_mb: float | None = None,
@@ -92,49 +83,46 @@ def iter_files(sources: list[str], max_file_mb: float | None = None,
     """Stream every music file named by ``sources``, in a stable order."""
     overrides = overrides or {}
     seen_dirs: set = set()
+    limit = None if max_file_mb is None else max_file_mb * 1024 * 1024
     for source in sources:
+        fixed_collection = None
         if source.startswith("music21:"):
             name = source.split(":", 1)[1]
             root, paths = music21_corpus_paths(name)
-            items = ((p, "") for p in paths)
-            fixed_collection = name
+            root, items, fixed_collection = str(root), ((str(p), "") for p in paths), name
         elif any(ch in source for ch in "*?["):
             matches = sorted(glob.glob(source, recursive=True))
             if not matches:
                 raise NotelmError(f"{source}: the pattern matches no files")
-            root = Path(_glob_root(source)).resolve()
-            items = ((Path(m).resolve(), "") for m in matches if Path(m).suffix.lower() in SUFFIXES and Path(m).is_file())
-            fixed_collection = None
+            root = os.path.abspath(_glob_root(source))
+            items = ((os.path.abspath(m), "") for m in matches
+                     if os.path.splitext(m)[1].lower() in SUFFIXES and os.path.isfile(m))
         else:
-            path = Path(source)
-            if not path.exists():
+            if not os.path.exists(source):
                 raise NotelmError(f"{source}: no such file or folder")
-            path = path.resolve()
-            if path.is_dir():
+            path = os.path.abspath(source)
+            if os.path.isdir(path):
                 root, items = path, _walk(path, seen_dirs)
             else:
-                root, items = path.parent, iter([(path, "")])
-            fixed_collection = None
+                root, items = os.path.dirname(path), iter([(path, "")])
+        prefix = root.rstrip(os.sep) + os.sep
+        root_name = os.path.basename(root.rstrip(os.sep))
         for path, error in items:
-            collection = fixed_collection or _collection(path, root)
-            rel = _relative(path, root)
-            collection = overrides.get(rel) or overrides.get(str(path)) or overrides.get(path.name) or collection
-            if not error and max_file_mb is not None:
+            rel = path[len(prefix):] if path.startswith(prefix) else path
+            # the first folder under the source root, else the root's own name
+            collection = fixed_collection or (rel.split(os.sep, 1)[0] if os.sep in rel else root_name)
+            if overrides:
+                collection = (overrides.get(rel.replace(os.sep, "/")) or overrides.get(path)
+                              or overrides.get(os.path.basename(path)) or collection)
+            if not error and limit is not None:
                 try:
-                    size = path.stat().st_size
+                    size = os.stat(path).st_size
                 except OSError as e:
                     error = f"cannot stat: {e.strerror or e}"
                 else:
-                    if size > max_file_mb * 1024 * 1024:
+                    if size > limit:
                         error = f"file is {size / 1048576:.1f} MB, over the --max-file-mb limit of {max_file_mb:g} MB"
-            yield SourceFile(str(path), source, collection, error)
-
-
-def _relative(path: Path, root: Path) -> str:
-    try:
-        return path.relative_to(root).as_posix()
-    except ValueError:
-        return path.as_posix()
+            yield SourceFile(path, source, collection, error)
 
 
 def _glob_root(pattern: str) -> str:

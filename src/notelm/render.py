@@ -1,0 +1,223 @@
+"""Hear and see a note table: WAV through a General MIDI SoundFont, piano-roll PNG.
+
+Audio comes from symusic's SoundFont synthesizer (pinned to 0.5.8: 0.6.0's render
+cannot hand its audio back).  Piano rolls are drawn with matplotlib's object API on
+an Agg canvas, so nothing needs a display and no global pyplot state is touched.
+"""
+
+from __future__ import annotations
+
+import functools
+import glob
+import os
+import sys
+import wave
+from pathlib import Path
+
+import numpy as np
+
+from notelm.io import NotelmError, atomic_path
+from notelm.notes import DEFAULT_QPM, DEFAULT_TPQ, Notes, SongMeta, num_notes, read_midi, to_score
+
+SOUNDFONT_ENV = "NOTELM_SOUNDFONT"
+# Searched in order after an explicit path and $NOTELM_SOUNDFONT; "{prefix}" is sys.prefix,
+# where scripts/get-soundfont.sh puts Debian's TimGM6mb.sf2 (the venv's share/notelm).
+SOUNDFONT_PATTERNS = [
+    "{prefix}/share/notelm/*.sf2",
+    "{prefix}/share/notelm/*.sf3",
+    "/usr/share/sounds/sf2/*.sf2",
+    "/usr/share/sounds/sf3/*.sf3",
+]
+HOW_TO_GET_SOUNDFONT = ("install one with `apt install timgm6mb-soundfont`, or run "
+                        "`scripts/get-soundfont.sh .venv/share/notelm`, or set NOTELM_SOUNDFONT=/path/to/file.sf2")
+
+PEAK_TARGET = 10 ** (-1 / 20)  # -1 dBFS: loud but with headroom against inter-sample clipping
+
+
+# --------------------------------------------------------------------------- SoundFont
+
+def find_soundfont(explicit: str | None = None) -> Path:
+    """The SoundFont to synthesize with: explicit path, $NOTELM_SOUNDFONT, then the usual places.
+
+    A path the user named that does not exist is an error, not a reason to look elsewhere:
+    silently using another SoundFont would hide the typo.
+    """
+    for source, named in (("--soundfont", explicit), (SOUNDFONT_ENV, os.environ.get(SOUNDFONT_ENV))):
+        if named:
+            path = Path(named).expanduser()
+            if not path.is_file():
+                raise NotelmError(f"SoundFont not found: {path} (from {source}); {HOW_TO_GET_SOUNDFONT}")
+            return path
+    patterns = [p.format(prefix=sys.prefix) for p in SOUNDFONT_PATTERNS]
+    for pattern in patterns:
+        found = sorted(glob.glob(pattern))
+        if found:
+            return Path(found[0])
+    looked = ", ".join(patterns) or "nowhere"
+    raise NotelmError(f"no SoundFont for WAV rendering (looked in {looked}); {HOW_TO_GET_SOUNDFONT}")
+
+
+@functools.lru_cache(maxsize=4)
+def _synthesizer(soundfont: str, sample_rate: int):
+    import symusic
+
+    try:
+        return symusic.Synthesizer(soundfont, sample_rate=sample_rate)
+    except Exception as e:  # a truncated or non-SoundFont file
+        raise NotelmError(f"{soundfont}: cannot load SoundFont ({e})") from None
+
+
+# --------------------------------------------------------------------------- WAV
+
+def render_wav(notes: Notes, path, qpm: float = DEFAULT_QPM, sample_rate: int = 44100,
+               soundfont: str | None = None, meta: SongMeta | None = None) -> dict:
+    """Synthesize a note table to a 16-bit stereo WAV; returns its path, seconds, RMS and peak.
+
+    RMS and peak are of the written audio in [0, 1] (full scale), so a caller can tell
+    the user the file is not silent.  Audio that would clip is scaled to peak at -1 dBFS.
+    """
+    path = Path(path)
+    if num_notes(notes) == 0:
+        raise NotelmError(f"{path.name}: no notes to render")
+    font = find_soundfont(soundfont)
+    tpq = meta.tpq if meta is not None else DEFAULT_TPQ  # meta's tempo ticks are in its own resolution
+    score = to_score(notes, qpm=qpm, tpq=tpq, meta=meta)
+    audio = np.asarray(_synthesizer(str(font.resolve()), int(sample_rate)).render(score, stereo=True), np.float32)
+    peak = float(np.abs(audio).max()) if audio.size else 0.0
+    if peak > 1.0:
+        audio = audio * (PEAK_TARGET / peak)
+    pcm = np.round(np.clip(audio, -1.0, 1.0) * 32767).astype("<i2")
+    with atomic_path(path) as tmp:
+        with wave.open(str(tmp), "wb") as w:
+            w.setnchannels(audio.shape[0])
+            w.setsampwidth(2)
+            w.setframerate(int(sample_rate))
+            w.writeframes(np.ascontiguousarray(pcm.T).tobytes())  # interleaved L R L R ...
+    written = pcm.astype(np.float64) / 32767
+    return {
+        "path": path,
+        "seconds": pcm.shape[1] / sample_rate,
+        "rms": float(np.sqrt(np.mean(written ** 2))) if written.size else 0.0,
+        "peak": float(np.abs(written).max()) if written.size else 0.0,
+    }
+
+
+# --------------------------------------------------------------------------- piano roll
+
+NOTE_NAMES = ["C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B"]
+BLACK_KEYS = np.array([1, 3, 6, 8, 10])
+DRUM_COLOR = (0.15, 0.15, 0.15)
+
+
+def pitch_name(pitch: int) -> str:
+    """'C4' for MIDI 60 (the usual scientific pitch names)."""
+    return f"{NOTE_NAMES[pitch % 12]}{pitch // 12 - 1}"
+
+
+def _note_boxes(start, length, pitch, height=0.8):
+    """Rectangles as an (n, 4, 2) vertex array for one PolyCollection call."""
+    lo, hi = pitch - height / 2, pitch + height / 2
+    end = start + length
+    return np.stack([np.stack([start, lo], 1), np.stack([end, lo], 1),
+                     np.stack([end, hi], 1), np.stack([start, hi], 1)], 1)
+
+
+def render_pianoroll(notes: Notes, path, title: str | None = None, qpm: float = DEFAULT_QPM,
+                     meta: SongMeta | None = None) -> Path:
+    """Draw a piano roll PNG (1200 x 500 px): time in beats across, MIDI pitch up.
+
+    One color per track, opacity by velocity; drum hits are dark diamonds at their
+    onsets (their pitch is an instrument, their length meaningless).
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.collections import PolyCollection
+    from matplotlib.colors import to_rgba_array
+    from matplotlib.figure import Figure
+
+    path = Path(path)
+    if num_notes(notes) == 0:
+        raise NotelmError(f"{path.name}: no notes to draw")
+    onset = np.asarray(notes["onset"], np.float64)
+    length = np.maximum(np.asarray(notes["duration"], np.float64), 1e-3)
+    pitch = np.asarray(notes["pitch"], np.float64)
+    alpha = 0.35 + 0.65 * np.clip(notes["velocity"], 0, 127) / 127
+    drum = np.asarray(notes["is_drum"], bool)
+    end = float((onset + length).max())
+    low, high = int(pitch.min()) - 2, int(pitch.max()) + 2
+
+    fig = Figure(figsize=(12, 5), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    ax.set_xlim(-0.01 * end, end * 1.01)  # a small margin so hits at 0 and the last note's edge show
+    ax.set_ylim(low - 0.5, high + 0.5)
+
+    # black-key lanes and bar lines behind the notes, like a sequencer's grid
+    lanes = np.arange(low, high + 1)
+    lanes = lanes[np.isin(lanes % 12, BLACK_KEYS)].astype(np.float64)
+    ax.add_collection(PolyCollection(_note_boxes(np.full(len(lanes), -end), np.full(len(lanes), 3 * end), lanes, 1.0),
+                                     facecolors=(0.93, 0.93, 0.95), edgecolors="none", zorder=0))
+    beats_per_bar = 4.0
+    if meta is not None and len(meta.timesig_num):
+        beats_per_bar = 4.0 * float(meta.timesig_num[0]) / float(meta.timesig_den[0])
+    ax.vlines(np.arange(0, end, beats_per_bar), low - 0.5, high + 0.5, colors=(0.75, 0.75, 0.8), linewidth=0.6, zorder=1)
+
+    palette = to_rgba_array([f"C{i}" for i in range(10)])
+    tracks = np.unique(notes["track"][~drum])
+    for i, track in enumerate(tracks):
+        rows = (notes["track"] == track) & ~drum
+        colors = np.repeat(palette[i % 10][None], rows.sum(), 0)
+        colors[:, 3] = alpha[rows]
+        edge = palette[i % 10] * [0.6, 0.6, 0.6, 1.0]  # darker outline: repeated notes stay apart
+        program = int(notes["program"][rows][0])
+        ax.add_collection(PolyCollection(_note_boxes(onset[rows], length[rows], pitch[rows]), facecolors=colors,
+                                         edgecolors=edge, linewidths=0.7, zorder=2,
+                                         label=f"track {track} (program {program})"))
+    if drum.any():
+        colors = np.repeat(np.array([[*DRUM_COLOR, 1.0]]), drum.sum(), 0)
+        colors[:, 3] = alpha[drum]
+        ax.scatter(onset[drum], pitch[drum], marker="D", s=14, c=colors, edgecolors="none", zorder=3, label="drums")
+
+    c_pitches = np.arange((low + 11) // 12 * 12, high + 1, 12)
+    ax.set_yticks(c_pitches, [pitch_name(int(p)) for p in c_pitches])
+    ax.set_xlabel(f"beats (quarter notes, {meta.first_qpm if meta is not None else qpm:g} qpm)")
+    ax.set_ylabel("pitch")
+    ax.set_title(title or f"{num_notes(notes)} notes")
+    if len(tracks) + int(drum.any()) > 1:
+        # outside the axes, so it never hides notes
+        ax.legend(loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=8, frameon=False, borderaxespad=0)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")  # no bbox_inches="tight": keep the pixel size fixed
+    return path
+
+
+# --------------------------------------------------------------------------- files
+
+def render_file(midi_path, out_dir=None, wav: bool = False, png: bool = False, soundfont: str | None = None) -> dict:
+    """Render a MIDI file to FILE.wav and/or FILE.png (both when neither is asked for).
+
+    Outputs go beside the MIDI file or into ``out_dir``.  Returns {"wav": render_wav's
+    dict, "png": path} for what was written.
+    """
+    midi_path = Path(midi_path)
+    if not wav and not png:
+        wav = png = True
+    if not midi_path.is_file():
+        raise NotelmError(f"{midi_path}: no such file")
+    if wav:
+        soundfont = str(find_soundfont(soundfont))  # fail before any work when there is none
+    try:
+        notes, meta = read_midi(midi_path)
+    except Exception as e:
+        raise NotelmError(f"{midi_path}: not a readable MIDI file ({e})") from None
+    if num_notes(notes) == 0:
+        raise NotelmError(f"{midi_path}: no notes to render")
+    out_dir = Path(out_dir) if out_dir is not None else midi_path.parent
+    written = {}
+    if wav:
+        written["wav"] = render_wav(notes, out_dir / f"{midi_path.stem}.wav", qpm=meta.first_qpm,
+                                    soundfont=soundfont, meta=meta)
+    if png:
+        written["png"] = render_pianoroll(notes, out_dir / f"{midi_path.stem}.png", title=midi_path.name,
+                                          qpm=meta.first_qpm, meta=meta)
+    return written
