@@ -55,6 +55,29 @@ def cmd_plot(a):
     print(f"wrote {plot(a.run, a.output)}")
 
 
+def cmd_generate(a):
+    from notelm.generate import SamplingConfig, generate
+
+    length, seconds = _length(a.length)
+    cfg = SamplingConfig(temperature=a.temperature, top_k=a.top_k, top_p=a.top_p, repetition_penalty=a.repetition_penalty,
+                         max_repeat=a.max_repeat, seed=a.seed)
+    generate(a.model, a.output, n=a.num, length=length, seconds=seconds, prompt_file=a.prompt, prompt_events=a.prompt_events,
+             prompt_bars=a.prompt_bars, prompt_from_test=a.prompt_from_test, corpus=a.corpus, condition=a.condition,
+             cfg=cfg, wav=a.wav, png=a.png, qpm=a.qpm, soundfont=a.soundfont)
+
+
+def _length(text: str) -> tuple[int, float | None]:
+    """'256' -> 256 events; '30s' -> 30 seconds."""
+    from notelm.io import NotelmError
+
+    try:
+        if text.endswith("s"):
+            return 0, float(text[:-1])
+        return int(text), None
+    except ValueError:
+        raise NotelmError(f"--length {text!r}: a number of events (e.g. 256) or of seconds (e.g. 30s)") from None
+
+
 def cmd_render(a):
     from notelm.render import render_file
 
@@ -71,6 +94,12 @@ def cmd_encode(a):
     from notelm.encoding.cache import encode_command
 
     encode_command(a.corpus, a.repr, a.set, force=a.force, progress=not a.quiet)
+
+
+def cmd_stats(a):
+    from notelm.stats import stats
+
+    stats(a.corpus, out_dir=a.output, top=a.top, progress=not a.quiet)
 
 
 # --------------------------------------------------------------------------- parser
@@ -122,6 +151,32 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--output", metavar="PNG", help="default: RUN_DIR/learning_curves.png")
     s.set_defaults(func=cmd_plot)
 
+    s = sub.add_parser("generate", help="write new pieces with a trained model (MIDI, and WAV / piano roll on request)",
+                       description="Sample new pieces from a model (the shipped default model if --model is not given), "
+                                   "all pieces as one batch. Continue a MIDI file with --prompt, or an excerpt of a held-out "
+                                   "song with --prompt-from-test.")
+    s.add_argument("--model", metavar="RUN_OR_MODEL", help="a run directory or model directory (default: the shipped model)")
+    s.add_argument("-o", "--output", default="out", metavar="OUT_DIR", help="where the files go (default: out)")
+    s.add_argument("--num", type=int, default=4, help="pieces to write (default 4)")
+    s.add_argument("--length", default="256", help="events per piece (e.g. 256) or seconds (e.g. 30s); default 256")
+    s.add_argument("--temperature", type=float, default=1.0, help="below 1: safer; above 1: wilder (default 1.0)")
+    s.add_argument("--top-k", type=int, default=0, help="sample only among the k likeliest values (0 = off)")
+    s.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold (1.0 = off)")
+    s.add_argument("--repetition-penalty", type=float, default=1.0, help="divide the odds of recently used pitches (1.0 = off)")
+    s.add_argument("--max-repeat", type=int, default=0, help="never the same pitch more than N times in a row (0 = off)")
+    s.add_argument("--seed", type=int, default=0, help="random seed: the same seed gives the same pieces")
+    s.add_argument("--prompt", metavar="FILE.mid", help="continue this MIDI file")
+    s.add_argument("--prompt-events", type=int, help="take only the first N events of the prompt")
+    s.add_argument("--prompt-bars", type=float, help="take only the first N bars of the prompt")
+    s.add_argument("--prompt-from-test", type=int, metavar="K", help="continue an excerpt of the K-th held-out (test) song")
+    s.add_argument("--corpus", metavar="CORPUS_DIR", help="the corpus for --prompt-from-test (default: the run's corpus)")
+    s.add_argument("--condition", metavar="collection=NAME", help="write in the style of a collection the model was trained on")
+    s.add_argument("--qpm", type=float, help="tempo of the output (default: the prompt's, else 120)")
+    s.add_argument("--wav", action="store_true", help="also render audio through a General MIDI SoundFont")
+    s.add_argument("--png", action="store_true", help="also draw a piano roll")
+    s.add_argument("--soundfont", metavar="SF2", help="SoundFont for --wav (default: the one installed with notelm)")
+    s.set_defaults(func=cmd_generate)
+
     s = sub.add_parser("render", help="render a MIDI file to WAV (SoundFont synthesizer) and/or a piano-roll PNG",
                        description="Render a MIDI file to FILE.wav (General MIDI SoundFont) and/or FILE.png (piano "
                                    "roll), beside the file or in -o DIR. With neither --wav nor --png, both.")
@@ -146,6 +201,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--force", action="store_true", help="encode again even if a cache exists")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_encode)
+
+    s = sub.add_parser("stats", help="what is in a corpus: sizes, histograms, most frequent n-grams, token counts",
+                       description="Write CORPUS_DIR/stats/stats.md (or -o DIR) with PNG plots: songs, notes and hours per "
+                                   "collection and split; histograms of pitch, pitch class, duration, inter-onset interval, "
+                                   "polyphony, notes and tracks per song, programs and tempo; the most frequent n-grams "
+                                   "(n = 2..6) of pitch classes, durations and (pitch class, duration) pairs of the seed "
+                                   "representation; token counts per stream of the seed and events representations.")
+    s.add_argument("corpus", metavar="CORPUS_DIR")
+    s.add_argument("-o", "--output", metavar="DIR", help="report folder (default: CORPUS_DIR/stats)")
+    s.add_argument("--top", type=int, default=10, metavar="K", help="n-grams and tokens listed per table (default 10)")
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=cmd_stats)
     return p
 
 

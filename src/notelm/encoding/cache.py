@@ -1,0 +1,191 @@
+"""Encoded corpora on disk, next to the corpus, memory-mapped.
+
+Layout of ``<corpus>/encoded/<representation>-<hash of settings>/``::
+
+    <stream>.npy   one per stream: all songs' ids, song after song, each [BOS ... EOS]
+                   (uint8 when the stream's vocabulary fits, else uint16)
+    offsets.npy    int64 [n_songs + 1]: song i is positions offsets[i]:offsets[i+1]
+    cond.npy       int32 [n_songs]: condition id (1 + index of the song's collection; 0 = none)
+    split.npy      int8  [n_songs]: 0 train, 1 valid, 2 test
+    vocab.json     the Vocab (representation, resolved settings, streams, conditions)
+    info.json      counts, encode time, and which corpus build it came from
+
+The directory name carries a hash of the representation, its resolved
+settings and ``ENCODER_VERSION``: asking for other settings encodes anew, the
+same settings reuse the cache.  A cache written for an older build of the
+corpus (``prepare --force``) is re-encoded.  Directories are written with
+``atomic_dir``, so a reader never sees half a cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from notelm.encoding.vocab import N_SPECIAL, Vocab
+from notelm.io import NotelmError, atomic_dir, read_json, write_json
+
+ENCODER_VERSION = 1  # bump when an encoder's output changes for the same settings: old caches are then ignored
+SPLIT_NAMES = ("train", "valid", "test")
+
+
+def split_codes(names) -> np.ndarray:
+    """Split names ("train"/"valid"/"test") -> codes 0/1/2."""
+    names = np.asarray(names).astype(str)
+    codes = np.full(len(names), -1, np.int8)
+    for code, name in enumerate(SPLIT_NAMES):
+        codes[names == name] = code
+    return codes
+
+
+class EncodedCorpus:
+    """All songs of a corpus as event streams: ``streams[name][offsets[i]:offsets[i + 1]]`` is song ``i``."""
+
+    def __init__(self, vocab: Vocab, streams: dict[str, np.ndarray], offsets: np.ndarray, cond: np.ndarray,
+                 split: np.ndarray, path: Path | None = None):
+        self.vocab = vocab
+        self.streams = streams
+        self.offsets = offsets
+        self.cond = cond
+        self.split = split
+        self.path = path
+        self.seconds = 0.0  # time it took to encode (0 when read from the cache)
+        self.cached = False
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def n_positions(self) -> int:
+        """Stream length: events plus one BOS and one EOS per song."""
+        return int(self.offsets[-1])
+
+    @property
+    def n_events(self) -> int:
+        """Events, not counting BOS/EOS."""
+        return self.n_positions - 2 * len(self)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(int(a.nbytes) for a in self.streams.values())
+
+    def song(self, i: int) -> dict[str, np.ndarray]:
+        a, b = int(self.offsets[i]), int(self.offsets[i + 1])
+        return {name: s[a:b] for name, s in self.streams.items()}
+
+    def ids(self, split: str = "all") -> np.ndarray:
+        """Song ids of a split ("train", "valid", "test" or "all")."""
+        if split == "all":
+            return np.arange(len(self), dtype=np.int64)
+        if split not in SPLIT_NAMES:
+            raise NotelmError(f"unknown split {split!r}; choose one of {', '.join(SPLIT_NAMES)} or all")
+        return np.flatnonzero(self.split == SPLIT_NAMES.index(split)).astype(np.int64)
+
+    def token_counts(self, stream: str) -> dict[str, int]:
+        """How often each regular value of a stream occurs (BOS/EOS/PAD left out)."""
+        s = self.vocab.stream(stream)
+        counts = np.bincount(np.asarray(self.streams[stream]), minlength=s.size)
+        return {name: int(c) for name, c in zip(s.tokens, counts[N_SPECIAL:])}
+
+    # ------------------------------------------------------------------ disk
+    def save(self, path, info: dict | None = None) -> None:
+        path = Path(path)
+        with atomic_dir(path) as tmp:
+            for s in self.vocab.streams:
+                np.save(tmp / f"{s.name}.npy", np.asarray(self.streams[s.name], s.dtype))
+            np.save(tmp / "offsets.npy", np.asarray(self.offsets, np.int64))
+            np.save(tmp / "cond.npy", np.asarray(self.cond, np.int32))
+            np.save(tmp / "split.npy", np.asarray(self.split, np.int8))
+            write_json(tmp / "vocab.json", self.vocab.to_json())
+            write_json(tmp / "info.json", {"songs": len(self), "events": self.n_events, "bytes": self.nbytes,
+                                           "encode_seconds": round(self.seconds, 3), **(info or {})})
+        self.path = path
+
+    @classmethod
+    def load(cls, path) -> "EncodedCorpus":
+        path = Path(path)
+        try:
+            vocab = Vocab.from_json(read_json(path / "vocab.json"))
+            streams = {s.name: np.load(path / f"{s.name}.npy", mmap_mode="r") for s in vocab.streams}
+            offsets = np.load(path / "offsets.npy")
+            cond = np.load(path / "cond.npy")
+            split = np.load(path / "split.npy")
+        except (OSError, ValueError, json.JSONDecodeError) as e:
+            raise NotelmError(f"{path}: cannot read encoded corpus: {e}") from None
+        out = cls(vocab, streams, offsets, cond, split, path)
+        out.cached = True
+        return out
+
+
+def settings_hash(representation: str, config: dict) -> str:
+    blob = json.dumps({"representation": representation, "config": config, "version": ENCODER_VERSION}, sort_keys=True)
+    return hashlib.blake2b(blob.encode(), digest_size=5).hexdigest()
+
+
+def cache_path(corpus_path, representation: str, config: dict) -> Path:
+    return Path(corpus_path) / "encoded" / f"{representation}-{settings_hash(representation, config)}"
+
+
+def load_or_encode(corpus_path, representation: str = "events", config_overrides: dict | None = None,
+                   progress: bool = False, force: bool = False, log=None) -> EncodedCorpus:
+    """The encoded corpus for these settings: read from the cache, or encoded and cached.
+
+    A corpus folder that cannot be written to (a shared, read-only corpus) is
+    encoded in memory instead, with a note through ``log``.
+    """
+    from notelm.corpus import Corpus
+    from notelm.encoding import get_representation
+
+    rep = get_representation(representation, config_overrides)
+    corpus = Corpus(corpus_path)
+    stamp = {"corpus_created": corpus.manifest.get("created"), "corpus_songs": len(corpus),
+             "corpus_notes": corpus.num_notes}
+    path = cache_path(corpus.path, rep.name, rep.config)
+    if not force and _is_current(path, stamp):
+        started = time.perf_counter()
+        try:
+            encoded = EncodedCorpus.load(path)
+            encoded.seconds = time.perf_counter() - started
+            return encoded
+        except NotelmError:
+            pass  # a damaged cache is simply made again
+    encoded = rep.encode_corpus(corpus, progress=progress)
+    try:
+        encoded.save(path, {"representation": rep.name, "notes": corpus.num_notes, **stamp})
+    except OSError as e:
+        if log:
+            log(f"note: cannot write the cache {path} ({e.strerror or e}); using the encoding in memory")
+        return encoded
+    seconds = encoded.seconds
+    encoded = EncodedCorpus.load(path)  # memory-mapped, as every later run will see it
+    encoded.seconds, encoded.cached = seconds, False
+    return encoded
+
+
+def _is_current(path: Path, stamp: dict) -> bool:
+    """Is there a cache at ``path`` made from this very build of the corpus?"""
+    try:
+        info = read_json(path / "info.json")
+    except (OSError, ValueError):
+        return False
+    return all(info.get(k) == v for k, v in stamp.items())
+
+
+def encode_command(corpus_path, representation: str, settings: list[str] | None = None, force: bool = False,
+                   progress: bool = True, log=print) -> EncodedCorpus:
+    """``notelm encode``: encode (or find in the cache) and print a one-line summary."""
+    from notelm.encoding import parse_settings
+
+    overrides = parse_settings(representation, settings)
+    started = time.perf_counter()
+    encoded = load_or_encode(corpus_path, representation, overrides, progress=progress, force=force, log=log)
+    elapsed = time.perf_counter() - started
+    how = "found in the cache" if encoded.cached else "encoded"
+    per_event = encoded.nbytes / max(encoded.n_events, 1)
+    log(f"{how}: {len(encoded)} songs, {encoded.n_events:,} events, {len(encoded.vocab.streams)} streams "
+        f"({per_event:.1f} bytes/event) as {representation} in {elapsed:.2f} s -> {encoded.path or '(memory only)'}")
+    return encoded

@@ -1,0 +1,124 @@
+"""Decoder-only transformer: pre-norm blocks, causal SDPA attention, RoPE or learned positions.
+
+Generation keeps a KV cache (one forward step per new event).  When a piece
+grows past ``context`` events the last ``context // 2`` inputs are re-encoded
+from scratch, so attention never spans more than the model was trained on.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from notelm.encoding.vocab import Vocab
+from notelm.models.neural import EventNet, ModelConfig
+
+
+def rope_tables(positions: torch.Tensor, dim: int, base: float = 10000.0):
+    """cos/sin tables [T, dim/2] for rotary position embeddings."""
+    inv = 1.0 / (base ** (torch.arange(0, dim, 2, device=positions.device, dtype=torch.float32) / dim))
+    angles = positions.float()[:, None] * inv[None, :]
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate pairs (x1, x2) of the last dim of x [B, H, T, D] by the position's angle."""
+    x1, x2 = x[..., 0::2], x[..., 1::2]
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    out = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+    return out.flatten(-2)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        d = cfg.hidden
+        self.n_heads = cfg.n_heads
+        self.ln1 = nn.LayerNorm(d)
+        self.qkv = nn.Linear(d, 3 * d)
+        self.proj = nn.Linear(d, d)
+        self.ln2 = nn.LayerNorm(d)
+        self.ff = nn.Sequential(nn.Linear(d, cfg.ff_mult * d), nn.GELU(), nn.Linear(cfg.ff_mult * d, d))
+        self.dropout = cfg.dropout
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x, rope, cache):
+        B, T, D = x.shape
+        q, k, v = self.qkv(self.ln1(x)).view(B, T, 3, self.n_heads, D // self.n_heads).permute(2, 0, 3, 1, 4)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        past = 0
+        if cache is not None:
+            if cache.get("k") is not None:
+                past = cache["k"].shape[2]
+                k = torch.cat([cache["k"], k], dim=2)
+                v = torch.cat([cache["v"], v], dim=2)
+            cache["k"], cache["v"] = k, v
+        drop = self.dropout if self.training else 0.0
+        if past == 0:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1, dropout_p=drop)
+        elif T == 1:
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)  # one new event sees all the past
+        else:
+            mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(past)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop)
+        x = x + self.drop(self.proj(y.transpose(1, 2).reshape(B, T, D)))
+        return x + self.drop(self.ff(self.ln2(x)))
+
+
+class TransformerNet(EventNet):
+    def __init__(self, vocab: Vocab, cfg: ModelConfig):
+        super().__init__(vocab, cfg)
+        self.inp = nn.Linear(self.input_dim, cfg.hidden)
+        self.pos = nn.Embedding(cfg.context, cfg.hidden) if cfg.positions == "learned" else None
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.layers))
+        self.ln_f = nn.LayerNorm(cfg.hidden)
+        self.apply(self._init)
+        for block in self.blocks:  # GPT-2 style: residual projections scaled by depth
+            nn.init.normal_(block.proj.weight, std=0.02 / math.sqrt(2 * cfg.layers))
+
+    @staticmethod
+    def _init(m):
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, std=0.02)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, std=0.02)
+
+    def empty_state(self, batch: int):
+        return {"layers": [{} for _ in self.blocks], "x": None}
+
+    def features(self, x: torch.Tensor, state=None):
+        """x [B, T, input_dim]; ``state`` None for training, else a KV cache that is extended."""
+        if state is None:
+            return self._run(x, 0, None), None
+        seen = state["x"]
+        history = x if seen is None else torch.cat([seen, x], dim=1)
+        if history.shape[1] > self.cfg.context:
+            # past the trained span: re-encode the most recent half-context from scratch
+            keep = max(self.cfg.context // 2, min(x.shape[1], self.cfg.context))
+            history = history[:, -keep:]
+            state = self.empty_state(x.shape[0])
+            h = self._run(history, 0, state["layers"])[:, -x.shape[1]:]
+        else:
+            start = 0 if seen is None else seen.shape[1]
+            h = self._run(x, start, state["layers"])
+        state["x"] = history
+        return h, state
+
+    def _run(self, x, start: int, caches):
+        T = x.shape[1]
+        h = self.inp(x)
+        positions = torch.arange(start, start + T, device=x.device)
+        rope = None
+        if self.pos is not None:
+            h = h + self.pos(positions)
+        else:
+            rope = rope_tables(positions, self.cfg.hidden // self.cfg.n_heads)
+        h = self.drop(h)
+        for i, block in enumerate(self.blocks):
+            h = block(h, rope, None if caches is None else caches[i])
+        return self.ln_f(h)
