@@ -55,6 +55,7 @@ class TrainConfig:
     patience: int = 5  # evaluations without improvement before stopping early
     log_every: int = 20
     seed: int = 0
+    split: str = "song"  # "song": train/valid/test by song; "window": the original's random split of windows (leaks)
     time_limit: float = 0.0  # seconds; 0 = none
     threads: int = 0  # torch CPU threads; 0 = all cores
 
@@ -63,6 +64,8 @@ class TrainConfig:
         cfg = _typed(cls, d, "train")
         if cfg.objective not in ("full", "last"):
             raise NotelmError(f"train.objective {cfg.objective!r}: expected 'full' or 'last'")
+        if cfg.split not in ("song", "window"):
+            raise NotelmError(f"train.split {cfg.split!r}: expected 'song' or 'window'")
         for name in ("context", "batch_size", "steps", "eval_every", "eval_crops", "patience", "log_every"):
             if getattr(cfg, name) < 1:
                 raise NotelmError(f"train.{name} must be >= 1")
@@ -143,14 +146,16 @@ class CropSampler:
     than a crop give one crop padded with PAD.
     """
 
-    def __init__(self, streams: list[np.ndarray], offsets: np.ndarray, songs: np.ndarray, length: int):
+    def __init__(self, streams: list[np.ndarray], offsets: np.ndarray, songs: np.ndarray, length: int,
+                 windows: np.ndarray | None = None):
         self.streams, self.length = streams, length
+        self.windows = windows  # if given, only these window indices are ever drawn
         self.songs = np.asarray(songs, np.int64)
         if not len(self.songs):
             raise NotelmError("no songs to train on in this split")
         self.start = offsets[self.songs]
         self.end = offsets[self.songs + 1]
-        n_starts = np.maximum(self.end - self.start - length, 1)
+        n_starts = np.maximum(self.end - self.start - length + 1, 1)
         self.cum = np.concatenate([[0], np.cumsum(n_starts)])
 
     @property
@@ -159,9 +164,12 @@ class CropSampler:
 
     def sample(self, rng: np.random.Generator, batch: int) -> tuple[np.ndarray, np.ndarray]:
         """(tokens [batch, length, S] int64, song index [batch])."""
+        if self.windows is not None:
+            return self.at(self.windows[rng.integers(0, len(self.windows), batch)])
         return self.at(rng.integers(0, self.n_windows, batch))
 
     def at(self, window: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The crops with the given window indices (0 .. n_windows-1)."""
         k = np.searchsorted(self.cum, window, side="right") - 1
         first = self.start[k] + (window - self.cum[k])
         index = first[:, None] + np.arange(self.length)
@@ -169,6 +177,16 @@ class CropSampler:
         index = np.minimum(index, len(self.streams[0]) - 1)
         tokens = np.stack([np.where(valid, s[index], PAD) for s in self.streams], -1).astype(np.int64)
         return tokens, self.songs[k]
+
+
+def window_splits(n_windows: int, fractions=(0.8, 0.1, 0.1), seed: int = 1234) -> dict[str, np.ndarray]:
+    """The original experiment's split: every window independently to train/valid/test at random.
+
+    Overlapping windows of one song land on both sides, so test windows share
+    31 of their 32 notes with training windows: the leak a song-level split avoids.
+    """
+    code = np.random.default_rng(seed).choice(3, n_windows, p=fractions)
+    return {name: np.flatnonzero(code == i) for i, name in enumerate(("train", "valid", "test"))}
 
 
 def pitch_shift_tables(vocab: Vocab) -> dict[int, np.ndarray] | None:
@@ -383,8 +401,14 @@ def train(corpus_path, run: RunConfig, out_dir, resume: bool = False, init: str 
     train_ids, valid_ids = encoded.ids("train"), encoded.ids("valid")
     if not len(valid_ids):
         valid_ids = train_ids  # tiny corpora: watch the training loss rather than fail
-    sampler = CropSampler(streams, encoded.offsets, train_ids, length)
-    valid = CropSampler(streams, encoded.offsets, valid_ids, length)
+    if cfg.split == "window":
+        every = encoded.ids("all")
+        windows = window_splits(CropSampler(streams, encoded.offsets, every, length).n_windows)
+        sampler = CropSampler(streams, encoded.offsets, every, length, windows=windows["train"])
+        valid = CropSampler(streams, encoded.offsets, every, length, windows=windows["valid"])
+    else:
+        sampler = CropSampler(streams, encoded.offsets, train_ids, length)
+        valid = CropSampler(streams, encoded.offsets, valid_ids, length)
     eval_rng = np.random.default_rng(12345)
     eval_batches = [valid.sample(eval_rng, min(cfg.batch_size, cfg.eval_crops))
                     for _ in range(max(1, cfg.eval_crops // cfg.batch_size))]

@@ -109,7 +109,11 @@ class Vocab:
         else:
             for a, b in zip(self.streams, other.streams):
                 if a.tokens != b.tokens:
-                    out.append(f"stream {a.name!r} has {b.size} values, the model expects {a.size}")
+                    new = [t for t in b.tokens if t not in a.tokens][:5]
+                    gone = [t for t in a.tokens if t not in b.tokens][:5]
+                    out.append(f"stream {a.name!r} has {b.size} values, the model expects {a.size}"
+                               + (f"; not known to the model: {', '.join(new)}" if new else "")
+                               + (f"; missing: {', '.join(gone)}" if gone else ""))
         return out
 
     def check_ids(self, streams: dict[str, np.ndarray]) -> None:

@@ -1,0 +1,1 @@
+"""`notelm serve`: a local web page to generate music, listen to it and look at it (see app.py)."""

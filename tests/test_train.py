@@ -1,0 +1,184 @@
+"""Training: crops, objectives, configs, checkpoints, resume after kill -9, fine-tuning, torchrun."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from notelm.checkpoint import load_model, load_tensors
+from notelm.corpus import prepare
+from notelm.io import NotelmError, read_json, write_json
+from notelm.train import CropSampler, load_config, lr_at, train, window_splits
+
+from conftest import scale_tune, write_midi
+
+TINY = ["model.hidden=32", "model.embed_dim=8", "train.batch_size=8", "train.context=16", "train.eval_every=10",
+        "train.eval_crops=16", "train.log_every=5", "train.threads=1"]
+
+
+def quiet(*_):
+    pass
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("music")
+    rng = np.random.default_rng(0)
+    for i in range(40):
+        notes = [(float(t), 0.5, int(60 + rng.integers(-5, 8)), 80) for t in range(24)]
+        write_midi(root / ("folk" if i % 2 else "jigs") / f"t{i:02d}.mid", [(0, False, notes)])
+    out = tmp_path_factory.mktemp("corpus") / "c"
+    prepare([str(root)], out, workers=1, progress=False, log=quiet)
+    return out
+
+
+def weights(run_dir, which="checkpoint"):
+    return load_tensors(run_dir / which / "model.safetensors")
+
+
+def test_crop_sampler_cuts_windows_inside_songs_and_pads_short_ones():
+    stream = np.array([1, 5, 6, 7, 2, 1, 8, 2], np.uint8)  # two songs: [1 5 6 7 2] and [1 8 2]
+    offsets = np.array([0, 5, 8])
+    sampler = CropSampler([stream], offsets, np.array([0, 1]), length=4)
+    assert sampler.n_windows == 3  # song 0 has 5 - 4 + 1 = 2 starts; song 1 is shorter than a crop: 1 padded crop
+    tokens, songs = sampler.at(np.array([0, 1, 2]))
+    assert tokens[..., 0].tolist() == [[1, 5, 6, 7], [5, 6, 7, 2], [1, 8, 2, 0]]
+    assert songs.tolist() == [0, 0, 1]
+    splits = window_splits(1000)
+    assert sum(len(v) for v in splits.values()) == 1000 and len(splits["train"]) > 700
+    assert not set(splits["train"]) & set(splits["test"])
+
+
+def test_schedule_warms_up_then_decays():
+    cfg = load_config(None, ["train.lr=0.01", "train.min_lr=0.001", "train.warmup=10", "train.steps=110"]).train
+    assert lr_at(0, cfg) == pytest.approx(0.001)
+    assert lr_at(9, cfg) == pytest.approx(0.01)
+    assert lr_at(60, cfg) == pytest.approx(0.0055)
+    assert lr_at(110, cfg) == pytest.approx(0.001)
+
+
+def test_config_errors_are_clear(tmp_path):
+    with pytest.raises(NotelmError, match="unknown key.*lerning_rate"):
+        load_config("seed", ["train.lerning_rate=0.1"])
+    with pytest.raises(NotelmError, match=r"steps = 'many': expected int"):
+        load_config("seed", ["train.steps=many"])
+    with pytest.raises(NotelmError, match="no such file or preset"):
+        load_config("nope")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[model]\nfamily = 'gru'\n")
+    with pytest.raises(NotelmError, match="'lstm' or 'transformer'"):
+        load_config(str(bad))
+    for preset in ("seed", "seed_fullseq", "lstm", "transformer"):
+        load_config(preset)
+
+
+@pytest.mark.parametrize("preset,extra", [
+    ("seed", []),
+    ("seed_fullseq", ["model.heads='ordered'"]),
+    ("lstm", ["data.encoding.velocity_bins=0"]),
+    ("transformer", ["model.layers=1", "model.n_heads=2", "model.context=16"]),
+])
+def test_every_preset_trains_and_writes_a_loadable_model(corpus, tmp_path, preset, extra):
+    run = load_config(preset, TINY + ["train.steps=30", "train.time_limit=0.0"] + extra)
+    summary = train(corpus, run, tmp_path / "run", progress=False, log=quiet)
+    assert summary["steps"] == 30
+    records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    valid = [r["loss"] for r in records if r["split"] == "valid"]
+    assert len(valid) == 3 and valid[-1] < valid[0]  # it learns something
+    model = load_model(tmp_path / "run")
+    assert model.family == run.model.family and model.vocab.representation == run.representation
+    assert model.vocab.conditions == ["folk", "jigs"]
+
+
+def test_resume_after_kill_continues_to_the_same_result(corpus, tmp_path):
+    overrides = TINY + ["train.steps=60", "model.dropout=0.2", "train.transpose=true"]
+    train(corpus, load_config("seed_fullseq", overrides), tmp_path / "straight", progress=False, log=quiet)
+
+    run_dir = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "notelm", "train", str(corpus), "--config", "seed_fullseq", "-o", str(run_dir), "-q"]
+    for o in overrides:
+        cmd += ["--set", o]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while time.time() < deadline:  # kill -9 once a checkpoint exists, mid-run
+        cfg = run_dir / "checkpoint" / "config.json"
+        if cfg.exists() and read_json(cfg)["train_state"]["step"] >= 20:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    step = read_json(run_dir / "checkpoint" / "config.json")["train_state"]["step"]
+    assert 20 <= step < 60, "the run must be killed before it finished"
+    assert not list(run_dir.glob(".*.tmp")), "no half-written checkpoint next to the real one"
+
+    refused = subprocess.run(cmd + ["--resume"], capture_output=True, text=True)  # --config/--set with --resume
+    assert refused.returncode == 1 and "saved configuration" in refused.stderr
+    resume = [sys.executable, "-m", "notelm", "train", str(corpus), "-o", str(run_dir), "--resume", "-q"]
+    out = subprocess.run(resume, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    a, b = weights(tmp_path / "straight"), weights(run_dir)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    steps = [json.loads(x)["step"] for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    straight = [json.loads(x)["step"] for x in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == straight  # the log has no duplicated or missing lines
+
+
+def test_half_written_checkpoint_is_never_loaded(corpus, tmp_path):
+    train(corpus, load_config("seed", TINY + ["train.steps=10"]), tmp_path / "run", progress=False, log=quiet)
+    # a crash during the atomic write leaves only a hidden temp dir; the real checkpoint stays whole
+    (tmp_path / "run" / ".checkpoint.x.tmp").mkdir()
+    (tmp_path / "run" / ".checkpoint.x.tmp" / "model.safetensors").write_bytes(b"\0" * 10)
+    assert load_model(tmp_path / "run").family == "lstm"
+    (tmp_path / "run" / "best" / "model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(NotelmError, match="not a readable safetensors file"):
+        load_model(tmp_path / "run")
+
+
+def test_finetune_starts_from_the_model_and_checks_the_vocabulary(corpus, tmp_path):
+    base = tmp_path / "base"
+    train(corpus, load_config("seed_fullseq", TINY + ["train.steps=20"]), base, progress=False, log=quiet)
+    tuned = tmp_path / "tuned"
+    train(corpus, load_config(None, TINY + ["train.steps=1", "train.lr=0.0", "train.min_lr=0.0", "train.warmup=1"]), tuned,
+          init=str(base), progress=False, log=quiet)
+    a, b = weights(base, "best"), weights(tuned)
+    assert all(torch.equal(a[k], b[k]) for k in a)  # lr 0: fine-tuning starts exactly from the base weights
+    assert read_json(tuned / "run.json")["data"]["representation"] == "seed"
+
+    config = read_json(base / "best" / "config.json")
+    config["vocab"]["streams"][1]["tokens"][-1] = "breve"  # a model whose durations this encoder cannot produce
+    write_json(base / "best" / "config.json", config)
+    with pytest.raises(NotelmError, match="cannot be read by the model: stream 'duration'.*not known to the model: whole"):
+        train(corpus, load_config(None, TINY + ["train.steps=1"]), tmp_path / "t2", init=str(base), progress=False, log=quiet)
+
+
+def test_refuses_to_overwrite_a_run_or_resume_nothing(corpus, tmp_path):
+    train(corpus, load_config("seed", TINY + ["train.steps=5"]), tmp_path / "run", progress=False, log=quiet)
+    with pytest.raises(NotelmError, match="already there"):
+        train(corpus, load_config("seed", TINY + ["train.steps=5"]), tmp_path / "run", progress=False, log=quiet)
+    with pytest.raises(NotelmError, match="nothing to resume"):
+        train(corpus, load_config("seed"), tmp_path / "empty", resume=True, progress=False, log=quiet)
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_gloo(corpus, tmp_path):
+    run_dir = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port", str(29500 + os.getpid() % 1000),
+           "-m", "notelm", "train", str(corpus), "--config", "seed_fullseq", "-o", str(run_dir), "-q"]
+    for o in TINY + ["train.steps=20"]:
+        cmd += ["--set", o]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert read_json(run_dir / "run.json")["world_size"] == 2
+    summary = read_json(run_dir / "summary.json")
+    assert summary["steps"] == 20
+    # both ranks draw their own crops: 2 x batch x context targets per step
+    assert read_json(run_dir / "checkpoint" / "config.json")["train_state"]["events"] == 20 * 2 * 8 * 16
+    assert load_model(run_dir).family == "lstm"
