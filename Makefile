@@ -27,6 +27,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip show torch >/dev/null 2>&1 || $(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e '.[dev,web]'
 	scripts/get-soundfont.sh $(VENV)/share/notelm
+	# the browser test (tests/test_web.py) drives Debian's Chromium: as root, install it when missing
+	test -x /usr/bin/chromium || [ "$$(id -u)" != 0 ] || DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium \
+		|| { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; } \
+		|| echo "note: could not install chromium; the browser test will be skipped"
 	touch $(STAMP)
 
 clean:

@@ -74,6 +74,19 @@ def load_tensors(file: Path) -> dict:
         raise NotelmError(f"{file}: not a readable safetensors file ({e})") from None
 
 
+def tensor_shapes(file: Path) -> dict[str, tuple]:
+    """Name -> shape of every tensor in a safetensors file, read from its header (no data loaded)."""
+    from safetensors import SafetensorError, safe_open
+
+    if not file.exists():
+        raise NotelmError(f"{file}: missing (a checkpoint needs its safetensors weights)")
+    try:
+        with safe_open(str(file), "pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise NotelmError(f"{file}: not a readable safetensors file ({e})") from None
+
+
 def load_model(path, device: str = "cpu"):
     """Any trained notelm model (neural or n-gram) from a run or model directory."""
     directory = resolve(path)
@@ -88,24 +101,35 @@ def load_model(path, device: str = "cpu"):
 def load_neural(directory: Path, config: dict, device: str = "cpu"):
     import torch
 
+    from notelm.encoding import from_vocab
     from notelm.encoding.vocab import Vocab
-    from notelm.models.neural import ModelConfig, NeuralModel
+    from notelm.models.neural import ModelConfig, NeuralModel, build_net
 
     if not isinstance(config.get("model"), dict) or not isinstance(config.get("vocab"), dict):
         raise NotelmError(f"{directory / 'config.json'}: needs 'model' and 'vocab' objects")
-    cfg = ModelConfig.from_dict(config["model"])
+    try:
+        cfg = ModelConfig.from_dict(config["model"]).validate()
+        vocab = Vocab.from_json(config["vocab"])
+        from_vocab(vocab)  # the encoder settings it was trained with must exist
+    except NotelmError as e:
+        raise NotelmError(f"{directory / 'config.json'}: {e}") from None
     if cfg.family != config["family"]:
         raise NotelmError(f"{directory / 'config.json'}: family {config['family']!r} but model.family {cfg.family!r}")
-    model = NeuralModel(Vocab.from_json(config["vocab"]), cfg, device=device)
-    weights = load_tensors(directory / "model.safetensors")
-    expected = model.net.state_dict()
-    problems = [f"{k}: missing" for k in expected if k not in weights]
-    problems += [f"{k}: unexpected" for k in weights if k not in expected]
-    problems += [f"{k}: shape {tuple(weights[k].shape)} != {tuple(v.shape)}" for k, v in expected.items()
-                 if k in weights and weights[k].shape != v.shape]
+    # Compare shapes before allocating anything: the network is built on the meta device (shapes
+    # only) and the file's shapes come from its header, so a tampered config cannot make us
+    # allocate more than the weights file itself holds.
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in build_net(vocab, cfg).state_dict().items()}
+    found = tensor_shapes(directory / "model.safetensors")
+    problems = [f"{k}: missing" for k in expected if k not in found]
+    problems += [f"{k}: unexpected" for k in found if k not in expected]
+    problems += [f"{k}: shape {found[k]} != {v}" for k, v in expected.items() if k in found and found[k] != v]
     if problems:
         more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
         raise NotelmError(f"{directory}: weights do not match the config: {'; '.join(problems[:3])}{more}")
+    model = NeuralModel(vocab, cfg, device=device)
+    weights = load_tensors(directory / "model.safetensors")
+    expected = model.net.state_dict()
     with torch.no_grad():
         model.net.load_state_dict({k: v.to(expected[k].dtype) for k, v in weights.items()})
     return model

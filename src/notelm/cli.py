@@ -21,14 +21,27 @@ EPILOG = """typical flow:
   notelm generate --model run -o out --wav --png
 """
 
+PREPARE_EXIT = """every file that cannot be kept is listed with a one-line reason ("failed: PATH: REASON"),
+counted in the summary line and stored in CORPUS_DIR/manifest.json (failures).
+
+exit status:
+  0  the corpus holds at least one song (some files may have failed: see the summary)
+  1  nothing was written: an error stopped the run (bad option, missing source, existing corpus)
+  2  the corpus was written but holds no song: every file failed (or none was found)
+"""
 
 # --------------------------------------------------------------------------- verbs
 
 def cmd_prepare(a):
     from notelm.corpus import parse_shard, parse_split, prepare
 
-    prepare(a.sources, Path(a.output), workers=a.workers, shard=parse_shard(a.shard), split=parse_split(a.split),
-            metadata_csv=a.metadata, max_file_mb=a.max_file_mb, force=a.force, progress=not a.quiet)
+    manifest = prepare(a.sources, Path(a.output), workers=a.workers, shard=parse_shard(a.shard), split=parse_split(a.split),
+                       metadata_csv=a.metadata, max_file_mb=a.max_file_mb, force=a.force, progress=not a.quiet)
+    if not manifest["counts"]["songs"]:  # exit status 2: see PREPARE_EXIT
+        print(f"notelm prepare: no song could be read ({manifest['counts']['failed']} of "
+              f"{manifest['counts']['files']} files failed)", file=sys.stderr)
+        return 2
+    return 0
 
 
 def cmd_merge(a):
@@ -78,6 +91,12 @@ def _length(text: str) -> tuple[int, float | None]:
         raise NotelmError(f"--length {text!r}: a number of events (e.g. 256) or of seconds (e.g. 30s)") from None
 
 
+def cmd_demo(a):
+    from notelm.demo import demo
+
+    demo(a.output, train=a.train, num=a.num, length=a.length, seed=a.seed, minutes=a.minutes)
+
+
 def cmd_render(a):
     from notelm.render import render_file
 
@@ -102,6 +121,32 @@ def cmd_stats(a):
     stats(a.corpus, out_dir=a.output, top=a.top, progress=not a.quiet)
 
 
+def cmd_serve(a):
+    from notelm.web.app import serve
+
+    serve(a.model or [], host=a.host, port=a.port)
+
+
+def cmd_evaluate(a):
+    from notelm.evaluate import evaluate
+
+    evaluate(a.run, corpus=a.corpus, split=a.split, context=a.context, transpose_average=a.transpose_average,
+             generate=a.generate, generate_length=a.generate_length, out_dir=a.output, progress=not a.quiet)
+
+
+def cmd_compare(a):
+    from notelm.evaluate import compare
+
+    compare(a.runs, out=a.output)
+
+
+def cmd_reproduce(a):
+    from notelm.reproduce import reproduce
+
+    reproduce(work=a.work, quick=a.quick, steps=a.steps, time_limit=a.time_limit, bach=a.bach, piano=a.piano,
+              progress=not a.quiet)
+
+
 # --------------------------------------------------------------------------- parser
 
 def build_parser() -> argparse.ArgumentParser:
@@ -111,10 +156,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="verb", metavar="VERB")
 
     s = sub.add_parser("prepare", help="read MIDI / MusicXML / kern / ABC files into a corpus",
-                       description="Read music files into a corpus directory (note table, song table, splits). "
-                                   "A SOURCE is a file, a folder (recursive), a glob in quotes, or music21:NAME for a "
-                                   "collection of music21's bundled corpus (e.g. music21:bach). A killed prepare resumes "
-                                   "when run again.")
+                       description="Read music files into a corpus directory (note table, song table, splits).\n"
+                                   "A SOURCE is a file, a folder (recursive), a glob in quotes, or music21:NAME for a\n"
+                                   "collection of music21's bundled corpus (e.g. music21:bach). A killed prepare resumes\n"
+                                   "when run again.", epilog=PREPARE_EXIT, formatter_class=argparse.RawDescriptionHelpFormatter)
     s.add_argument("sources", nargs="+", metavar="SOURCE")
     s.add_argument("-o", "--output", required=True, metavar="CORPUS_DIR")
     s.add_argument("--workers", type=int, default=None, help="worker processes (default: number of cores)")
@@ -177,6 +222,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--soundfont", metavar="SF2", help="SoundFont for --wav (default: the one installed with notelm)")
     s.set_defaults(func=cmd_generate)
 
+    s = sub.add_parser("demo", help="hear it now: pieces from the shipped model as MIDI + WAV + piano roll",
+                       description="Generate a few pieces with the model shipped in the package and render them as MIDI, "
+                                   "WAV and piano-roll PNG. With --train, run the whole path on music21's Bach chorales "
+                                   "first: prepare -> train (a few minutes) -> evaluate -> generate.")
+    s.add_argument("-o", "--output", default="demo", metavar="DIR", help="where everything goes (default: demo)")
+    s.add_argument("--train", action="store_true", help="train a model on the built-in corpus instead of using the shipped one")
+    s.add_argument("--minutes", type=float, default=3.0, help="training time for --train (default 3)")
+    s.add_argument("--num", type=int, default=3, help="pieces to write (default 3)")
+    s.add_argument("--length", default="20s", help="per piece: events (e.g. 256) or seconds (e.g. 20s); default 20s")
+    s.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    s.set_defaults(func=cmd_demo)
+
     s = sub.add_parser("render", help="render a MIDI file to WAV (SoundFont synthesizer) and/or a piano-roll PNG",
                        description="Render a MIDI file to FILE.wav (General MIDI SoundFont) and/or FILE.png (piano "
                                    "roll), beside the file or in -o DIR. With neither --wav nor --png, both.")
@@ -213,6 +270,58 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--top", type=int, default=10, metavar="K", help="n-grams and tokens listed per table (default 10)")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_stats)
+
+    s = sub.add_parser("serve", help="a local web page: generate, listen, look, download",
+                       description="Serve a web page to generate music in the browser: pick a model and a collection, "
+                                   "set temperature / top-k / top-p / length / seed, optionally upload a MIDI prompt, "
+                                   "then see the piano roll, play the audio and download MIDI and WAV. Listens on "
+                                   "127.0.0.1 only unless --host says otherwise.")
+    s.add_argument("--model", action="append", metavar="RUN_OR_MODEL",
+                   help="a run or model directory to offer (repeatable; the shipped default model is offered too)")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this computer only)")
+    s.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
+    s.set_defaults(func=cmd_serve)
+
+    s = sub.add_parser("evaluate", help="held-out accuracy, bits per event and perplexity beside the baselines",
+                       description="Score a trained run on the songs of a split (every event after BOS): per stream "
+                                   "accuracy, bits per event and perplexity, beside the majority and stratified dummies and "
+                                   "n-grams of orders 2-5 (per stream and joint) fitted on the train split, the best n-gram "
+                                   "chosen on the valid split. Writes evaluation.md, .json and .png to RUN_DIR/eval (or -o). "
+                                   "A run trained on the random window split is scored on its test windows.")
+    s.add_argument("run", metavar="RUN_DIR")
+    s.add_argument("--corpus", metavar="CORPUS_DIR", help="corpus to score on (default: the run's own, from run.json)")
+    s.add_argument("--split", default="test", choices=["train", "valid", "test", "all"],
+                   help="songs to score (default test; all for a corpus the model never saw)")
+    s.add_argument("--context", type=int, metavar="N", help="each prediction sees at most N previous events (default: the whole song)")
+    s.add_argument("--transpose-average", action="store_true",
+                   help="average the predictions of the 12 transpositions of the input (where they fit)")
+    s.add_argument("--generate", type=int, default=0, metavar="N",
+                   help="also sample N pieces (and N from the best n-gram) and compare their music metrics with real songs")
+    s.add_argument("--generate-length", type=int, default=256, metavar="EVENTS", help="events per sampled piece (default 256)")
+    s.add_argument("-o", "--output", metavar="DIR", help="report folder (default: RUN_DIR/eval)")
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=cmd_evaluate)
+
+    s = sub.add_parser("compare", help="several runs' evaluations side by side",
+                       description="A Markdown table of the evaluations (notelm evaluate) of several runs, printed and "
+                                   "written to -o (default comparison.md).")
+    s.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories (or eval folders, or evaluation.json files)")
+    s.add_argument("-o", "--output", metavar="FILE.md", help="where the table goes (default: comparison.md)")
+    s.set_defaults(func=cmd_compare)
+
+    s = sub.add_parser("reproduce", help="reproduce the original experiment (seed representation, Bach + piano-midi.de)",
+                       description="Prepare music21:bach and piano_midi_de, then for the original's random window split and "
+                                   "a song-level split train the original LSTM (configs/seed.toml) and notelm's best seed model "
+                                   "(configs/seed_fullseq.toml), evaluate them beside the stratified and majority dummies and "
+                                   "the best n-gram, and write a Markdown table + JSON. The same as benchmarks/reproduce.py.")
+    s.add_argument("--work", default="work/reproduce", metavar="DIR", help="corpora, runs and results go here (default work/reproduce)")
+    s.add_argument("--quick", action="store_true", help="a few files and tiny training budgets: a smoke test in minutes")
+    s.add_argument("--steps", type=int, help="training steps per model (default: the presets')")
+    s.add_argument("--time-limit", type=float, help="seconds of training per model (default 600; quick 20)")
+    s.add_argument("--bach", default="music21:bach", metavar="SOURCE", help="the Bach source (default music21:bach)")
+    s.add_argument("--piano", default=None, metavar="FOLDER", help="the piano_midi_de folder (default ../shared/data/piano_midi_de)")
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    s.set_defaults(func=cmd_reproduce)
     return p
 
 

@@ -98,7 +98,8 @@ class Corpus:
         songs = _read_table(self.path / "songs.arrow")
         self.songs = {name: songs.column(name).to_numpy(zero_copy_only=False) for name in songs.column_names}
         self._notes = _read_table(self.path / "notes.arrow")
-        self._meta = {name: _read_table(self.path / f"{name}.arrow") for name in META_TABLES}
+        # a few rows per song, written in many batches: one contiguous copy makes per-song lookups cheap
+        self._meta = {name: _read_table(self.path / f"{name}.arrow").combine_chunks() for name in META_TABLES}
 
     def __len__(self) -> int:
         return len(self.songs["song"])
@@ -171,37 +172,56 @@ SONG_COLUMNS = ["song", "path", "sha", "source", "collection", "part", "split", 
                 "duration_q", "duration_s", "qpm", "time_signature", "key", "note_start", "note_end"]
 _STRING_COLUMNS = {"path", "sha", "source", "collection", "split", "time_signature", "key"}
 _FLOAT_COLUMNS = {"duration_q", "duration_s", "qpm"}
+_SONG_TYPES = {k: pa.string() if k in _STRING_COLUMNS else pa.float64() if k in _FLOAT_COLUMNS else pa.int64()
+               for k in SONG_COLUMNS}
 
 
 class CorpusWriter:
-    """Streams chunks of songs into a new corpus directory; duplicates (same hash) are kept once."""
+    """Streams chunks of songs into a new corpus directory; duplicates (same hash) are kept once.
+
+    Every table is written batch by batch as chunks arrive.  What stays in memory is one
+    entry per distinct content hash (to find duplicates) and running totals, so a corpus
+    of millions of files does not need its song table in memory.
+    """
 
     def __init__(self, out_dir: Path, split=DEFAULT_SPLIT):
         self.out_dir = Path(out_dir)
         self.split = split
-        self.records: list[dict] = []
-        self.duplicates: list[dict] = []
-        self._first_path: dict[str, str] = {}
-        self._meta = {name: [] for name in META_TABLES}
-        self._n_notes = 0
-        schema = pa.schema([("song", pa.int32())] + [(k, pa.from_numpy_dtype(v)) for k, v in nt.NOTE_COLUMNS.items()])
-        self._writer = pa.ipc.new_file(str(self.out_dir / "notes.arrow"), schema)
+        self.duplicates: list[dict] = []  # same_as holds the first song's id until close()
+        self._first: dict[str, int] = {}  # content hash -> song id
+        self._n_songs = self._n_notes = 0
+        self._seconds = 0.0
+        self._splits = dict.fromkeys(SPLITS, 0)
+        self._collections: dict[str, int] = {}
+        schemas = {"notes": [("song", pa.int32())] + [(k, pa.from_numpy_dtype(v)) for k, v in nt.NOTE_COLUMNS.items()],
+                   "songs": [(k, _SONG_TYPES[k]) for k in SONG_COLUMNS]}
+        schemas.update({name: [("song", pa.int32())] + [(f, pa.from_numpy_dtype(np.dtype(t))) for f, t in fields.items()]
+                        for name, fields in META_TABLES.items()})
+        self._writers = {name: pa.ipc.new_file(str(self.out_dir / f"{name}.arrow"), pa.schema(fields))
+                         for name, fields in schemas.items()}
 
     def add(self, chunk: Chunk) -> None:
         """Append a chunk; its notes must be grouped by song in song order (as ingest makes them)."""
         new_id = np.full(len(chunk.records), -1, np.int64)  # chunk song -> corpus song (-1: duplicate)
         counts = np.bincount(chunk.notes["song"], minlength=len(chunk.records)) if chunk.notes else np.zeros(len(chunk.records), np.int64)
         start = self._n_notes
+        rows = []
         for k, rec in enumerate(chunk.records):
-            if rec["sha"] in self._first_path:
-                self.duplicates.append({"path": rec["path"], "same_as": self._first_path[rec["sha"]]})
+            if rec["sha"] in self._first:
+                self.duplicates.append({"path": rec["path"], "same_as": self._first[rec["sha"]]})
                 continue
-            self._first_path[rec["sha"]] = rec["path"]
-            new_id[k] = len(self.records)
+            song = self._first[rec["sha"]] = new_id[k] = self._n_songs + len(rows)
             n = int(counts[k])
-            self.records.append(dict(rec, song=len(self.records), split=assign_split(rec["sha"], self.split),
-                                     n_notes=n, note_start=start, note_end=start + n))
+            rows.append(dict(rec, song=song, split=assign_split(rec["sha"], self.split), n_notes=n,
+                             note_start=start, note_end=start + n))
             start += n
+            self._seconds += rec["duration_s"]
+            self._splits[rows[-1]["split"]] += 1
+            self._collections[rec["collection"]] = self._collections.get(rec["collection"], 0) + 1
+        if rows:
+            self._writers["songs"].write_batch(pa.record_batch(
+                [pa.array([r[k] for r in rows], _SONG_TYPES[k]) for k in SONG_COLUMNS], names=SONG_COLUMNS))
+            self._n_songs += len(rows)
         if not chunk.notes:
             return
         song = new_id[chunk.notes["song"]]
@@ -210,30 +230,22 @@ class CorpusWriter:
         for name, dtype in nt.NOTE_COLUMNS.items():
             col = chunk.notes[name]
             batch[name] = (col if keep.all() else col[keep]).astype(dtype, copy=False)
-        self._writer.write_batch(pa.record_batch(batch))
+        self._writers["notes"].write_batch(pa.record_batch(batch))
         self._n_notes = start
         for table, cols in chunk.meta.items():
             ids = new_id[cols["song"]]
             ok = ids >= 0
-            self._meta[table].append({"song": ids[ok].astype(np.int32), **{c: v[ok] for c, v in cols.items() if c != "song"}})
+            if ok.any():
+                self._writers[table].write_batch(pa.record_batch(
+                    {"song": ids[ok].astype(np.int32), **{c: cols[c][ok].astype(t) for c, t in META_TABLES[table].items()}}))
 
     def close(self, manifest: dict) -> dict:
-        self._writer.close()
-        columns = {}
-        for k in SONG_COLUMNS:
-            values = [r[k] for r in self.records]
-            kind = pa.string() if k in _STRING_COLUMNS else pa.float64() if k in _FLOAT_COLUMNS else pa.int64()
-            columns[k] = pa.array(values, kind)
-        _write_table(self.out_dir / "songs.arrow", pa.table(columns))
-        for name, fields in META_TABLES.items():
-            rows = self._meta[name]
-            table = {"song": np.concatenate([r["song"] for r in rows]) if rows else np.zeros(0, np.int32)}
-            for f, dtype in fields.items():
-                table[f] = np.concatenate([r[f] for r in rows]).astype(dtype) if rows else np.zeros(0, dtype)
-            _write_table(self.out_dir / f"{name}.arrow", pa.table(table))
-        collections: dict[str, int] = {}
-        for r in self.records:
-            collections[r["collection"]] = collections.get(r["collection"], 0) + 1
+        for writer in self._writers.values():
+            writer.close()
+        if self.duplicates:  # name the first copy of each duplicate (read back: no song table in memory)
+            paths = _read_table(self.out_dir / "songs.arrow").column("path")
+            for d in self.duplicates:
+                d["same_as"] = paths[d["same_as"]].as_py()
         manifest = {
             "format": FORMAT,
             "version": VERSION,
@@ -243,21 +255,16 @@ class CorpusWriter:
         }
         manifest["counts"] = {
             **manifest.get("counts", {}),
-            "songs": len(self.records),
+            "songs": self._n_songs,
             "notes": self._n_notes,
-            "hours": round(sum(r["duration_s"] for r in self.records) / 3600, 3),
+            "hours": round(self._seconds / 3600, 3),
             "duplicates": len(self.duplicates),
-            **{f"{s}_songs": sum(r["split"] == s for r in self.records) for s in SPLITS},
+            **{f"{s}_songs": self._splits[s] for s in SPLITS},
         }
-        manifest["collections"] = dict(sorted(collections.items()))
+        manifest["collections"] = dict(sorted(self._collections.items()))
         manifest["duplicates"] = self.duplicates
         write_json(self.out_dir / "manifest.json", manifest)
         return manifest
-
-
-def _write_table(path: Path, table: pa.Table) -> None:
-    with pa.ipc.new_file(str(path), table.schema) as writer:
-        writer.write_table(table)
 
 
 # --------------------------------------------------------------------------- prepare
@@ -334,7 +341,8 @@ def prepare(sources: list[str], out: Path, workers: int | None = None, shard: tu
             "counts": {"files": total, "failed": len(failures)},
             "failures": failures,
         })
-    shutil.rmtree(partial, ignore_errors=True)
+        # before the rename: a run killed in between redoes the work, but never leaves a stale .partial
+        shutil.rmtree(partial, ignore_errors=True)
     c = manifest["counts"]
     elapsed = time.perf_counter() - started
     for f in failures:

@@ -94,12 +94,17 @@ def sample(model, n: int = 4, length: int = 256, seconds: float | None = None, p
         raise NotelmError(f"--num {n}: between 1 and {MAX_PIECES} pieces per call")
     vocab = model.vocab
     names = vocab.names
+    if seconds is not None and not seconds >= 0:  # negative or NaN
+        raise NotelmError(f"--length {seconds}s: a number of seconds above 0")
     limit = MAX_EVENTS if seconds else length
     if not 1 <= limit <= MAX_EVENTS:
         raise NotelmError(f"--length {length}: between 1 and {MAX_EVENTS} events per piece")
     rng = np.random.default_rng(cfg.seed)
     if prompt is None:
         prompt = {name: np.array([BOS]) for name in names}
+    if len(prompt[names[0]]) - 1 > MAX_EVENTS:  # memory grows with pieces x (prompt + length) too
+        raise NotelmError(f"the prompt holds {len(prompt[names[0]]) - 1} events, more than {MAX_EVENTS}; "
+                          "take a part of it with --prompt-events or --prompt-bars")
     batch_prompt = {name: np.repeat(np.asarray(prompt[name], np.int64)[None], n, 0) for name in names}
     state = model.begin(batch_prompt, np.full(n, cond, np.int64))
     pitch_k = names.index("pitch") if "pitch" in names else -1

@@ -41,8 +41,14 @@ class IngestError(Exception):
     """A file that cannot be kept; the message is the one-line reason."""
 
 
-def load_file(path: str) -> tuple[str, list[nt.RawSong]]:
-    """(content hash, parsed pieces) of one file."""
+def load_file(path: str, check_events: bool = True) -> tuple[str, list[nt.RawSong]]:
+    """(content hash, parsed pieces) of one file.
+
+    ``check_events`` walks every MIDI event before symusic parses the file (see
+    ``notes.midi_event_problem``: malformed bytes can crash symusic's process).  Only
+    ``IngestPool`` workers turn it off: there a crash costs one file, and the walk would
+    cost more than the parse.
+    """
     try:
         data = Path(path).read_bytes()
     except OSError as e:
@@ -50,18 +56,21 @@ def load_file(path: str) -> tuple[str, list[nt.RawSong]]:
     if not data:
         raise IngestError("empty file (0 bytes)")
     sha = content_hash(data)
-    raws = [_load_midi(data)] if is_midi(path) else _load_music21(path)
+    raws = [_load_midi(data, check_events)] if is_midi(path) else _load_music21(path)
     if not any(raw.tracks for raw in raws):
         raise IngestError("no notes")
     return sha, raws
 
 
-def _load_midi(data: bytes) -> nt.RawSong:
+def _load_midi(data: bytes, check_events: bool = True) -> nt.RawSong:
     import symusic
 
     if data[:4] != b"MThd":
         raise IngestError("not a MIDI file (no MThd header)")
     _check_chunks(data)
+    problem = nt.midi_event_problem(data) if check_events else ""
+    if problem:
+        raise IngestError(problem)
     try:
         score = symusic.Score.from_midi(data)
     except Exception as e:  # symusic raises RuntimeError with its parser's message
@@ -72,10 +81,15 @@ def _load_midi(data: bytes) -> nt.RawSong:
 
 
 def _check_chunks(data: bytes) -> None:
-    """Reject truncated files: symusic quietly keeps whatever part of a cut file it can read."""
+    """Reject truncated files (symusic quietly keeps whatever part of a cut file it can read)
+    and formats other than 0 and 1 (symusic would play format 2's independent sequences at once)."""
     if len(data) < 14:
         raise IngestError(f"truncated MIDI: {len(data)} bytes, shorter than a MIDI header")
-    n_tracks = int.from_bytes(data[10:12], "big")
+    fmt, n_tracks = int.from_bytes(data[8:10], "big"), int.from_bytes(data[10:12], "big")
+    if fmt > 2:
+        raise IngestError(f"unknown MIDI format {fmt} (the standard has 0, 1 and 2)")
+    if fmt == 2 and n_tracks > 1:
+        raise IngestError(f"MIDI format 2 ({n_tracks} independent sequences) is not supported")
     pos, found = 8 + int.from_bytes(data[4:8], "big"), 0
     while found < n_tracks:
         if pos + 8 > len(data):
@@ -162,13 +176,13 @@ class Chunk:
     failures: list[dict] = field(default_factory=list)
 
 
-def load_chunk(files: list[tuple[int, str, str, str]]) -> Chunk:
+def load_chunk(files: list[tuple[int, str, str, str]], check_events: bool = True) -> Chunk:
     """Load (index, path, source, collection) files into one Chunk; failures are recorded."""
     out = Chunk()
     raws, info = [], []  # info: (index, path, source, collection, sha, part) per piece
     for index, path, source, collection in files:
         try:
-            sha, pieces = load_file(path)
+            sha, pieces = load_file(path, check_events)
         except IngestError as e:
             out.failures.append({"index": index, "path": path, "reason": str(e)})
             continue
@@ -273,7 +287,7 @@ class Job:
 def run_job(job: Job) -> None:
     """Load a chunk and save it where the job says (the parent reads it back from disk:
     cheaper than sending it through a pipe, and the same path as a resumed chunk)."""
-    _finish(job, load_chunk(job.files))
+    _finish(job, load_chunk(job.files, check_events=False))  # a crash here costs one file (IngestPool)
 
 
 def _finish(job: Job, chunk: Chunk) -> None:
@@ -321,7 +335,8 @@ class IngestPool:
 
     def _submit(self, job: Job):
         if self._pool is None:
-            self._pool = cf.ProcessPoolExecutor(self.workers, mp_context=self._ctx)
+            self._pool = cf.ProcessPoolExecutor(self.workers, mp_context=self._ctx, initializer=_die_with_parent,
+                                                initargs=(os.getpid(),))
         return self._pool.submit(run_job, job)
 
     def map(self, jobs: Iterable[tuple[object, Job | None]]) -> Iterator[object]:
@@ -357,11 +372,25 @@ class IngestPool:
                     yield k
 
     def _isolated(self, item) -> Chunk:
-        with cf.ProcessPoolExecutor(1, mp_context=self._ctx) as pool:
+        with cf.ProcessPoolExecutor(1, mp_context=self._ctx, initializer=_die_with_parent, initargs=(os.getpid(),)) as pool:
             try:
-                return pool.submit(load_chunk, [item]).result()
+                return pool.submit(load_chunk, [item], False).result()
             except cf.process.BrokenProcessPool:
                 return Chunk(failures=[{"index": item[0], "path": item[1], "reason": "the parser crashed its process on this file"}])
+
+
+def _die_with_parent(parent: int) -> None:
+    """Worker start-up: die when prepare dies (kill -9 included).  Otherwise a worker outlives it,
+    blocked forever on the job queue, or still writing a chunk into the work folder of a resumed run."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG; Linux only
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before the line above
+        os._exit(1)
 
 
 def default_workers() -> int:

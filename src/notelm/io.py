@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 
@@ -74,11 +75,15 @@ def atomic_dir(path):
     """Yield a temporary directory beside ``path``; on success it replaces ``path``.
 
     An existing ``path`` is moved aside first and removed only after the rename,
-    so a crash leaves either the old directory or the new one in place.
+    so a crash leaves either the old directory or the new one in place.  The
+    temporary name carries host and process id: a later write of the same ``path``
+    removes what a killed writer on this machine left behind (kill -9, OOM kill).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    owner = f"{socket.gethostname()}-"
+    _remove_dead_temporaries(path, owner)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{owner}{os.getpid()}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
         old = None
@@ -91,6 +96,29 @@ def atomic_dir(path):
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _remove_dead_temporaries(path: Path, owner: str) -> None:
+    """Delete ``.NAME.<owner><pid>.*.tmp`` beside ``path`` whose process is gone."""
+    start = f".{path.name}.{owner}"
+    try:
+        names = [n for n in os.listdir(path.parent) if n.startswith(start) and n.endswith(".tmp")]
+    except OSError:
+        return
+    for name in names:
+        pid = name[len(start):].split(".", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(path.parent / name, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
 
 
 def content_hash(data: bytes) -> str:

@@ -10,6 +10,11 @@ sound like and compare a set of generated pieces with a set of real ones:
   events a generated piece copies from any training piece.
 - ``repeated_note_share(notes)``: how much of a piece is one note repeated.
 
+Next-event prediction (the last section) scores a model's log-probabilities
+against the events that came next: ``accuracy``, ``bits_per_event``,
+``perplexity``, ``expected_accuracy``, and ``PredictionScores`` to sum them
+over a whole split chunk by chunk; ``prediction_table`` prints them.
+
 Everything works on note tables (see ``notelm.notes``) or integer event arrays
 and is vectorized numpy: loops run per piece, never per note.
 """
@@ -596,3 +601,123 @@ def _song_boundaries(offsets, n_events: int) -> np.ndarray:
 def _longest_true_run(mask: np.ndarray) -> int:
     edges = np.diff(np.concatenate([[0], mask.astype(np.int8), [0]]))
     return int((np.flatnonzero(edges == -1) - np.flatnonzero(edges == 1)).max(initial=0))
+
+
+# =============================================================================
+# Next-event prediction: accuracy, bits per event, perplexity
+# =============================================================================
+#
+# A model's prediction for one target is a row of log-probabilities (natural
+# log) over a stream's vocabulary; the target is the id that came next.
+#   accuracy           share of targets that are the row's argmax (ties: lowest id)
+#   expected accuracy  mean probability of the target: the accuracy of a guess drawn
+#                      from the distribution (sklearn's "stratified" dummy scores
+#                      this on average: sum_i p_i * f_i)
+#   bits per event     mean of -log2 p(target): the cross-entropy in bits
+#   perplexity         2 ** bits: the number of equally likely choices that would be as uncertain
+# Summing the bits of every stream of an event gives the NLL of the whole event
+# (the chain rule for ordered heads, the product of the marginals otherwise).
+
+LOG2_E = 1.0 / math.log(2.0)
+
+
+def target_logprobs(logprobs: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Natural-log probability of each target, float64 ``[N]``, from ``logprobs [N, V]`` and ``targets [N]``."""
+    logprobs = np.asarray(logprobs)
+    targets = np.asarray(targets, np.int64)
+    if logprobs.ndim != 2 or targets.shape != logprobs.shape[:1]:
+        raise ValueError(f"expected log-probabilities [N, V] and targets [N], got {logprobs.shape} and {targets.shape}")
+    if len(targets) and (targets.min() < 0 or targets.max() >= logprobs.shape[1]):
+        raise ValueError(f"targets must be ids in 0..{logprobs.shape[1] - 1}")
+    return np.take_along_axis(logprobs, targets[:, None], 1)[:, 0].astype(np.float64)
+
+
+def accuracy(logprobs: np.ndarray, targets: np.ndarray) -> float:
+    """Share of rows whose most likely id is the target (NaN without targets)."""
+    targets = np.asarray(targets, np.int64)
+    target_logprobs(logprobs, targets)  # validates shapes and ranges
+    return float(np.mean(np.argmax(logprobs, axis=1) == targets)) if len(targets) else math.nan
+
+
+def expected_accuracy(logprobs: np.ndarray, targets: np.ndarray) -> float:
+    """Mean probability of the target: the accuracy of sampling from the predicted distribution."""
+    p = np.exp(target_logprobs(logprobs, targets))
+    return float(p.mean()) if len(p) else math.nan
+
+
+def bits_per_event(logprobs: np.ndarray, targets: np.ndarray) -> float:
+    """Mean negative log2-likelihood of the targets (inf if a target had probability 0)."""
+    lp = target_logprobs(logprobs, targets)
+    return float(-lp.mean() * LOG2_E) if len(lp) else math.nan
+
+
+def perplexity(bits: float) -> float:
+    """``2 ** bits``: 4.0 for 2 bits (a uniform guess among 4)."""
+    return float(2.0 ** bits) if math.isfinite(bits) else math.inf
+
+
+class PredictionScores:
+    """Running sums of accuracy and NLL per stream over many batches of predictions.
+
+    ``add({stream: logprobs [N, V]}, {stream: targets [N]})`` as often as needed,
+    then ``result()``.  Only four numbers per stream are kept, so a whole corpus
+    can be scored chunk by chunk.
+    """
+
+    def __init__(self, streams: list[str]):
+        self.streams = list(streams)
+        self.n = 0
+        self.correct = dict.fromkeys(self.streams, 0)
+        self.nll_bits = dict.fromkeys(self.streams, 0.0)
+        self.target_prob = dict.fromkeys(self.streams, 0.0)
+
+    def add(self, logprobs: dict[str, np.ndarray], targets: dict[str, np.ndarray]) -> None:
+        lengths = {len(np.asarray(targets[name])) for name in self.streams}
+        if len(lengths) != 1:
+            raise ValueError(f"every stream needs the same number of targets, got {sorted(lengths)}")
+        for name in self.streams:
+            lp = target_logprobs(logprobs[name], targets[name])
+            self.correct[name] += int(np.count_nonzero(np.argmax(logprobs[name], axis=1) == np.asarray(targets[name])))
+            self.nll_bits[name] += float(-lp.sum() * LOG2_E)
+            self.target_prob[name] += float(np.exp(lp).sum())
+        self.n += lengths.pop()
+
+    def result(self) -> dict[str, dict]:
+        """``{stream: {accuracy, expected_accuracy, bits, perplexity}, "total": {bits, perplexity}, "targets": N}``."""
+        out: dict = {}
+        n = max(self.n, 1)
+        for name in self.streams:
+            bits = self.nll_bits[name] / n if self.n else math.nan
+            out[name] = {"accuracy": self.correct[name] / n if self.n else math.nan,
+                         "expected_accuracy": self.target_prob[name] / n if self.n else math.nan,
+                         "bits": bits, "perplexity": perplexity(bits)}
+        total = sum(out[name]["bits"] for name in self.streams)
+        out["total"] = {"bits": total, "perplexity": perplexity(total)}
+        out["targets"] = self.n
+        return out
+
+
+def prediction_table(results: dict[str, dict], streams: list[str], marks: dict[str, str] | None = None,
+                     accuracy_key: dict[str, str] | None = None) -> str:
+    """A Markdown table: one row per model (``results`` maps a name to ``PredictionScores.result()``),
+    per stream accuracy / bits / perplexity, then the total bits and perplexity of a whole event.
+
+    ``marks``: text appended to a model's name (e.g. " ★"); ``accuracy_key``: per model,
+    which accuracy to show ("accuracy" by default, "expected_accuracy" for a guess drawn
+    from the distribution, as the stratified dummy).
+    """
+    marks, accuracy_key = marks or {}, accuracy_key or {}
+    header = ["model"] + [f"{s} {what}" for s in streams for what in ("acc", "bits", "ppl")] + ["total bits", "total ppl"]
+    lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+    for name, result in results.items():
+        key = accuracy_key.get(name, "accuracy")
+        cells = [f"{name}{marks.get(name, '')}"]
+        for s in streams:
+            cells += [_fixed(result[s][key], 3), _fixed(result[s]["bits"], 3), _fixed(result[s]["perplexity"], 2)]
+        cells += [_fixed(result["total"]["bits"], 3), _fixed(result["total"]["perplexity"], 2)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _fixed(x: float, digits: int) -> str:
+    return "–" if x is None or not math.isfinite(x) else f"{x:.{digits}f}"

@@ -11,6 +11,7 @@ Per-song metadata (tempo changes, time and key signatures) travels as
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -169,14 +170,20 @@ class RawSong:
 
 
 def raw_from_score(score) -> RawSong:
-    """A symusic Score (tick time) -> RawSong; empty tracks are skipped but keep their index."""
-    tempos = score.tempos.numpy()
-    sigs = score.time_signatures.numpy()
-    keys = score.key_signatures.numpy()
+    """A symusic Score (tick time) -> RawSong; empty tracks are skipped but keep their index.
+
+    Metadata events a file cannot mean are ignored, as if absent: a tempo of 0 microseconds
+    per quarter, a time signature n/0, 0/d or with a denominator that is not a power of two, a
+    key signature beyond 7 sharps or flats, anything at a negative tick (a wrapped-around time).
+    """
+    tempos = _valid(score.tempos.numpy(), lambda t: t["mspq"] > 0)
+    sigs = _valid(score.time_signatures.numpy(),
+                  lambda t: (t["numerator"] > 0) & (t["denominator"] > 0) & (t["denominator"] & (t["denominator"] - 1) == 0))
+    keys = _valid(score.key_signatures.numpy(), lambda t: (np.abs(t["key"].astype(np.int16)) <= 7) & (t["tonality"] <= 1))
     meta = SongMeta(
         tpq=int(score.tpq),
         tempo_tick=tempos["time"].astype(np.int64),
-        tempo_qpm=60_000_000.0 / np.maximum(tempos["mspq"].astype(np.float64), 1.0),
+        tempo_qpm=60_000_000.0 / tempos["mspq"].astype(np.float64),
         timesig_tick=sigs["time"].astype(np.int64),
         timesig_num=sigs["numerator"].astype(np.int16),
         timesig_den=sigs["denominator"].astype(np.int16),
@@ -190,6 +197,12 @@ def raw_from_score(score) -> RawSong:
         if len(a["time"]):
             raw.tracks.append((a["time"], a["duration"], a["pitch"], a["velocity"], index, int(track.program), bool(track.is_drum)))
     return raw
+
+
+def _valid(table: dict, ok) -> dict:
+    """The rows of a symusic event table (a dict of columns) that pass ``ok`` and sit at a tick >= 0."""
+    keep = ok(table) & (table["time"] >= 0)
+    return table if keep.all() else {k: v[keep] for k, v in table.items()}
 
 
 def assemble(raws: list[RawSong]) -> Notes:
@@ -217,7 +230,7 @@ def assemble(raws: list[RawSong]) -> Notes:
         "onset": onset_tick / tpq[song],
         "duration": (duration_tick / tpq[song]).astype(np.float32),
         "pitch": pitch,
-        "velocity": np.concatenate([t[3] for t in tracks]).astype(np.int16),
+        "velocity": np.clip(np.concatenate([t[3] for t in tracks]).astype(np.int16), 1, 127),  # a stray byte: not 0..127
         "program": np.repeat(np.array([t[5] for t in tracks], np.int16), lengths),
         "is_drum": np.repeat(np.array([t[6] for t in tracks], np.bool_), lengths),
     }
@@ -291,6 +304,107 @@ def write_midi(notes: Notes, path, qpm: float = DEFAULT_QPM, tpq: int = DEFAULT_
 
 
 def read_midi(path) -> tuple[Notes, SongMeta]:
+    """A MIDI file -> (note table, metadata); ValueError with the reason for a file symusic must not parse."""
     import symusic
 
-    return from_score(symusic.Score(str(path)))
+    with open(path, "rb") as f:
+        data = f.read()
+    if data[:4] != b"MThd":
+        raise ValueError("not a MIDI file (no MThd header)")
+    problem = midi_event_problem(data)
+    if problem:
+        raise ValueError(problem)
+    return from_score(symusic.Score.from_midi(data))
+
+
+# --------------------------------------------------------------------------- untrusted MIDI bytes
+# symusic 0.5.8 indexes a [channel][pitch] table with a note's pitch byte unchecked: a pitch byte
+# over 127 on channel 16 makes it write outside the table and crash the process (found by
+# tests/test_fuzz.py).  ``midi_event_problem`` walks every event first.  It costs a few times
+# symusic's own parse, so ingest workers, where a crash costs one file, skip it; every reader
+# inside a long-lived process (prompts, web uploads, render, load_file in-process) runs it.
+
+_VLQ = rb"[\x80-\xff]{0,3}[\x00-\x7f]"
+_DATA = rb"[\x00-\x7f]"
+# runs of channel events: a status byte, its data bytes, then the running-status events that reuse it
+_CHANNEL_RUN = re.compile(rb"(?:" + _VLQ + rb"(?:([\x80-\xbf\xe0-\xef])" + _DATA + rb"{2}(?:" + _VLQ + _DATA
+                          + rb"{2})*|([\xc0-\xdf])" + _DATA + rb"(?:" + _VLQ + _DATA + rb")*))*")
+_META_SIZE = {0x51: 3, 0x58: 4, 0x59: 2}  # tempo, time signature, key signature: bytes symusic reads
+_RUNNING = {1: re.compile(rb"(?:" + _VLQ + _DATA + rb")*"), 2: re.compile(rb"(?:" + _VLQ + _DATA + rb"{2})*")}
+
+
+def midi_event_problem(data: bytes) -> str:
+    """Why the events of a MIDI file are malformed ('' when they are not): every track, every event.
+
+    Channel events are matched by a regular expression (C speed); meta and system-exclusive
+    events, and whatever the expression stops at, one by one here.
+    """
+    pos, track = 8 + int.from_bytes(data[4:8], "big"), 0
+    while pos + 8 <= len(data):
+        kind, length = data[pos:pos + 4], int.from_bytes(data[pos + 4:pos + 8], "big")
+        start, pos = pos + 8, pos + 8 + length
+        if kind == b"MTrk":
+            track += 1
+            problem = _track_problem(data, start, min(pos, len(data)))
+            if problem:
+                return f"malformed MIDI event in track {track}: {problem}"
+    return ""
+
+
+def _track_problem(data: bytes, pos: int, end: int) -> str:
+    status = 0  # the running status
+    while pos < end:
+        if status:
+            pos = _RUNNING[1 if 0xC0 <= status < 0xE0 else 2].match(data, pos, end).end()
+        m = _CHANNEL_RUN.match(data, pos, end)
+        if m.end() > pos:
+            pos = m.end()
+            status = data[m.start(1) if m.start(1) > m.start(2) else m.start(2)]
+            continue
+        if pos >= end:
+            break
+        at = pos
+        pos = _skip_vlq(data, pos, end)
+        if pos < 0:
+            return f"delta time at byte {at} is cut off or longer than 4 bytes"
+        if pos >= end:
+            return f"event at byte {at} is cut off by the end of the track"
+        kind = data[pos]
+        if kind == 0xFF or kind in (0xF0, 0xF7):
+            if kind == 0xFF and pos + 1 < end and data[pos + 1] == 0x2F:
+                return ""  # end of track: the parser reads no further
+            size_at = pos + (2 if kind == 0xFF else 1)
+            payload = _skip_vlq(data, size_at, end)
+            size = 0
+            for b in data[size_at:max(payload, size_at)]:
+                size = (size << 7) | (b & 0x7F)
+            if payload < 0 or payload + size > end:
+                return f"{'meta' if kind == 0xFF else 'system exclusive'} event at byte {at} runs past the end of its track"
+            if kind == 0xFF and size < _META_SIZE.get(data[pos + 1], 0):  # symusic would read past it
+                return f"meta event {data[pos + 1]:#04x} at byte {at} holds {size} bytes, fewer than its {_META_SIZE[data[pos + 1]]}"
+            pos = payload + size
+            if kind != 0xFF:
+                status = 0  # system exclusive cancels the running status
+            continue
+        if kind > 0xF0:
+            return f"system message {kind:#04x} at byte {pos} (not allowed in a MIDI file)"
+        if kind >= 0x80:
+            status, pos = kind, pos + 1
+        elif not status:
+            return f"data byte {kind:#04x} without a status byte at byte {pos}"
+        n = 1 if 0xC0 <= status < 0xE0 else 2
+        if pos + n > end:
+            return f"event at byte {at} is cut off by the end of the track"
+        for k in range(n):
+            if data[pos + k] > 0x7F:
+                return f"data byte {data[pos + k]:#04x} over 127 at byte {pos + k} (status {status:#04x})"
+        pos += n
+    return ""
+
+
+def _skip_vlq(data: bytes, pos: int, end: int) -> int:
+    """The position after a variable-length number of at most 4 bytes starting at ``pos``; -1 if none."""
+    for k in range(min(4, end - pos)):
+        if data[pos + k] < 0x80:
+            return pos + k + 1
+    return -1

@@ -132,6 +132,9 @@ def parse_config(raw: dict) -> RunConfig:
     encoding = data.get("encoding", {})
     if not isinstance(encoding, dict):
         raise NotelmError("[data.encoding] must be a table of encoder settings")
+    from notelm.encoding import get_representation
+
+    get_representation(representation, encoding)  # unknown setting or wrong type: refused now, not after loading data
     return RunConfig(representation, dict(encoding), ModelConfig.from_dict(raw.get("model", {})).validate(),
                      TrainConfig.from_dict(raw.get("train", {})))
 

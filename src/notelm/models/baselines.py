@@ -134,9 +134,15 @@ class _PriorBaseline(NextEventModel):
         self.vocab = vocab
         self.counts: dict[str, np.ndarray] = {}  # per stream: how often each id was a training target
 
-    def fit(self, streams: dict[str, np.ndarray], offsets, song_ids=None):
-        """Count the targets of the songs ``song_ids`` (default: all); returns ``self``."""
+    def fit(self, streams: dict[str, np.ndarray], offsets, song_ids=None, positions=None):
+        """Count the targets of the songs ``song_ids`` (default: all); returns ``self``.
+
+        ``positions``: count only the targets at these corpus positions (e.g. the
+        training windows of a random window split).
+        """
         targets, _ = song_targets(self.vocab, streams, offsets, song_ids)
+        if positions is not None:
+            targets = targets[np.isin(targets, positions)]
         for s in self.vocab.streams:
             self.counts[s.name] = np.bincount(streams[s.name][targets], minlength=s.size).astype(np.int64)
         return self

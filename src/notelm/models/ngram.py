@@ -343,18 +343,26 @@ class NGramModel(NextEventModel):
         return dict(n_symbols=n_symbols, order=self.order, smoothing=self.smoothing, k_add=self.k_add, bos=bos, first_outcome=first)
 
     # ---------------------------------------------------------------- fitting
-    def fit(self, streams: dict[str, np.ndarray], offsets, song_ids=None) -> "NGramModel":
-        """Count on the songs ``song_ids`` of an encoded corpus (default: all); returns ``self``."""
+    def fit(self, streams: dict[str, np.ndarray], offsets, song_ids=None, positions=None) -> "NGramModel":
+        """Count on the songs ``song_ids`` of an encoded corpus (default: all); returns ``self``.
+
+        ``positions``: count only the n-grams ending at these corpus positions (e.g. the
+        targets of the training windows of a random window split); contexts still
+        reach back into the song, and joint ids cover every event of the chosen songs.
+        """
         if not self.joint:
             targets, song_start = song_targets(self.vocab, streams, offsets, song_ids)
+            if positions is not None:
+                keep = np.isin(targets, positions)
+                targets, song_start = targets[keep], song_start[keep]
             for s in self.vocab.streams:
                 self.tables[s.name] = _SymbolNGram.count(streams[s.name], targets, song_start, **self._options(s.size))
             return self
         # Joint ids for the events of the chosen songs only (one copy of that part of the corpus).
         starts, ends = chosen_songs(self.vocab, streams, offsets, song_ids)
-        _, positions = expand_ranges(starts, ends)
-        columns = np.stack([np.asarray(streams[name][positions], np.int64) for name in self.vocab.names], axis=1)
-        rank = np.zeros(len(positions), np.int64)
+        _, event_positions = expand_ranges(starts, ends)
+        columns = np.stack([np.asarray(streams[name][event_positions], np.int64) for name in self.vocab.names], axis=1)
+        rank = np.zeros(len(event_positions), np.int64)
         for s, size in enumerate(self.vocab.sizes):  # rank of each tuple among distinct tuples, in tuple order
             _, rank = np.unique(rank * size + columns[:, s], return_inverse=True)
             rank = rank.reshape(-1)
@@ -362,6 +370,9 @@ class NGramModel(NextEventModel):
         self._set_events(columns[first_seen])
         local_start = np.cumsum(ends - starts) - (ends - starts)
         owner, local_targets = expand_ranges(local_start + 1, local_start + (ends - starts))
+        if positions is not None:
+            keep = np.isin(event_positions[local_targets], positions)
+            owner, local_targets = owner[keep], local_targets[keep]
         target_values = columns[local_targets]
         self.target_counts = {s.name: np.bincount(target_values[:, i], minlength=s.size).astype(np.int64)
                               for i, s in enumerate(self.vocab.streams)}
@@ -600,19 +611,21 @@ class NGramModel(NextEventModel):
 
 
 def fit_models(vocab: Vocab, streams, offsets, song_ids=None, orders=(2, 3, 4), joint_orders=(3,),
-               smoothing: str = "kn") -> dict[str, NextEventModel]:
-    """The reference models an evaluation compares against, fitted on the songs ``song_ids``.
+               smoothing: str = "kn", positions=None) -> dict[str, NextEventModel]:
+    """The reference models an evaluation compares against, fitted on the songs ``song_ids``
+    (only the targets at ``positions``, if given).
 
     Names: ``majority``, ``stratified``, ``ngram{k}`` (per stream), ``joint{k}``.
     """
+    data = (streams, offsets, song_ids, positions)
     models: dict[str, NextEventModel] = {
-        "majority": MajorityModel(vocab).fit(streams, offsets, song_ids),
-        "stratified": StratifiedModel(vocab).fit(streams, offsets, song_ids),
+        "majority": MajorityModel(vocab).fit(*data),
+        "stratified": StratifiedModel(vocab).fit(*data),
     }
     for k in orders:
-        models[f"ngram{k}"] = NGramModel(vocab, order=k, smoothing=smoothing).fit(streams, offsets, song_ids)
+        models[f"ngram{k}"] = NGramModel(vocab, order=k, smoothing=smoothing).fit(*data)
     for k in joint_orders:
-        models[f"joint{k}"] = NGramModel(vocab, order=k, joint=True, smoothing=smoothing).fit(streams, offsets, song_ids)
+        models[f"joint{k}"] = NGramModel(vocab, order=k, joint=True, smoothing=smoothing).fit(*data)
     return models
 
 

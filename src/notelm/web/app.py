@@ -1,0 +1,447 @@
+"""`notelm serve`: a local web page to generate music, listen to it and look at it.
+
+Why FastAPI and a small static page rather than Gradio: FastAPI is light (it is
+already the ``web`` extra), its ``TestClient`` tests every endpoint in-process,
+and the page is three plain files (index.html, app.js, style.css) with no build
+step and nothing fetched from a CDN, which matters on offline machines.  Gradio
+would bring a large dependency tree and load fonts and scripts from the network.
+
+How a generation runs: ``POST /api/generate`` checks the request (limits,
+model, collection, the uploaded prompt) on the request thread, then hands the
+work to a small thread pool and answers at once with a job id.  The page polls
+``GET /api/jobs/{id}`` (status, events sampled so far) and, once done, shows
+the files through ``GET /api/jobs/{id}/files/{piece}/{kind}``.  Every job writes
+into its own directory, named by the server, under a temporary directory the
+server owns; concurrent jobs never share a file.
+
+Safety: the server binds 127.0.0.1 unless told otherwise; an uploaded prompt is
+size-limited, must start with the MIDI header and must parse as MIDI before it
+is used; no name or path from the user ever reaches the filesystem (files are
+addressed by a job id the server generated plus a piece index and a fixed kind).
+"""
+
+# No `from __future__ import annotations`: FastAPI reads the endpoints' annotations at run time,
+# and UploadFile is imported inside create_app (fastapi stays optional until `notelm serve`).
+import ipaddress
+import secrets
+import shutil
+import socket
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from notelm import generate as gen
+from notelm.io import NotelmError
+
+WEB_DIR = Path(__file__).parent
+STATIC_FILES = {"app.js": "text/javascript; charset=utf-8", "style.css": "text/css; charset=utf-8"}
+
+MAX_UPLOAD_BYTES = 2 * 1024 * 1024
+FORM_OVERHEAD_BYTES = 64 * 1024  # the other form fields and multipart boundaries around the file
+# Every piece also becomes a WAV and a PNG, so a page request stays well below the generate module's limits.
+MAX_PIECES = min(4, gen.MAX_PIECES)
+MAX_EVENTS = min(2000, gen.MAX_EVENTS)
+MAX_PROMPT_EVENTS = 1000
+MAX_WAITING_JOBS = 8  # queued or running; more is refused with 429
+KEEP_FINISHED_JOBS = 50  # older finished jobs (and their files) are deleted
+DEFAULT_WORKERS = 2
+FILE_KINDS = {"midi": (".mid", "audio/midi"), "wav": (".wav", "audio/wav"), "png": (".png", "image/png")}
+MIDI_HEADER = b"MThd"
+
+# The page loads only its own files: no inline scripts, no CDN, nothing from elsewhere.
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self'; media-src 'self'; object-src 'none'; "
+                               "base-uri 'none'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+
+
+# --------------------------------------------------------------------------- models
+
+@dataclass
+class ServedModel:
+    id: str  # opaque id used by the page ("m0", "m1", ...)
+    name: str
+    path: Path
+    model: object
+    selected: bool = False  # preselected in the page
+
+    def info(self) -> dict:
+        return {"id": self.id, "name": self.name, "path": str(self.path), "family": self.model.family,
+                "streams": self.model.vocab.names, "conditions": list(self.model.vocab.conditions),
+                "selected": self.selected}
+
+
+def load_models(paths) -> list[ServedModel]:
+    """The shipped default model (when installed) and every --model path, loaded once at start-up."""
+    from notelm.checkpoint import load_model, resolve
+
+    sources = []  # (name, path, given with --model)
+    try:
+        sources.append(("default model", gen.default_model_path(), False))
+    except NotelmError:
+        pass  # no shipped model yet: --model paths only
+    sources += [(_model_name(Path(p)), Path(p), True) for p in paths]
+    if not sources:
+        raise NotelmError("no model to serve: no default model is installed; pass --model RUN_DIR "
+                          "(train one with `notelm train`)")
+    served, seen, names = [], set(), set()
+    for name, path, given in sources:
+        directory = resolve(path).resolve()
+        if directory in seen:
+            continue
+        seen.add(directory)
+        unique, k = name, 2
+        while unique in names:
+            unique, k = f"{name} ({k})", k + 1
+        names.add(unique)
+        served.append(ServedModel(f"m{len(served)}", unique, Path(path), load_model(directory), selected=given))
+    # preselect the first model the user named, else the default
+    first = next((m for m in served if m.selected), served[0])
+    for m in served:
+        m.selected = m is first
+    return served
+
+
+def _model_name(path: Path) -> str:
+    """A run's folder name; 'RUN/best' rather than a bare 'best' for a model folder inside a run."""
+    path = path.resolve()
+    return f"{path.parent.name}/{path.name}" if path.name in ("best", "checkpoint") else path.name or str(path)
+
+
+# --------------------------------------------------------------------------- jobs
+
+@dataclass
+class Request:
+    """A checked generation request, ready to run."""
+    model: ServedModel
+    cond: int
+    cfg: gen.SamplingConfig
+    length: int
+    num: int
+    prompt: dict[str, np.ndarray] | None
+    qpm: float
+
+
+@dataclass
+class Job:
+    id: str
+    dir: Path
+    length: int
+    status: str = "queued"  # queued -> running -> done | failed
+    stage: str = "waiting for a free worker"
+    events_done: int = 0
+    error: str | None = None
+    warning: str | None = None
+    pieces: list[dict] = field(default_factory=list)
+    created: float = field(default_factory=time.time)
+    finished: float | None = None
+
+    def info(self) -> dict:
+        return {"id": self.id, "status": self.status, "stage": self.stage, "error": self.error,
+                "warning": self.warning, "events_done": self.events_done, "length": self.length,
+                "progress": round(1.0 if self.status == "done" else min(self.events_done / self.length, 1.0) * 0.9, 3),
+                "seconds": round((self.finished or time.time()) - self.created, 1),
+                "pieces": [self._piece_info(i, row) for i, row in enumerate(self.pieces)]}
+
+    def _piece_info(self, index: int, row: dict) -> dict:
+        urls = {f"{kind}_url": f"/api/jobs/{self.id}/files/{index}/{kind}" for kind in FILE_KINDS if kind in row}
+        return {"index": index, "notes": row["notes"], "seconds": row["seconds"], "events": row["events"], **urls}
+
+
+class _ProgressModel:
+    """A model seen through a counter: ``sample`` calls ``advance`` once per new event (all pieces at once)."""
+
+    def __init__(self, model, job: Job):
+        self._model, self._job = model, job
+
+    def __getattr__(self, name):
+        return getattr(self._model, name)
+
+    def advance(self, state, event):
+        self._job.events_done += 1
+        return self._model.advance(state, event)
+
+
+class Busy(Exception):
+    """Too many generations waiting: the page is told to try again (429)."""
+
+
+class Jobs:
+    """Generation jobs on a thread pool; each writes only into its own server-named directory."""
+
+    def __init__(self, root: Path, workers: int = DEFAULT_WORKERS):
+        self.root = root
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="notelm-generate")
+        self.lock = threading.Lock()
+        # symusic's synthesizer is cached per SoundFont and shared; it is not documented as thread-safe
+        self.render_lock = threading.Lock()
+        self.jobs: dict[str, Job] = {}
+
+    def get(self, job_id: str) -> Job | None:
+        with self.lock:
+            return self.jobs.get(job_id)  # a plain lookup: only ids this server generated exist
+
+    def submit(self, request: Request) -> Job:
+        with self.lock:
+            waiting = sum(job.status in ("queued", "running") for job in self.jobs.values())
+            if waiting >= MAX_WAITING_JOBS:
+                raise Busy(f"the server is busy with {waiting} generations; try again in a moment")
+            job_id = secrets.token_hex(16)
+            directory = self.root / job_id
+            directory.mkdir()
+            job = self.jobs[job_id] = Job(job_id, directory, request.length)
+            self._forget_old_jobs()
+        self.pool.submit(self._run, job, request)
+        return job
+
+    def _run(self, job: Job, request: Request) -> None:
+        from notelm import render
+
+        job.status, job.stage = "running", "sampling"
+        try:
+            model = request.model.model
+            pieces = gen.sample(_ProgressModel(model, job), request.num, request.length, None, request.prompt,
+                                request.cond, request.cfg, request.qpm)
+            job.stage = "rendering audio and piano roll"
+            try:
+                render.find_soundfont()
+                wav = True
+            except NotelmError as e:
+                wav, job.warning = False, f"no audio: {e}"
+            with self.render_lock:
+                job.pieces = gen.write_pieces(pieces, model.vocab, job.dir, qpm=request.qpm, wav=wav, png=True,
+                                              log=lambda *a: None)
+            job.status, job.stage = "done", "done"
+        except NotelmError as e:
+            job.status, job.stage, job.error = "failed", "failed", str(e)
+        except Exception as e:  # a bug must still end the job, with a message the page can show
+            job.status, job.stage, job.error = "failed", "failed", f"generation failed: {type(e).__name__}: {e}"
+        finally:
+            job.finished = time.time()
+
+    def _forget_old_jobs(self) -> None:
+        finished = sorted((job for job in self.jobs.values() if job.finished is not None), key=lambda job: job.created)
+        for job in finished[:max(0, len(finished) - KEEP_FINISHED_JOBS)]:
+            del self.jobs[job.id]
+            shutil.rmtree(job.dir, ignore_errors=True)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+# --------------------------------------------------------------------------- request checks
+
+def check_limits(num: int, length: int, prompt_events: int) -> None:
+    if not 1 <= num <= MAX_PIECES:
+        raise NotelmError(f"pieces {num}: between 1 and {MAX_PIECES} per generation")
+    if not 1 <= length <= MAX_EVENTS:
+        raise NotelmError(f"length {length}: between 1 and {MAX_EVENTS} events per piece "
+                          "(use `notelm generate` for longer pieces)")
+    if not 1 <= prompt_events <= MAX_PROMPT_EVENTS:
+        raise NotelmError(f"prompt events {prompt_events}: between 1 and {MAX_PROMPT_EVENTS}")
+
+
+def read_prompt(data: bytes, filename: str, vocab, events: int, scratch: Path) -> tuple[dict[str, np.ndarray], float]:
+    """An uploaded MIDI prompt as model ids and its tempo; anything that is not MIDI is refused."""
+    from notelm import notes as nt
+
+    shown = (filename or "prompt")[-80:]  # named in messages only; never used as a path
+    if len(data) > MAX_UPLOAD_BYTES:
+        raise TooLarge(f"{shown}: {len(data) / 1e6:.1f} MB is over the {MAX_UPLOAD_BYTES // (1024 * 1024)} MB upload limit")
+    if not data.startswith(MIDI_HEADER):
+        raise NotelmError(f"{shown}: not a MIDI file (a MIDI file starts with 'MThd')")
+    with tempfile.TemporaryDirectory(dir=scratch) as tmp:
+        path = Path(tmp) / "prompt.mid"
+        path.write_bytes(data)
+        try:
+            notes, meta = nt.read_midi(path)
+        except Exception as e:
+            raise NotelmError(f"{shown}: not a readable MIDI file ({e})") from None
+    if nt.num_notes(notes) == 0:
+        raise NotelmError(f"{shown}: the MIDI file has no notes to continue")
+    try:
+        prompt = gen.prompt_from_notes(vocab, notes, events)
+    except NotelmError as e:
+        raise NotelmError(f"{shown}: {e}") from None
+    return prompt, meta.first_qpm
+
+
+class TooLarge(NotelmError):
+    """An upload over the size limit (413)."""
+
+
+# --------------------------------------------------------------------------- the app
+
+def create_app(models: list[ServedModel], workers: int = DEFAULT_WORKERS, root: Path | None = None,
+               remove_root: bool | None = None):
+    """The FastAPI app; job files go under ``root`` (default: a new temporary directory).
+
+    ``root`` is deleted at shutdown when ``remove_root`` says so (default: when the app made it).
+    """
+    from fastapi import FastAPI, File, Form, HTTPException, Request as HttpRequest, UploadFile
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+
+    remove_root = root is None if remove_root is None else remove_root
+    root = Path(tempfile.mkdtemp(prefix="notelm-web-")) if root is None else Path(root)
+    scratch = root / "uploads"  # prompts are parsed here, then deleted
+    scratch.mkdir(parents=True, exist_ok=True)
+    jobs = Jobs(root, workers)
+    by_id = {m.id: m for m in models}
+
+    @asynccontextmanager
+    async def lifespan(app):
+        yield
+        jobs.close()
+        if remove_root:
+            shutil.rmtree(root, ignore_errors=True)
+
+    app = FastAPI(title="notelm", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.jobs = jobs
+    app.state.root = root
+
+    @app.middleware("http")
+    async def limits_and_headers(request: HttpRequest, call_next):
+        size = request.headers.get("content-length", "")
+        if request.method == "POST" and size.isdigit() and int(size) > MAX_UPLOAD_BYTES + FORM_OVERHEAD_BYTES:
+            # refuse before the body is read; the page shows this message
+            response = JSONResponse({"detail": f"upload of {int(size) / 1e6:.1f} MB is over the "
+                                               f"{MAX_UPLOAD_BYTES // (1024 * 1024)} MB limit"}, status_code=413)
+        else:
+            response = await call_next(request)
+        response.headers.update(SECURITY_HEADERS)
+        return response
+
+    @app.exception_handler(RequestValidationError)
+    async def one_line_validation_error(request, exc: RequestValidationError):
+        problems = [f"{'.'.join(str(p) for p in e['loc'][1:]) or 'request'}: {e['msg']}" for e in exc.errors()]
+        return JSONResponse({"detail": "; ".join(problems)}, status_code=400)
+
+    @app.get("/", response_class=HTMLResponse)
+    def index():
+        return HTMLResponse((WEB_DIR / "index.html").read_text(encoding="utf-8"))
+
+    @app.get("/static/{name}")
+    def static(name: str):
+        if name not in STATIC_FILES:  # a fixed list: nothing else under the package is served
+            raise HTTPException(404, f"no such file: {name[:80]}")
+        return Response((WEB_DIR / name).read_bytes(), media_type=STATIC_FILES[name])
+
+    @app.get("/api/models")
+    def list_models():
+        return {"models": [m.info() for m in models],
+                "limits": {"max_pieces": MAX_PIECES, "max_events": MAX_EVENTS, "max_prompt_events": MAX_PROMPT_EVENTS,
+                           "max_upload_bytes": MAX_UPLOAD_BYTES}}
+
+    @app.post("/api/generate", status_code=202)
+    def start_generation(model: str = Form(...), collection: str = Form(""), temperature: float = Form(1.0),
+                         top_k: int = Form(0), top_p: float = Form(1.0), length: int = Form(256), num: int = Form(1),
+                         seed: int = Form(0), prompt_events: int = Form(64), prompt: UploadFile | None = File(None)):
+        try:
+            served = by_id.get(model)
+            if served is None:
+                raise NotelmError(f"unknown model {model[:40]!r}; choose one of {', '.join(by_id)}")
+            check_limits(num, length, prompt_events)
+            cfg = gen.SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+            try:
+                cfg.validate()
+            except NotelmError as e:
+                raise NotelmError(str(e).removeprefix("--")) from None
+            cond = served.model.vocab.condition_id(collection) if collection else 0
+            prompt_ids, qpm = None, 120.0
+            if prompt is not None:
+                data = prompt.file.read(MAX_UPLOAD_BYTES + 1)  # never more than the limit in memory
+                if data or prompt.filename:
+                    prompt_ids, qpm = read_prompt(data, prompt.filename or "", served.model.vocab, prompt_events, scratch)
+            job = jobs.submit(Request(served, cond, cfg, length, num, prompt_ids, qpm))
+        except TooLarge as e:
+            raise HTTPException(413, str(e)) from None
+        except NotelmError as e:
+            raise HTTPException(400, str(e)) from None
+        except Busy as e:
+            raise HTTPException(429, str(e)) from None
+        return {"job_id": job.id, "status_url": f"/api/jobs/{job.id}"}
+
+    def find_job(job_id: str) -> Job:
+        job = jobs.get(job_id)
+        if job is None:
+            raise HTTPException(404, "unknown job (finished jobs are kept for a while, then deleted)")
+        return job
+
+    @app.get("/api/jobs/{job_id}")
+    def job_status(job_id: str):
+        return find_job(job_id).info()
+
+    @app.get("/api/jobs/{job_id}/files/{index}/{kind}")
+    def job_file(job_id: str, index: int, kind: str):
+        job = find_job(job_id)
+        if kind not in FILE_KINDS:
+            raise HTTPException(404, f"no file kind {kind[:20]!r}; expected {', '.join(FILE_KINDS)}")
+        if job.status != "done" or not 0 <= index < len(job.pieces) or kind not in job.pieces[index]:
+            raise HTTPException(404, f"job {job.id} has no {kind} file for piece {index}")
+        suffix, media_type = FILE_KINDS[kind]
+        path = job.dir / f"piece_{index:02d}{suffix}"  # a name write_pieces chose, inside the job's own directory
+        # inline, so <img> and <audio> use it; the page's links carry the `download` attribute
+        return FileResponse(path, media_type=media_type, filename=f"notelm-{job.id[:8]}-{index + 1}{suffix}",
+                            content_disposition_type="inline")
+
+    return app
+
+
+# --------------------------------------------------------------------------- serve
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_port_free(host: str, port: int) -> None:
+    """A clear one-line error now, instead of uvicorn's traceback after start-up."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            raise NotelmError(f"cannot listen on {host}:{port} ({e.strerror}); choose another --port or --host") from None
+
+
+def serve(model_paths=(), host: str = "127.0.0.1", port: int = 8000, workers: int = DEFAULT_WORKERS, log=print) -> None:
+    """Load the models, then serve the page until Ctrl+C."""
+    try:
+        import uvicorn
+    except ImportError:
+        raise NotelmError("notelm serve needs the web extra: pip install 'notelm[web]'") from None
+    if not 1 <= port <= 65535:
+        raise NotelmError(f"--port {port}: between 1 and 65535")
+    models = load_models(model_paths)
+    check_port_free(host, port)
+    if not is_loopback(host):
+        log(f"warning: listening on {host}, not only on this computer: anyone who can reach it on port {port} "
+            "can use the page and its CPU (use --host 127.0.0.1 to keep it local)")
+    # The generated files live only as long as the server.  uvicorn re-raises SIGTERM after its
+    # graceful shutdown (so no `finally` runs then): the app's shutdown removes the directory too.
+    root = Path(tempfile.mkdtemp(prefix="notelm-web-"))
+    try:
+        app = create_app(models, workers=workers, root=root, remove_root=True)
+        shown = f"[{host}]" if ":" in host else host
+        log(f"notelm serve: {len(models)} model{'s' if len(models) != 1 else ''} "
+            f"({', '.join(m.name for m in models)}); open http://{shown}:{port}/ (Ctrl+C stops)")
+        uvicorn.run(app, host=host, port=port, log_level="warning")
+    except KeyboardInterrupt:
+        pass  # Ctrl+C is how the server is meant to stop
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    log("notelm serve: stopped")
