@@ -104,6 +104,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--notes", type=int, default=None, help="notes per single-piece run (default 2000; 400 with --quick)")
     ap.add_argument("--quick", action="store_true")
     a = ap.parse_args(argv)
+    cores = torch.get_num_threads()
     torch.set_num_threads(1)  # one stream of decoding: threads only add overhead at these sizes
     n = a.notes or (400 if a.quick else 2000)
     rng = np.random.default_rng(0)
@@ -112,7 +113,9 @@ def main(argv=None) -> dict:
 
     recompute = rate(lambda: recompute_window(seed, n // 4, 32, rng), n // 4)
     single = rate(lambda: sample(seed, 1, n, cfg=cfg), n)
+    torch.set_num_threads(cores)  # 64 pieces per step is matrix work worth every core
     batch = rate(lambda: sample(seed, 64, n // 4, cfg=cfg), 64 * (n // 4))
+    torch.set_num_threads(1)
     bare = rate(lambda: bare_loop(seed, n, rng), n)
     transformer = model_for("transformer")
     new = transformer.cfg.context // (4 if a.quick else 2)

@@ -37,9 +37,10 @@ def cmd_prepare(a):
 
     manifest = prepare(a.sources, Path(a.output), workers=a.workers, shard=parse_shard(a.shard), split=parse_split(a.split),
                        metadata_csv=a.metadata, max_file_mb=a.max_file_mb, force=a.force, progress=not a.quiet)
-    if not manifest["counts"]["songs"]:  # exit status 2: see PREPARE_EXIT
-        print(f"notelm prepare: no song could be read ({manifest['counts']['failed']} of "
-              f"{manifest['counts']['files']} files failed)", file=sys.stderr)
+    c = manifest["counts"]
+    if not c["songs"]:  # exit status 2: see PREPARE_EXIT
+        why = f"{c['failed']} of {c['files']} files failed" if c["files"] else "no music file found"
+        print(f"notelm prepare: the corpus holds no song ({why})", file=sys.stderr)
         return 2
     return 0
 

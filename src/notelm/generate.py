@@ -92,13 +92,18 @@ def sample(model, n: int = 4, length: int = 256, seconds: float | None = None, p
     cfg = (cfg or SamplingConfig()).validate()
     if not 1 <= n <= MAX_PIECES:
         raise NotelmError(f"--num {n}: between 1 and {MAX_PIECES} pieces per call")
-    vocab = model.vocab
-    names = vocab.names
     if seconds is not None and not seconds >= 0:  # negative or NaN
         raise NotelmError(f"--length {seconds}s: a number of seconds above 0")
     limit = MAX_EVENTS if seconds else length
     if not 1 <= limit <= MAX_EVENTS:
         raise NotelmError(f"--length {length}: between 1 and {MAX_EVENTS} events per piece")
+    with model.session(n):
+        return _sample_loop(model, n, limit, seconds, prompt, cond, cfg, qpm)
+
+
+def _sample_loop(model, n, limit, seconds, prompt, cond, cfg, qpm) -> list[Piece]:
+    vocab = model.vocab
+    names = vocab.names
     rng = np.random.default_rng(cfg.seed)
     if prompt is None:
         prompt = {name: np.array([BOS]) for name in names}
@@ -138,7 +143,7 @@ def _rest_ids(vocab) -> np.ndarray:
     if "pitch" not in vocab.names:
         return np.zeros(0, np.int64)
     tokens = vocab.stream("pitch").tokens
-    return np.array([N_SPECIAL + i for i, tok in enumerate(tokens) if not (tok.isdigit() or tok[:1].isalpha() and len(tok) <= 2)], np.int64)
+    return np.array([N_SPECIAL + i for i, tok in enumerate(tokens) if tok == "rest"], np.int64)
 
 
 def _discourage_repeats(lp: np.ndarray, history: np.ndarray, cfg: SamplingConfig, rest: np.ndarray) -> np.ndarray:

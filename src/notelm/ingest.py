@@ -206,6 +206,8 @@ def load_chunk(files: list[tuple[int, str, str, str]], check_events: bool = True
     notes["song"] = remap[notes["song"]].astype(np.int32)
     raws = [raws[k] for k in kept]
     info = [info[k] for k in kept]
+    if not raws:  # every file of the chunk failed
+        return out
 
     for table, fields in META_FIELDS.items():
         cols = {c: np.concatenate([np.asarray(getattr(r.meta, a)) for r in raws]) for c, a in fields.items()}

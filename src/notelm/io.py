@@ -70,6 +70,16 @@ def _json_default(obj):
     raise TypeError(f"not JSON serializable: {type(obj).__name__}")
 
 
+def _usual_modes(directory: Path) -> None:
+    """mkdtemp makes 0700 and some writers 0600: give finished output the umask's modes."""
+    os.chmod(directory, 0o777 & ~_UMASK)
+    for root, dirs, files in os.walk(directory):
+        for d in dirs:
+            os.chmod(os.path.join(root, d), 0o777 & ~_UMASK)
+        for f in files:
+            os.chmod(os.path.join(root, f), 0o666 & ~_UMASK)
+
+
 @contextlib.contextmanager
 def atomic_dir(path):
     """Yield a temporary directory beside ``path``; on success it replaces ``path``.
@@ -86,6 +96,7 @@ def atomic_dir(path):
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{owner}{os.getpid()}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
+        _usual_modes(tmp)
         old = None
         if path.exists():
             old = path.with_name(f".{path.name}.old-{os.getpid()}")

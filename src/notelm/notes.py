@@ -30,6 +30,10 @@ NOTE_COLUMNS: dict[str, np.dtype] = {
 
 DEFAULT_QPM = 120.0
 DEFAULT_TPQ = 480
+# Every note ends before this many quarter notes (about 3 days at 120 qpm).  A later time is a
+# corrupt one: an encoder would spend one rest event per few beats of the silence before it (a
+# 40-byte file could ask for gigabytes), and a MIDI file at 480 ticks per quarter cannot hold it.
+MAX_QUARTERS = 2**19
 
 Notes = dict  # dict[str, np.ndarray]; an alias so signatures read as what they carry
 
@@ -210,7 +214,8 @@ def assemble(raws: list[RawSong]) -> Notes:
 
     Rows are grouped by song, then track (file order), and sorted by onset within a
     track (simultaneous notes keep file order).  Notes no instrument can play
-    (length <= 0, pitch outside 0-127, negative onset) are dropped.
+    (length <= 0, pitch outside 0-127, an onset below 0, an end beyond ``MAX_QUARTERS``)
+    are dropped.
     """
     tracks = [t for raw in raws for t in raw.tracks]
     if not tracks:
@@ -235,6 +240,7 @@ def assemble(raws: list[RawSong]) -> Notes:
         "is_drum": np.repeat(np.array([t[6] for t in tracks], np.bool_), lengths),
     }
     ok = (duration_tick > 0) & (pitch >= 0) & (pitch <= 127) & (onset_tick >= 0)
+    ok &= notes["onset"] + notes["duration"] < MAX_QUARTERS
     # Tracks arrive in (song, track) order and symusic keeps each track sorted by onset,
     # so a sort is needed only when some track is out of order (rare: music21 input).
     step = np.diff(onset_tick)
@@ -319,8 +325,10 @@ def read_midi(path) -> tuple[Notes, SongMeta]:
 
 # --------------------------------------------------------------------------- untrusted MIDI bytes
 # symusic 0.5.8 indexes a [channel][pitch] table with a note's pitch byte unchecked: a pitch byte
-# over 127 on channel 16 makes it write outside the table and crash the process (found by
-# tests/test_fuzz.py).  ``midi_event_problem`` walks every event first.  It costs a few times
+# over 127 on channel 16 makes it write outside the table and crash the process.  It also reads
+# the standard's 0xF7 escape event as a single byte, loses its place and may then meet such a
+# byte anywhere (both found by tests/test_fuzz.py).  ``midi_event_problem`` walks every event
+# first, the way symusic does, and refuses what it cannot read safely.  It costs a few times
 # symusic's own parse, so ingest workers, where a crash costs one file, skip it; every reader
 # inside a long-lived process (prompts, web uploads, render, load_file in-process) runs it.
 
@@ -339,8 +347,8 @@ def midi_event_problem(data: bytes) -> str:
     Channel events are matched by a regular expression (C speed); meta and system-exclusive
     events, and whatever the expression stops at, one by one here.
     """
-    pos, track = 8 + int.from_bytes(data[4:8], "big"), 0
-    while pos + 8 <= len(data):
+    pos, track, n_tracks = 8 + int.from_bytes(data[4:8], "big"), 0, int.from_bytes(data[10:12], "big")
+    while pos + 8 <= len(data) and track < n_tracks:  # symusic reads the announced number of MTrk chunks
         kind, length = data[pos:pos + 4], int.from_bytes(data[pos + 4:pos + 8], "big")
         start, pos = pos + 8, pos + 8 + length
         if kind == b"MTrk":
@@ -370,7 +378,9 @@ def _track_problem(data: bytes, pos: int, end: int) -> str:
         if pos >= end:
             return f"event at byte {at} is cut off by the end of the track"
         kind = data[pos]
-        if kind == 0xFF or kind in (0xF0, 0xF7):
+        if kind == 0xF7:  # the standard's escape event: symusic 0.5.8 takes it for one byte and loses its place
+            return f"system exclusive escape event (0xf7) at byte {pos}, which symusic misreads"
+        if kind in (0xFF, 0xF0):
             if kind == 0xFF and pos + 1 < end and data[pos + 1] == 0x2F:
                 return ""  # end of track: the parser reads no further
             size_at = pos + (2 if kind == 0xFF else 1)

@@ -17,6 +17,7 @@ evaluation or a sampler never needs to know which family it drives.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import numpy as np
@@ -47,6 +48,10 @@ class NextEventModel:
     def advance(self, state: Any, event: dict[str, np.ndarray]) -> Any:
         """State after appending one event (``{stream: int [B]}``) to every piece."""
         raise NotImplementedError
+
+    def session(self, batch: int = 1):
+        """A context for a whole generation loop of ``batch`` pieces (neural models tune their runtime in it)."""
+        return contextlib.nullcontext()
 
     # ------------------------------------------------------------------ persistence
     def save(self, directory) -> None:

@@ -20,6 +20,7 @@ by evaluation and generation, and handles safetensors checkpoints.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
@@ -179,6 +180,20 @@ class NeuralModel(NextEventModel):
         return length, length  # the LSTM (or a short song) is read in one pass
 
     # ------------------------------------------------------------------ generation
+    @contextlib.contextmanager
+    def session(self, batch: int = 1):
+        """One event of a few pieces is too little work to split across threads: on a busy
+        machine two threads made such a step ten times slower than one.  Big batches keep
+        every thread (at 64 pieces the LSTM step is matrix work worth sharing)."""
+        threads = torch.get_num_threads()
+        if batch < 16:
+            torch.set_num_threads(1)
+        try:
+            with torch.inference_mode():
+                yield
+        finally:
+            torch.set_num_threads(threads)
+
     @torch.inference_mode()
     def begin(self, prompt: dict[str, np.ndarray], cond: np.ndarray):
         self.net.eval()
