@@ -18,6 +18,7 @@ repaired half the time so that the damage reaches the event parser.
 from __future__ import annotations
 
 import os
+import re
 import struct
 import tempfile
 from collections import Counter
@@ -160,7 +161,7 @@ def check_pipeline(data: bytes) -> None:
     except IngestError as e:
         reason = str(e)
         assert reason and "\n" not in reason and len(reason) <= 300, reason
-        OUTCOMES["refused: " + reason.split(":")[0].split(" (")[0][:40]] += 1
+        OUTCOMES["refused: " + re.sub(r"\d+", "N", reason.split(":")[0].split(" (")[0])] += 1
         return
     OUTCOMES["read"] += 1
 

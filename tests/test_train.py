@@ -18,7 +18,7 @@ from notelm.corpus import prepare
 from notelm.io import NotelmError, read_json, write_json
 from notelm.train import CropSampler, load_config, lr_at, train, window_splits
 
-from conftest import scale_tune, write_midi
+from conftest import write_midi
 
 TINY = ["model.hidden=32", "model.embed_dim=8", "train.batch_size=8", "train.context=16", "train.eval_every=10",
         "train.eval_crops=16", "train.log_every=5", "train.threads=1"]

@@ -52,7 +52,10 @@ def tiny_run(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def served(tiny_run):
-    return web.load_models([tiny_run])
+    # only the tiny run (the shipped default model is listed by its own test below)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(gen, "default_model_path", lambda: (_ for _ in ()).throw(NotelmError("no default model")))
+        return web.load_models([tiny_run])
 
 
 @pytest.fixture

@@ -32,6 +32,12 @@ exit status:
 
 # --------------------------------------------------------------------------- verbs
 
+def cmd_demo(a):
+    from notelm.demo import demo
+
+    demo(a.output, train=a.train, num=a.num, length=a.length, seed=a.seed, minutes=a.minutes)
+
+
 def cmd_prepare(a):
     from notelm.corpus import parse_shard, parse_split, prepare
 
@@ -51,6 +57,18 @@ def cmd_merge(a):
     merge([Path(p) for p in a.corpora], Path(a.output), force=a.force)
 
 
+def cmd_stats(a):
+    from notelm.stats import stats
+
+    stats(a.corpus, out_dir=a.output, top=a.top, progress=not a.quiet)
+
+
+def cmd_encode(a):
+    from notelm.encoding.cache import encode_command
+
+    encode_command(a.corpus, a.repr, a.set, force=a.force, progress=not a.quiet)
+
+
 def cmd_train(a):
     from notelm.train import load_config, train
 
@@ -67,6 +85,26 @@ def cmd_plot(a):
     from notelm.train import plot
 
     print(f"wrote {plot(a.run, a.output)}")
+
+
+def cmd_evaluate(a):
+    from notelm.evaluate import evaluate
+
+    evaluate(a.run, corpus=a.corpus, split=a.split, context=a.context, transpose_average=a.transpose_average,
+             generate=a.generate, generate_length=a.generate_length, out_dir=a.output, progress=not a.quiet)
+
+
+def cmd_compare(a):
+    from notelm.evaluate import compare
+
+    compare(a.runs, out=a.output)
+
+
+def cmd_reproduce(a):
+    from notelm.reproduce import reproduce
+
+    reproduce(work=a.work, quick=a.quick, steps=a.steps, time_limit=a.time_limit, bach=a.bach, piano=a.piano,
+              progress=not a.quiet)
 
 
 def cmd_generate(a):
@@ -92,12 +130,6 @@ def _length(text: str) -> tuple[int, float | None]:
         raise NotelmError(f"--length {text!r}: a number of events (e.g. 256) or of seconds (e.g. 30s)") from None
 
 
-def cmd_demo(a):
-    from notelm.demo import demo
-
-    demo(a.output, train=a.train, num=a.num, length=a.length, seed=a.seed, minutes=a.minutes)
-
-
 def cmd_render(a):
     from notelm.render import render_file
 
@@ -110,42 +142,10 @@ def cmd_render(a):
         print(f"wrote {written['png']} ({written['png'].stat().st_size / 1e3:.0f} kB piano roll)")
 
 
-def cmd_encode(a):
-    from notelm.encoding.cache import encode_command
-
-    encode_command(a.corpus, a.repr, a.set, force=a.force, progress=not a.quiet)
-
-
-def cmd_stats(a):
-    from notelm.stats import stats
-
-    stats(a.corpus, out_dir=a.output, top=a.top, progress=not a.quiet)
-
-
 def cmd_serve(a):
     from notelm.web.app import serve
 
     serve(a.model or [], host=a.host, port=a.port)
-
-
-def cmd_evaluate(a):
-    from notelm.evaluate import evaluate
-
-    evaluate(a.run, corpus=a.corpus, split=a.split, context=a.context, transpose_average=a.transpose_average,
-             generate=a.generate, generate_length=a.generate_length, out_dir=a.output, progress=not a.quiet)
-
-
-def cmd_compare(a):
-    from notelm.evaluate import compare
-
-    compare(a.runs, out=a.output)
-
-
-def cmd_reproduce(a):
-    from notelm.reproduce import reproduce
-
-    reproduce(work=a.work, quick=a.quick, steps=a.steps, time_limit=a.time_limit, bach=a.bach, piano=a.piano,
-              progress=not a.quiet)
 
 
 # --------------------------------------------------------------------------- parser
@@ -155,6 +155,18 @@ def build_parser() -> argparse.ArgumentParser:
                                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=f"notelm {_version()}")
     sub = p.add_subparsers(dest="verb", metavar="VERB")
+
+    s = sub.add_parser("demo", help="hear it now: pieces from the shipped model as MIDI + WAV + piano roll",
+                       description="Generate a few pieces with the model shipped in the package and render them as MIDI, "
+                                   "WAV and piano-roll PNG. With --train, run the whole path on music21's Bach chorales "
+                                   "first: prepare -> train (a few minutes) -> evaluate -> generate.")
+    s.add_argument("-o", "--output", default="demo", metavar="DIR", help="where everything goes (default: demo)")
+    s.add_argument("--train", action="store_true", help="train a model on the built-in corpus instead of using the shipped one")
+    s.add_argument("--minutes", type=float, default=3.0, help="training time for --train (default 3)")
+    s.add_argument("--num", type=int, default=3, help="pieces to write (default 3)")
+    s.add_argument("--length", default="20s", help="per piece: events (e.g. 256) or seconds (e.g. 20s); default 20s")
+    s.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    s.set_defaults(func=cmd_demo)
 
     s = sub.add_parser("prepare", help="read MIDI / MusicXML / kern / ABC files into a corpus",
                        description="Read music files into a corpus directory (note table, song table, splits).\n"
@@ -179,6 +191,32 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--force", action="store_true", help="replace an existing output corpus")
     s.set_defaults(func=cmd_merge)
 
+    s = sub.add_parser("stats", help="what is in a corpus: sizes, histograms, most frequent n-grams, token counts",
+                       description="Write CORPUS_DIR/stats/stats.md (or -o DIR) with PNG plots: songs, notes and hours per "
+                                   "collection and split; histograms of pitch, pitch class, duration, inter-onset interval, "
+                                   "polyphony, notes and tracks per song, programs and tempo; the most frequent n-grams "
+                                   "(n = 2..6) of pitch classes, durations and (pitch class, duration) pairs of the seed "
+                                   "representation; token counts per stream of the seed and events representations.")
+    s.add_argument("corpus", metavar="CORPUS_DIR")
+    s.add_argument("-o", "--output", metavar="DIR", help="report folder (default: CORPUS_DIR/stats)")
+    s.add_argument("--top", type=int, default=10, metavar="K", help="n-grams and tokens listed per table (default 10)")
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=cmd_stats)
+
+    s = sub.add_parser("encode", help="turn a corpus into event streams (cached next to the corpus)",
+                       description="Encode every song of a corpus as integer event streams and cache them in "
+                                   "CORPUS_DIR/encoded/REPR-HASH/ (memory-mapped .npy files). The same settings reuse the "
+                                   "cache. Representations: seed (the original experiment: pitch class + 5 durations; "
+                                   "settings durations=drop|nearest, order=onset|parts) and events (time shift, pitch, "
+                                   "duration, optional velocity and program; settings steps_per_quarter, max_shift, "
+                                   "linear_durations, max_duration, durations_per_octave, velocity_bins, program, drums).")
+    s.add_argument("corpus", metavar="CORPUS_DIR")
+    s.add_argument("--repr", default="events", metavar="NAME", help="seed or events (default events)")
+    s.add_argument("--set", action="append", metavar="KEY=VALUE", help="an encoder setting, e.g. velocity_bins=8 (repeatable)")
+    s.add_argument("--force", action="store_true", help="encode again even if a cache exists")
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=cmd_encode)
+
     s = sub.add_parser("train", help="train a model on a corpus (LSTM or transformer; presets in configs/)",
                        description="Train on the corpus's train split with random crops and the loss at every position, "
                                    "stop early on the valid split, write checkpoints to RUN_DIR. Presets: seed (the original "
@@ -196,92 +234,6 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("run", metavar="RUN_DIR")
     s.add_argument("-o", "--output", metavar="PNG", help="default: RUN_DIR/learning_curves.png")
     s.set_defaults(func=cmd_plot)
-
-    s = sub.add_parser("generate", help="write new pieces with a trained model (MIDI, and WAV / piano roll on request)",
-                       description="Sample new pieces from a model (the shipped default model if --model is not given), "
-                                   "all pieces as one batch. Continue a MIDI file with --prompt, or an excerpt of a held-out "
-                                   "song with --prompt-from-test.")
-    s.add_argument("--model", metavar="RUN_OR_MODEL", help="a run directory or model directory (default: the shipped model)")
-    s.add_argument("-o", "--output", default="out", metavar="OUT_DIR", help="where the files go (default: out)")
-    s.add_argument("--num", type=int, default=4, help="pieces to write (default 4)")
-    s.add_argument("--length", default="256", help="events per piece (e.g. 256) or seconds (e.g. 30s); default 256")
-    s.add_argument("--temperature", type=float, default=1.0, help="below 1: safer; above 1: wilder (default 1.0)")
-    s.add_argument("--top-k", type=int, default=0, help="sample only among the k likeliest values (0 = off)")
-    s.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold (1.0 = off)")
-    s.add_argument("--repetition-penalty", type=float, default=1.0, help="divide the odds of recently used pitches (1.0 = off)")
-    s.add_argument("--max-repeat", type=int, default=0, help="never the same pitch more than N times in a row (0 = off)")
-    s.add_argument("--seed", type=int, default=0, help="random seed: the same seed gives the same pieces")
-    s.add_argument("--prompt", metavar="FILE.mid", help="continue this MIDI file")
-    s.add_argument("--prompt-events", type=int, help="take only the first N events of the prompt")
-    s.add_argument("--prompt-bars", type=float, help="take only the first N bars of the prompt")
-    s.add_argument("--prompt-from-test", type=int, metavar="K", help="continue an excerpt of the K-th held-out (test) song")
-    s.add_argument("--corpus", metavar="CORPUS_DIR", help="the corpus for --prompt-from-test (default: the run's corpus)")
-    s.add_argument("--condition", metavar="collection=NAME", help="write in the style of a collection the model was trained on")
-    s.add_argument("--qpm", type=float, help="tempo of the output (default: the prompt's, else 120)")
-    s.add_argument("--wav", action="store_true", help="also render audio through a General MIDI SoundFont")
-    s.add_argument("--png", action="store_true", help="also draw a piano roll")
-    s.add_argument("--soundfont", metavar="SF2", help="SoundFont for --wav (default: the one installed with notelm)")
-    s.set_defaults(func=cmd_generate)
-
-    s = sub.add_parser("demo", help="hear it now: pieces from the shipped model as MIDI + WAV + piano roll",
-                       description="Generate a few pieces with the model shipped in the package and render them as MIDI, "
-                                   "WAV and piano-roll PNG. With --train, run the whole path on music21's Bach chorales "
-                                   "first: prepare -> train (a few minutes) -> evaluate -> generate.")
-    s.add_argument("-o", "--output", default="demo", metavar="DIR", help="where everything goes (default: demo)")
-    s.add_argument("--train", action="store_true", help="train a model on the built-in corpus instead of using the shipped one")
-    s.add_argument("--minutes", type=float, default=3.0, help="training time for --train (default 3)")
-    s.add_argument("--num", type=int, default=3, help="pieces to write (default 3)")
-    s.add_argument("--length", default="20s", help="per piece: events (e.g. 256) or seconds (e.g. 20s); default 20s")
-    s.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    s.set_defaults(func=cmd_demo)
-
-    s = sub.add_parser("render", help="render a MIDI file to WAV (SoundFont synthesizer) and/or a piano-roll PNG",
-                       description="Render a MIDI file to FILE.wav (General MIDI SoundFont) and/or FILE.png (piano "
-                                   "roll), beside the file or in -o DIR. With neither --wav nor --png, both.")
-    s.add_argument("midi", metavar="FILE.mid")
-    s.add_argument("--wav", action="store_true", help="write a 16-bit 44.1 kHz stereo WAV")
-    s.add_argument("--png", action="store_true", help="write a piano-roll PNG")
-    s.add_argument("-o", "--output", metavar="DIR", help="output folder (default: beside the MIDI file)")
-    s.add_argument("--soundfont", metavar="SF2", help="SoundFont (.sf2/.sf3); default $NOTELM_SOUNDFONT, then the "
-                                                      "venv's share/notelm, then /usr/share/sounds/sf2")
-    s.set_defaults(func=cmd_render)
-
-    s = sub.add_parser("encode", help="turn a corpus into event streams (cached next to the corpus)",
-                       description="Encode every song of a corpus as integer event streams and cache them in "
-                                   "CORPUS_DIR/encoded/REPR-HASH/ (memory-mapped .npy files). The same settings reuse the "
-                                   "cache. Representations: seed (the original experiment: pitch class + 5 durations; "
-                                   "settings durations=drop|nearest, order=onset|parts) and events (time shift, pitch, "
-                                   "duration, optional velocity and program; settings steps_per_quarter, max_shift, "
-                                   "linear_durations, max_duration, durations_per_octave, velocity_bins, program, drums).")
-    s.add_argument("corpus", metavar="CORPUS_DIR")
-    s.add_argument("--repr", default="events", metavar="NAME", help="seed or events (default events)")
-    s.add_argument("--set", action="append", metavar="KEY=VALUE", help="an encoder setting, e.g. velocity_bins=8 (repeatable)")
-    s.add_argument("--force", action="store_true", help="encode again even if a cache exists")
-    s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    s.set_defaults(func=cmd_encode)
-
-    s = sub.add_parser("stats", help="what is in a corpus: sizes, histograms, most frequent n-grams, token counts",
-                       description="Write CORPUS_DIR/stats/stats.md (or -o DIR) with PNG plots: songs, notes and hours per "
-                                   "collection and split; histograms of pitch, pitch class, duration, inter-onset interval, "
-                                   "polyphony, notes and tracks per song, programs and tempo; the most frequent n-grams "
-                                   "(n = 2..6) of pitch classes, durations and (pitch class, duration) pairs of the seed "
-                                   "representation; token counts per stream of the seed and events representations.")
-    s.add_argument("corpus", metavar="CORPUS_DIR")
-    s.add_argument("-o", "--output", metavar="DIR", help="report folder (default: CORPUS_DIR/stats)")
-    s.add_argument("--top", type=int, default=10, metavar="K", help="n-grams and tokens listed per table (default 10)")
-    s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    s.set_defaults(func=cmd_stats)
-
-    s = sub.add_parser("serve", help="a local web page: generate, listen, look, download",
-                       description="Serve a web page to generate music in the browser: pick a model and a collection, "
-                                   "set temperature / top-k / top-p / length / seed, optionally upload a MIDI prompt, "
-                                   "then see the piano roll, play the audio and download MIDI and WAV. Listens on "
-                                   "127.0.0.1 only unless --host says otherwise.")
-    s.add_argument("--model", action="append", metavar="RUN_OR_MODEL",
-                   help="a run or model directory to offer (repeatable; the shipped default model is offered too)")
-    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this computer only)")
-    s.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
-    s.set_defaults(func=cmd_serve)
 
     s = sub.add_parser("evaluate", help="held-out accuracy, bits per event and perplexity beside the baselines",
                        description="Score a trained run on the songs of a split (every event after BOS): per stream "
@@ -323,6 +275,55 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--piano", default=None, metavar="FOLDER", help="the piano_midi_de folder (default ../shared/data/piano_midi_de)")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     s.set_defaults(func=cmd_reproduce)
+
+    s = sub.add_parser("generate", help="write new pieces with a trained model (MIDI, and WAV / piano roll on request)",
+                       description="Sample new pieces from a model (the shipped default model if --model is not given), "
+                                   "all pieces as one batch. Continue a MIDI file with --prompt, or an excerpt of a held-out "
+                                   "song with --prompt-from-test.")
+    s.add_argument("--model", metavar="RUN_OR_MODEL", help="a run directory or model directory (default: the shipped model)")
+    s.add_argument("-o", "--output", default="out", metavar="OUT_DIR", help="where the files go (default: out)")
+    s.add_argument("--num", type=int, default=4, help="pieces to write (default 4)")
+    s.add_argument("--length", default="256", help="events per piece (e.g. 256) or seconds (e.g. 30s); default 256")
+    s.add_argument("--temperature", type=float, default=1.0, help="below 1: safer; above 1: wilder (default 1.0)")
+    s.add_argument("--top-k", type=int, default=0, help="sample only among the k likeliest values (0 = off)")
+    s.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold (1.0 = off)")
+    s.add_argument("--repetition-penalty", type=float, default=1.0, help="divide the odds of recently used pitches (1.0 = off)")
+    s.add_argument("--max-repeat", type=int, default=0, help="never the same pitch more than N times in a row (0 = off)")
+    s.add_argument("--seed", type=int, default=0, help="random seed: the same seed gives the same pieces")
+    s.add_argument("--prompt", metavar="FILE.mid", help="continue this MIDI file")
+    s.add_argument("--prompt-events", type=int, help="take only the first N events of the prompt")
+    s.add_argument("--prompt-bars", type=float, help="take only the first N bars of the prompt")
+    s.add_argument("--prompt-from-test", type=int, metavar="K", help="continue an excerpt of the K-th held-out (test) song")
+    s.add_argument("--corpus", metavar="CORPUS_DIR", help="the corpus for --prompt-from-test (default: the run's corpus)")
+    s.add_argument("--condition", metavar="collection=NAME", help="write in the style of a collection the model was trained on")
+    s.add_argument("--qpm", type=float, help="tempo of the output (default: the prompt's, else 120)")
+    s.add_argument("--wav", action="store_true", help="also render audio through a General MIDI SoundFont")
+    s.add_argument("--png", action="store_true", help="also draw a piano roll")
+    s.add_argument("--soundfont", metavar="SF2", help="SoundFont for --wav (default: the one installed with notelm)")
+    s.set_defaults(func=cmd_generate)
+
+    s = sub.add_parser("render", help="render a MIDI file to WAV (SoundFont synthesizer) and/or a piano-roll PNG",
+                       description="Render a MIDI file to FILE.wav (General MIDI SoundFont) and/or FILE.png (piano "
+                                   "roll), beside the file or in -o DIR. With neither --wav nor --png, both.")
+    s.add_argument("midi", metavar="FILE.mid")
+    s.add_argument("--wav", action="store_true", help="write a 16-bit 44.1 kHz stereo WAV")
+    s.add_argument("--png", action="store_true", help="write a piano-roll PNG")
+    s.add_argument("-o", "--output", metavar="DIR", help="output folder (default: beside the MIDI file)")
+    s.add_argument("--soundfont", metavar="SF2", help="SoundFont (.sf2/.sf3); default $NOTELM_SOUNDFONT, then the "
+                                                      "venv's share/notelm, then /usr/share/sounds/sf2")
+    s.set_defaults(func=cmd_render)
+
+    s = sub.add_parser("serve", help="a local web page: generate, listen, look, download",
+                       description="Serve a web page to generate music in the browser: pick a model and a collection, "
+                                   "set temperature / top-k / top-p / length / seed, optionally upload a MIDI prompt, "
+                                   "then see the piano roll, play the audio and download MIDI and WAV. Listens on "
+                                   "127.0.0.1 only unless --host says otherwise.")
+    s.add_argument("--model", action="append", metavar="RUN_OR_MODEL",
+                   help="a run or model directory to offer (repeatable; the shipped default model is offered too)")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this computer only)")
+    s.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
+    s.set_defaults(func=cmd_serve)
+
     return p
 
 

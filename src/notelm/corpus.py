@@ -23,7 +23,6 @@ import datetime as _dt
 import hashlib
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 

@@ -30,8 +30,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from notelm.encoding.vocab import BOS, EOS, PAD, Vocab
-from notelm.io import NotelmError, atomic_path, read_json, write_json
+from notelm.encoding.vocab import PAD, Vocab
+from notelm.io import NotelmError, atomic_path, write_json
 from notelm.models.neural import ModelConfig, NeuralModel, _typed
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -349,7 +349,7 @@ def train(corpus_path, run: RunConfig, out_dir, resume: bool = False, init: str 
     """Train a neural model on a corpus's train split; returns the final summary."""
     from tqdm import tqdm
 
-    from notelm.checkpoint import load_model, load_tensors, read_config, resolve
+    from notelm.checkpoint import load_model, load_neural, load_tensors, read_config, resolve
     from notelm.encoding import load_or_encode
 
     out_dir = Path(out_dir)
@@ -371,15 +371,15 @@ def train(corpus_path, run: RunConfig, out_dir, resume: bool = False, init: str 
 
     # the model and its vocabulary: fresh, from --init, or from the checkpoint being resumed
     base = None
-    if init and not resume:
+    if resume:  # validated like any model: shapes, vocabulary, settings
+        base = load_neural(checkpoint_dir, saved, device=str(dist.device))
+    elif init:
         base = load_model(resolve(init), device=str(dist.device))
         if not isinstance(base, NeuralModel):
             raise NotelmError(f"--init {init}: only neural models can be fine-tuned (this is {base.family})")
         run = dataclasses.replace(run, representation=base.vocab.representation, encoding=dict(base.vocab.config), model=base.cfg)
     encoded = load_or_encode(corpus_path, run.representation, run.encoding)
     vocab = base.vocab if base is not None else encoded.vocab
-    if resume:
-        vocab = Vocab.from_json(saved["vocab"])
     problems = vocab.differences(encoded.vocab)
     if problems:
         raise NotelmError(f"{corpus_path}: this corpus cannot be read by the model: {'; '.join(problems)}")
@@ -391,8 +391,6 @@ def train(corpus_path, run: RunConfig, out_dir, resume: bool = False, init: str 
 
     model = base or NeuralModel(vocab, run.model, device=str(dist.device))
     net = model.net
-    if resume:
-        net.load_state_dict(load_tensors(checkpoint_dir / "model.safetensors"))
     ddp = dist.wrap(net)
     decay = [p for n, p in net.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in net.named_parameters() if p.dim() < 2]
@@ -422,10 +420,14 @@ def train(corpus_path, run: RunConfig, out_dir, resume: bool = False, init: str 
     rng = np.random.default_rng([cfg.seed, dist.rank])
     state = {"step": 0, "best_valid": float("inf"), "bad_evals": 0, "elapsed": 0.0, "events": 0, "stopped": ""}
     if resume:
-        state.update({k: v for k, v in saved["train_state"].items() if k in state})
-        rng.bit_generator.state = saved["train_state"]["numpy_rng"][dist.rank]
-        torch.set_rng_state(load_tensors(checkpoint_dir / "rng.safetensors")[f"rank{dist.rank}.torch"])
-        _load_optimizer(opt, load_tensors(checkpoint_dir / "optimizer.safetensors"))
+        try:
+            state.update({k: v for k, v in saved["train_state"].items() if k in state})
+            rng.bit_generator.state = saved["train_state"]["numpy_rng"][dist.rank]
+            torch.set_rng_state(load_tensors(checkpoint_dir / "rng.safetensors")[f"rank{dist.rank}.torch"])
+            _load_optimizer(opt, load_tensors(checkpoint_dir / "optimizer.safetensors"))
+        except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as e:
+            raise NotelmError(f"{checkpoint_dir}: the training state cannot be restored ({type(e).__name__}: {e}); "
+                              "the checkpoint is damaged or from another run") from None
         _truncate_log(out_dir / "metrics.jsonl", state["step"])
     if dist.main:
         out_dir.mkdir(parents=True, exist_ok=True)
