@@ -55,7 +55,8 @@ class SamplingConfig:
 
 def filter_logprobs(lp: np.ndarray, cfg: SamplingConfig) -> np.ndarray:
     """Temperature, top-k and top-p applied to log-probabilities [B, V] (returns unnormalized)."""
-    lp = lp / cfg.temperature
+    if cfg.temperature != 1.0:
+        lp = lp / cfg.temperature
     if cfg.top_k and cfg.top_k < lp.shape[1]:
         kth = np.partition(lp, -cfg.top_k, axis=1)[:, -cfg.top_k][:, None]
         lp = np.where(lp < kth, -np.inf, lp)

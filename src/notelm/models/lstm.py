@@ -23,7 +23,7 @@ class LSTMNet(EventNet):
         if x.shape[1] == 1 and state is not None and not self.training:
             return self._step(x, state)
         h, state = self.lstm(x, state)
-        return self.drop(h), state
+        return self.dropout(h), state
 
     def _step(self, x: torch.Tensor, state):
         """One event through the same weights with lstm_cell: about 3x less overhead than

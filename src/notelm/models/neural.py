@@ -118,12 +118,17 @@ class EventNet(nn.Module):
         return None
 
     # -- shared ------------------------------------------------------------------
+    def dropout(self, x: torch.Tensor) -> torch.Tensor:
+        """Dropout in training only: generation calls this per stream and event, where even a
+        no-op module call is measurable."""
+        return self.drop(x) if self.training and self.cfg.dropout else x
+
     def embed(self, tokens: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
         parts = [emb(tokens[..., s]) for s, emb in enumerate(self.embeds)]
         if self.n_conditions:
             c = cond if cond is not None else torch.zeros(tokens.shape[0], dtype=torch.long, device=tokens.device)
             parts.append(self.cond_embed(c)[:, None, :].expand(-1, tokens.shape[1], -1))
-        return self.drop(torch.cat(parts, dim=-1))
+        return self.dropout(torch.cat(parts, dim=-1))
 
     def head(self, h: torch.Tensor, k: int, chosen: list[torch.Tensor]) -> torch.Tensor:
         """Logits of stream k from features h and (ordered heads) the values of streams < k."""
@@ -132,7 +137,7 @@ class EventNet(nn.Module):
             for j in range(k):
                 z = z + self.head_embeds[j](chosen[j])
             h = self.head_mix[k - 1](z)
-        return self.heads[k](self.drop(h))
+        return self.heads[k](self.dropout(h))
 
     def forward(self, tokens, cond=None, targets=None, state=None):
         """Teacher-forced logits for every stream: list of [B, T, V_s], plus the new state."""

@@ -18,18 +18,23 @@ from notelm.models.neural import EventNet, ModelConfig
 
 
 def rope_tables(positions: torch.Tensor, dim: int, base: float = 10000.0):
-    """cos/sin tables [T, dim/2] for rotary position embeddings."""
+    """cos/sin tables [T, dim] for rotary position embeddings (each angle used by two channels)."""
     inv = 1.0 / (base ** (torch.arange(0, dim, 2, device=positions.device, dtype=torch.float32) / dim))
     angles = positions.float()[:, None] * inv[None, :]
+    angles = torch.cat([angles, angles], dim=-1)
     return angles.cos(), angles.sin()
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate pairs (x1, x2) of the last dim of x [B, H, T, D] by the position's angle."""
-    x1, x2 = x[..., 0::2], x[..., 1::2]
-    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
-    out = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
-    return out.flatten(-2)
+    """Rotate channel pairs (i, i + dim/2) of x [..., T, dim] by their position's angle.
+
+    q and k go through together (x = qkv[:2]): each op here runs once per layer and
+    step, and at one event per step the number of ops is what costs."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    if cos.dtype != x.dtype:
+        cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    return x * cos + rotated * sin
 
 
 class Block(nn.Module):
@@ -47,16 +52,13 @@ class Block(nn.Module):
 
     def forward(self, x, rope, cache):
         B, T, D = x.shape
-        q, k, v = self.qkv(self.ln1(x)).view(B, T, 3, self.n_heads, D // self.n_heads).permute(2, 0, 3, 1, 4)
-        if rope is not None:
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        qkv = self.qkv(self.ln1(x)).view(B, T, 3, self.n_heads, D // self.n_heads).permute(2, 0, 3, 1, 4)
+        v = qkv[2]
+        qk = apply_rope(qkv[:2], *rope) if rope is not None else qkv[:2]
+        q, k = qk[0], qk[1]
         past = 0
         if cache is not None:
-            if cache.get("k") is not None:
-                past = cache["k"].shape[2]
-                k = torch.cat([cache["k"], k], dim=2)
-                v = torch.cat([cache["v"], v], dim=2)
-            cache["k"], cache["v"] = k, v
+            k, v, past = self._remember(cache, k, v)
         drop = self.dropout if self.training else 0.0
         if past == 0:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1, dropout_p=drop)
@@ -65,8 +67,29 @@ class Block(nn.Module):
         else:
             mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(past)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop)
-        x = x + self.drop(self.proj(y.transpose(1, 2).reshape(B, T, D)))
-        return x + self.drop(self.ff(self.ln2(x)))
+        x = x + self._dropout(self.proj(y.transpose(1, 2).reshape(B, T, D)))
+        return x + self._dropout(self.ff(self.ln2(x)))
+
+    def _dropout(self, x):
+        return self.drop(x) if self.training and self.dropout else x
+
+
+    @staticmethod
+    def _remember(cache: dict, k, v):
+        """Append the new keys/values to the layer's cache, written in place into a buffer
+        sized for the whole context (no copy of the past per new event)."""
+        past, T = cache.get("len", 0), k.shape[2]
+        if "k" not in cache or cache["k"].shape[2] < past + T:
+            size = max(cache.get("capacity", 0), past + T)
+            for name, new in (("k", k), ("v", v)):
+                buffer = new.new_empty(new.shape[0], new.shape[1], size, new.shape[3])
+                if past:
+                    buffer[:, :, :past] = cache[name][:, :, :past]
+                cache[name] = buffer
+        cache["k"][:, :, past:past + T] = k
+        cache["v"][:, :, past:past + T] = v
+        cache["len"] = past + T
+        return cache["k"][:, :, :past + T], cache["v"][:, :, :past + T], past
 
 
 class TransformerNet(EventNet):
@@ -89,7 +112,7 @@ class TransformerNet(EventNet):
             nn.init.normal_(m.weight, std=0.02)
 
     def empty_state(self, batch: int):
-        return {"layers": [{} for _ in self.blocks], "x": None}
+        return {"layers": [{"capacity": self.cfg.context} for _ in self.blocks], "x": None}
 
     def features(self, x: torch.Tensor, state=None):
         """x [B, T, input_dim]; ``state`` None for training, else a KV cache that is extended."""
@@ -109,16 +132,24 @@ class TransformerNet(EventNet):
         state["x"] = history
         return h, state
 
+    def _rope(self, start: int, T: int, device):
+        """Rotary tables for positions start..start+T-1, computed once per device and length."""
+        tables = getattr(self, "_rope_tables", None)
+        if tables is None or tables[0].shape[0] < start + T or tables[0].device != device:
+            n = max(start + T, self.cfg.context)
+            tables = rope_tables(torch.arange(n, device=device), self.cfg.hidden // self.cfg.n_heads)
+            self._rope_tables = tables
+        return tables[0][start:start + T], tables[1][start:start + T]
+
     def _run(self, x, start: int, caches):
         T = x.shape[1]
         h = self.inp(x)
-        positions = torch.arange(start, start + T, device=x.device)
         rope = None
         if self.pos is not None:
-            h = h + self.pos(positions)
+            h = h + self.pos(torch.arange(start, start + T, device=x.device))
         else:
-            rope = rope_tables(positions, self.cfg.hidden // self.cfg.n_heads)
-        h = self.drop(h)
+            rope = self._rope(start, T, x.device)
+        h = self.dropout(h)
         for i, block in enumerate(self.blocks):
             h = block(h, rope, None if caches is None else caches[i])
         return self.ln_f(h)
