@@ -159,6 +159,19 @@ def test_finetune_starts_from_the_model_and_checks_the_vocabulary(corpus, tmp_pa
         train(corpus, load_config(None, TINY + ["train.steps=1"]), tmp_path / "t2", init=str(base), progress=False, log=quiet)
 
 
+def test_finetune_from_the_shipped_default_model(corpus, tmp_path):
+    from notelm.generate import default_model_path
+
+    tuned = tmp_path / "tuned"
+    train(corpus, load_config(None, TINY + ["train.steps=1", "train.lr=0.0", "train.min_lr=0.0", "train.warmup=1"]), tuned,
+          init="default", progress=False, log=quiet)
+    shipped = load_tensors(default_model_path() / "model.safetensors")  # float16 in the package
+    tuned_weights = weights(tuned)
+    assert shipped.keys() == tuned_weights.keys()
+    assert all(torch.equal(shipped[k].float(), tuned_weights[k]) for k in shipped)
+    assert read_json(tuned / "run.json")["data"]["representation"] == "events"
+
+
 def test_refuses_to_overwrite_a_run_or_resume_nothing(corpus, tmp_path):
     train(corpus, load_config("seed", TINY + ["train.steps=5"]), tmp_path / "run", progress=False, log=quiet)
     with pytest.raises(NotelmError, match="already there"):

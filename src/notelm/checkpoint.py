@@ -33,8 +33,13 @@ def save_weights(directory: Path, state_dict: dict, config: dict, extra: dict[st
 
 
 def resolve(path) -> Path:
-    """The model directory for a run directory or a model directory."""
+    """The model directory for a run directory or a model directory; ``default`` (when no
+    such file is here) names the model shipped inside the package."""
     path = Path(path)
+    if str(path) == "default" and not path.exists():
+        from notelm.generate import default_model_path
+
+        return default_model_path()
     if not path.exists():
         raise NotelmError(f"{path}: no such model or run directory")
     if path.is_file():

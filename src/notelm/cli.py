@@ -220,13 +220,14 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("train", help="train a model on a corpus (LSTM or transformer; presets in configs/)",
                        description="Train on the corpus's train split with random crops and the loss at every position, "
                                    "stop early on the valid split, write checkpoints to RUN_DIR. Presets: seed (the original "
-                                   "experiment), seed_fullseq, lstm, transformer.")
+                                   "experiment), seed_fullseq, lstm, transformer, default (the shipped model).")
     s.add_argument("corpus", metavar="CORPUS_DIR")
     s.add_argument("-o", "--output", required=True, metavar="RUN_DIR")
-    s.add_argument("--config", metavar="NAME_OR_TOML", help="a preset name (seed, seed_fullseq, lstm, transformer) or a TOML file")
+    s.add_argument("--config", metavar="NAME_OR_TOML", help="a preset name (seed, seed_fullseq, lstm, transformer, default) or a TOML file")
     s.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config value, e.g. train.steps=500 (repeatable)")
     s.add_argument("--resume", action="store_true", help="continue a killed run from its last checkpoint")
-    s.add_argument("--init", metavar="RUN_OR_MODEL", help="fine-tune: start from this trained model (its representation and vocabulary)")
+    s.add_argument("--init", metavar="RUN_OR_MODEL", help="fine-tune: start from this trained model (its representation and vocabulary); "
+                                                             "`default` is the model shipped with notelm")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_train)
 

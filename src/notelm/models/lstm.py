@@ -30,10 +30,8 @@ class LSTMNet(EventNet):
         nn.LSTM on a length-1 sequence, which is what generation runs once per note."""
         h0, c0 = state
         inp, hs, cs = x[:, 0], [], []
-        for layer in range(self.cfg.layers):
-            h, c = torch.lstm_cell(inp, (h0[layer], c0[layer]), getattr(self.lstm, f"weight_ih_l{layer}"),
-                                   getattr(self.lstm, f"weight_hh_l{layer}"), getattr(self.lstm, f"bias_ih_l{layer}"),
-                                   getattr(self.lstm, f"bias_hh_l{layer}"))
+        for layer, (w_ih, w_hh, b_ih, b_hh) in enumerate(self.lstm.all_weights):
+            h, c = torch.lstm_cell(inp, (h0[layer], c0[layer]), w_ih, w_hh, b_ih, b_hh)
             hs.append(h)
             cs.append(c)
             inp = h

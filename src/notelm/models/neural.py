@@ -22,11 +22,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from notelm.encoding.vocab import Vocab
@@ -124,7 +126,9 @@ class EventNet(nn.Module):
         return self.drop(x) if self.training and self.cfg.dropout else x
 
     def embed(self, tokens: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
-        parts = [emb(tokens[..., s]) for s, emb in enumerate(self.embeds)]
+        # F.embedding / F.linear rather than module calls: generation runs these once per
+        # stream and event, where the module-call machinery costs as much as the math
+        parts = [F.embedding(tokens[..., s], emb.weight) for s, emb in enumerate(self.embeds)]
         if self.n_conditions:
             c = cond if cond is not None else torch.zeros(tokens.shape[0], dtype=torch.long, device=tokens.device)
             parts.append(self.cond_embed(c)[:, None, :].expand(-1, tokens.shape[1], -1))
@@ -135,15 +139,28 @@ class EventNet(nn.Module):
         if self.cfg.heads == "ordered" and k > 0:
             z = h
             for j in range(k):
-                z = z + self.head_embeds[j](chosen[j])
+                z = z + F.embedding(chosen[j], self.head_embeds[j].weight)
             h = self.head_mix[k - 1](z)
-        return self.heads[k](self.dropout(h))
+        head = self.heads[k]
+        return F.linear(self.dropout(h), head.weight, head.bias)
 
     def forward(self, tokens, cond=None, targets=None, state=None):
         """Teacher-forced logits for every stream: list of [B, T, V_s], plus the new state."""
         h, state = self.features(self.embed(tokens, cond), state)
         chosen = [targets[..., j] for j in range(len(self.sizes) - 1)] if targets is not None else []
         return [self.head(h, k, chosen) for k in range(len(self.sizes))], state
+
+
+def _inference(method):
+    """torch.inference_mode for a method, entered only when not already on: generation calls
+    these once per stream and event inside ``session``, which has it on already."""
+    @functools.wraps(method)
+    def wrapper(*args, **kwargs):
+        if torch.is_inference_mode_enabled():
+            return method(*args, **kwargs)
+        with torch.inference_mode():
+            return method(*args, **kwargs)
+    return wrapper
 
 
 class NeuralModel(NextEventModel):
@@ -199,7 +216,7 @@ class NeuralModel(NextEventModel):
         finally:
             torch.set_num_threads(threads)
 
-    @torch.inference_mode()
+    @_inference
     def begin(self, prompt: dict[str, np.ndarray], cond: np.ndarray):
         self.net.eval()
         tokens = torch.as_tensor(np.stack([np.asarray(prompt[n], np.int64) for n in self.vocab.names], -1), device=self.device)
@@ -207,12 +224,12 @@ class NeuralModel(NextEventModel):
         h, state = self.net.features(self.net.embed(tokens, c), self.net.empty_state(tokens.shape[0]))
         return {"h": h[:, -1], "state": state, "cond": c}
 
-    @torch.inference_mode()
+    @_inference
     def stream_logprobs(self, state, k: int, chosen: list[np.ndarray]) -> np.ndarray:
         prev = [torch.as_tensor(np.asarray(c, np.int64), device=self.device) for c in chosen] if self.ordered else []
         return torch.log_softmax(self.net.head(state["h"], k, prev).float(), -1).cpu().numpy()
 
-    @torch.inference_mode()
+    @_inference
     def advance(self, state, event: dict[str, np.ndarray]):
         x = torch.as_tensor(np.stack([np.asarray(event[n], np.int64) for n in self.vocab.names], -1)[:, None, :], device=self.device)
         h, new = self.net.features(self.net.embed(x, state["cond"]), state["state"])
