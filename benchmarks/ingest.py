@@ -3,7 +3,7 @@
 A fourth line, symusic parse plus copying each track's notes out as numpy arrays, is the
 least work any store of the notes has to do; it shows where notelm's time goes.
 
-All three read the same MIDI files in one run.  music21 is slow, so it parses a
+All read the same MIDI files in one run.  music21 is slow, so it parses a
 subset and is reported per file.  symusic and notelm take the best of three
 runs over all files (the machines are shared and noisy); notelm's figure is a
 whole `prepare` into a fresh corpus directory: parse, hash, assemble, write.

@@ -32,13 +32,19 @@ def save_weights(directory: Path, state_dict: dict, config: dict, extra: dict[st
         write_json(tmp / "config.json", config)
 
 
+def default_model_path() -> Path:
+    """The model shipped inside the package (trained by `notelm train`; see the README)."""
+    path = Path(__file__).parent / "assets" / "default_model"
+    if not (path / "config.json").exists():
+        raise NotelmError("no default model is installed; pass --model RUN_DIR (train one with `notelm train`)")
+    return path
+
+
 def resolve(path) -> Path:
     """The model directory for a run directory or a model directory; ``default`` (when no
     such file is here) names the model shipped inside the package."""
     path = Path(path)
     if str(path) == "default" and not path.exists():
-        from notelm.generate import default_model_path
-
         return default_model_path()
     if not path.exists():
         raise NotelmError(f"{path}: no such model or run directory")

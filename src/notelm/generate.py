@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from notelm import notes as nt
+from notelm.checkpoint import default_model_path
 from notelm.encoding import from_vocab
 from notelm.encoding.vocab import BOS, N_SPECIAL
 from notelm.io import NotelmError, write_json
@@ -301,11 +302,3 @@ def _test_prompt(model_path, corpus_path, vocab, k: int, events: int, bars):
     song = int(test[k])
     meta = corpus.meta(song)
     return prompt_from_notes(vocab, corpus.notes(song), events, bars, _beats_per_bar(meta)), meta.first_qpm
-
-
-def default_model_path() -> Path:
-    """The model shipped inside the package (trained by `notelm train`; see the README)."""
-    path = Path(__file__).parent / "assets" / "default_model"
-    if not (path / "config.json").exists():
-        raise NotelmError("no default model is installed; pass --model RUN_DIR (train one with `notelm train`)")
-    return path

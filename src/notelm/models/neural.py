@@ -90,6 +90,12 @@ def _typed(cls, d: dict, section: str):
     return cls(**values)
 
 
+def dropout_in_training(drop: nn.Dropout, x: torch.Tensor) -> torch.Tensor:
+    """``drop(x)`` while training, ``x`` itself otherwise: generation calls this per stream,
+    layer and event, where even a no-op module call is measurable."""
+    return drop(x) if drop.training and drop.p else x
+
+
 class EventNet(nn.Module):
     """Embeddings and heads around a backbone; subclasses define ``backbone_dim`` and ``features``."""
 
@@ -121,9 +127,7 @@ class EventNet(nn.Module):
 
     # -- shared ------------------------------------------------------------------
     def dropout(self, x: torch.Tensor) -> torch.Tensor:
-        """Dropout in training only: generation calls this per stream and event, where even a
-        no-op module call is measurable."""
-        return self.drop(x) if self.training and self.cfg.dropout else x
+        return dropout_in_training(self.drop, x)
 
     def embed(self, tokens: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
         # F.embedding / F.linear rather than module calls: generation runs these once per

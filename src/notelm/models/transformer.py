@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from notelm.encoding.vocab import Vocab
-from notelm.models.neural import EventNet, ModelConfig
+from notelm.models.neural import EventNet, ModelConfig, dropout_in_training
 
 
 def rope_tables(positions: torch.Tensor, dim: int, base: float = 10000.0):
@@ -67,12 +67,8 @@ class Block(nn.Module):
         else:
             mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(past)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop)
-        x = x + self._dropout(self.proj(y.transpose(1, 2).reshape(B, T, D)))
-        return x + self._dropout(self.ff(self.ln2(x)))
-
-    def _dropout(self, x):
-        return self.drop(x) if self.training and self.dropout else x
-
+        x = x + dropout_in_training(self.drop, self.proj(y.transpose(1, 2).reshape(B, T, D)))
+        return x + dropout_in_training(self.drop, self.ff(self.ln2(x)))
 
     @staticmethod
     def _remember(cache: dict, k, v):
