@@ -1,7 +1,9 @@
 """Ingest speed: music21 (the original pipeline's parser) vs raw symusic vs `notelm prepare`.
 
 A fourth line, symusic parse plus copying each track's notes out as numpy arrays, is the
-least work any store of the notes has to do; it shows where notelm's time goes.
+least work any store of the notes has to do; it shows where notelm's time goes.  A last
+line runs `prepare` with one worker: the ratio of the two `prepare` lines is how ingest
+scales with cores (the parent process only coordinates; workers parse and write the notes).
 
 All read the same MIDI files in one run.  music21 is slow, so it parses a
 subset and is reported per file.  symusic and notelm take the best of three
@@ -48,6 +50,7 @@ def main(argv=None) -> dict:
     import symusic
 
     from notelm.corpus import prepare
+    from notelm.ingest import default_workers
 
     files = sorted(str(p) for p in Path(a.path).rglob("*") if p.suffix.lower() in {".mid", ".midi"})
     n = a.files or (60 if a.quick else len(files))
@@ -67,9 +70,10 @@ def main(argv=None) -> dict:
         t_sym = best_of(3, lambda: [symusic.Score(f) for f in files])
         # the least any note store must do: parse, then copy each track's notes out as arrays
         t_arr = best_of(3, lambda: [[t.notes.numpy() for t in symusic.Score(f).tracks] for f in files])
-        runs = iter(range(3))
-        t_nlm = best_of(3, lambda: prepare([str(src)], Path(tmp) / f"corpus{next(runs)}", workers=a.workers,
-                                           progress=False, log=lambda *_: None))
+        runs = iter(range(6))
+        t_nlm, t_one = (best_of(3, lambda: prepare([str(src)], Path(tmp) / f"corpus{next(runs)}", workers=workers,
+                                                   progress=False, log=lambda *_: None))
+                        for workers in (a.workers, 1))
 
     m21_fps, sym_fps, nlm_fps = n_m21 / t_m21, len(files) / t_sym, len(files) / t_nlm
     arr_fps = len(files) / t_arr
@@ -83,15 +87,20 @@ def main(argv=None) -> dict:
         "ingest_vs_music21": round(nlm_fps / m21_fps, 1),
         "ingest_vs_symusic": round(nlm_fps / sym_fps, 3),
         "ingest_vs_symusic_arrays": round(nlm_fps / arr_fps, 3),
+        "workers": a.workers or default_workers(),
+        "notelm_one_worker_files_per_s": round(len(files) / t_one, 1),
+        "speedup_over_one_worker": round(t_one / t_nlm, 2),
     }
     print(f"{'parser':<28}{'files':>7}{'seconds':>10}{'files/s':>12}")
     print(f"{'music21 converter.parse':<28}{n_m21:>7}{t_m21:>10.3f}{m21_fps:>12.2f}")
     print(f"{'symusic.Score (raw parse)':<28}{len(files):>7}{t_sym:>10.3f}{sym_fps:>12.1f}")
     print(f"{'symusic parse + note arrays':<28}{len(files):>7}{t_arr:>10.3f}{arr_fps:>12.1f}")
     print(f"{'notelm prepare (corpus)':<28}{len(files):>7}{t_nlm:>10.3f}{nlm_fps:>12.1f}")
+    print(f"{'notelm prepare, 1 worker':<28}{len(files):>7}{t_one:>10.3f}{len(files) / t_one:>12.1f}")
     print(f"notelm vs music21: {result['ingest_vs_music21']:,}x faster per file; "
           f"notelm vs raw symusic: {result['ingest_vs_symusic']:.2f}x the speed "
-          f"({result['ingest_vs_symusic_arrays']:.2f}x symusic parse + note arrays)")
+          f"({result['ingest_vs_symusic_arrays']:.2f}x symusic parse + note arrays); "
+          f"{result['workers']} workers are {result['speedup_over_one_worker']:.2f}x one")
     print(json.dumps(result))
     return result
 

@@ -12,7 +12,7 @@ import pytest
 
 from notelm import notes as nt
 from notelm.cli import main
-from notelm.corpus import Corpus, assign_split, merge, parse_shard, parse_split, prepare
+from notelm.corpus import Corpus, assign_split, merge, parse_shard, parse_split, prepare, read_notes
 from notelm.io import NotelmError, content_hash
 from notelm.sources import iter_files, read_sidecar
 
@@ -30,8 +30,9 @@ def build(sources, out, **kw):
 def tables(corpus_dir):
     """Every table of a corpus, for equality checks (manifest minus its timestamp)."""
     out = {}
-    for name in ("songs", "notes", "tempos", "timesigs", "keysigs"):
+    for name in ("songs", "tempos", "timesigs", "keysigs"):
         out[name] = pa.ipc.open_file(str(corpus_dir / f"{name}.arrow")).read_all()
+    out["notes"] = read_notes(corpus_dir).combine_chunks()  # the parts may be cut differently: compare rows
     manifest = json.loads((corpus_dir / "manifest.json").read_text())
     manifest.pop("created")
     out["manifest"] = manifest
@@ -192,6 +193,56 @@ def test_shards_merge_to_the_full_corpus(midi_folder, tmp_path):
         assert all(np.array_equal(a[k], b[k]) for k in nt.NOTE_COLUMNS)
     with pytest.raises(NotelmError, match="K/N"):
         parse_shard("4/3")
+
+
+def test_note_table_in_parts_drops_a_duplicate_inside_a_part(midi_folder, tmp_path, monkeypatch):
+    import notelm.corpus as corpus_mod
+
+    build([midi_folder], tmp_path / "one")
+    # chunks of 3 files: [a1 a2 broken] [b1 copy_of_a1 notes] [b2]; the copy is a duplicate inside a kept part
+    monkeypatch.setattr(corpus_mod, "CHUNK_FILES", 3)
+    build([midi_folder], tmp_path / "three")
+    one, three = tables(tmp_path / "one"), tables(tmp_path / "three")
+    assert [one["manifest"]["counts"].pop("note_parts"), three["manifest"]["counts"].pop("note_parts")] == [1, 3]
+    assert sorted(os.listdir(tmp_path / "three" / "notes")) == ["000000.arrow", "000001.arrow", "000002.arrow"]
+    for name in one:
+        assert one[name] == three[name] if name == "manifest" else one[name].equals(three[name]), name
+    corpus = Corpus(tmp_path / "three")
+    assert corpus.num_notes == 8 + 18 + 16 + 5
+    every = corpus.all_notes()
+    for song in range(len(corpus)):  # the song column agrees with each song's row range
+        assert np.array_equal(every["pitch"][every["song"] == song], corpus.notes(song)["pitch"])
+
+
+def test_a_corpus_missing_a_note_part_is_refused(midi_folder, tmp_path, monkeypatch):
+    import notelm.corpus as corpus_mod
+
+    monkeypatch.setattr(corpus_mod, "CHUNK_FILES", 3)
+    build([midi_folder], tmp_path / "c")
+    (tmp_path / "c" / "notes" / "000001.arrow").unlink()  # b1: 16 of the 8 + 18 + 16 + 5 notes
+    with pytest.raises(NotelmError, match="the note table holds 31 notes, the song table counts 47; prepare it again"):
+        Corpus(tmp_path / "c")
+
+
+def test_version_1_corpora_one_note_file_with_a_song_column_still_read(midi_folder, tmp_path):
+    build([midi_folder], tmp_path / "v2")
+    shutil.copytree(tmp_path / "v2", tmp_path / "v1")
+    v2 = Corpus(tmp_path / "v2")
+    notes = v2.all_notes()
+    table = pa.table({"song": notes["song"], **{k: notes[k] for k in nt.NOTE_COLUMNS}})
+    with pa.ipc.new_file(str(tmp_path / "v1" / "notes.arrow"), table.schema) as writer:
+        writer.write_table(table)
+    shutil.rmtree(tmp_path / "v1" / "notes")
+    manifest = json.loads((tmp_path / "v1" / "manifest.json").read_text())
+    (tmp_path / "v1" / "manifest.json").write_text(json.dumps({**manifest, "version": 1}))
+    v1 = Corpus(tmp_path / "v1")
+    assert v1.num_notes == v2.num_notes == 47
+    old = v1.all_notes()
+    assert all(np.array_equal(old[k], notes[k]) for k in notes)
+    assert all(np.array_equal(v1.notes(3)[k], v2.notes(3)[k]) for k in nt.NOTE_COLUMNS)
+    (tmp_path / "v1" / "manifest.json").write_text(json.dumps({**manifest, "version": 9}))
+    with pytest.raises(NotelmError, match="corpus version 9 is not supported"):
+        Corpus(tmp_path / "v1")
 
 
 def test_iter_files_streams_sorted_and_survives_loops_and_limits(tmp_path):

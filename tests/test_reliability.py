@@ -26,7 +26,7 @@ import pytest
 
 from notelm import notes as nt
 from notelm.cli import main
-from notelm.corpus import Corpus, prepare
+from notelm.corpus import Corpus, prepare, read_notes
 from notelm.ingest import IngestError, load_file
 from notelm.io import NotelmError, atomic_dir
 
@@ -72,7 +72,8 @@ def put(path: Path, data: bytes) -> Path:
 def tables(corpus_dir: Path) -> dict:
     """Every table of a corpus plus its manifest (minus the timestamp), for equality checks."""
     out = {name: pa.ipc.open_file(str(corpus_dir / f"{name}.arrow")).read_all()
-           for name in ("songs", "notes", "tempos", "timesigs", "keysigs")}
+           for name in ("songs", "tempos", "timesigs", "keysigs")}
+    out["notes"] = read_notes(corpus_dir).combine_chunks()
     manifest = json.loads((corpus_dir / "manifest.json").read_text())
     manifest.pop("created")
     out["manifest"] = manifest

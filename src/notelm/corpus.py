@@ -4,23 +4,31 @@ Layout of a corpus directory::
 
     manifest.json    format, version, sources, counts, split fractions, failures, duplicates
     songs.arrow      one row per song (path, hash, collection, counts, duration, split, note range)
-    notes.arrow      one row per note (song, track, ticks and quarters, pitch, velocity, program, is_drum)
+    notes/000000.arrow, 000001.arrow, ...
+                     the note table in parts: one row per note (track, ticks and quarters,
+                     pitch, velocity, program, is_drum), song after song
     tempos.arrow     song, tick, qpm
     timesigs.arrow   song, tick, numerator, denominator
     keysigs.arrow    song, tick, sharps, minor
 
 All tables are Arrow IPC files (``pyarrow.ipc``; ``polars.read_ipc`` and
-``pandas.read_feather`` open them too), read through a memory map.  Notes are
-stored song after song, so a song is the row range ``note_start:note_end``.
+``pandas.read_feather`` open them too), read through a memory map.  The note
+table is its parts read one after another; a song is its row range
+``note_start:note_end``, which is also how ``Corpus.all_notes`` gives each note
+its ``song``.
 
 ``prepare`` builds a corpus in resumable chunks under ``<out>.partial/`` and
 renames the finished directory into place: a corpus is never half-written.
+A chunk's notes are saved once, by the worker that parsed them, in their final
+form; the corpus links that file in as a part (the parent process never copies
+notes), so ingest speed grows with the number of workers.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+import os
 import shutil
 import time
 from pathlib import Path
@@ -31,21 +39,18 @@ import pyarrow as pa
 import pyarrow.ipc
 
 from notelm import notes as nt
-from notelm.ingest import Chunk, IngestPool, Job, chunk_saved, default_workers, read_chunk
+from notelm.ingest import Chunk, IngestPool, Job, chunk_saved, default_workers, read_chunk, write_notes_part
 from notelm.io import NotelmError, atomic_dir, hash_unit, read_json, write_json
 from notelm.sources import iter_files, read_sidecar
 
 FORMAT = "notelm-corpus"
-VERSION = 1
+VERSION = 2
+READS = (1, 2)  # version 1 kept the note table in one notes.arrow with a song column
 SPLITS = ("train", "valid", "test")
 DEFAULT_SPLIT = (0.8, 0.1, 0.1)
 CHUNK_FILES = 32  # files per resumable unit of work
 
-META_TABLES = {
-    "tempos": {"tick": np.int64, "qpm": np.float64},
-    "timesigs": {"tick": np.int64, "numerator": np.int16, "denominator": np.int16},
-    "keysigs": {"tick": np.int64, "sharps": np.int16, "minor": np.bool_},
-}
+META_TABLES = nt.META_TABLES
 
 
 def assign_split(sha: str, fractions=DEFAULT_SPLIT) -> str:
@@ -92,11 +97,15 @@ class Corpus:
         self.manifest = read_json(manifest_path)
         if self.manifest.get("format") != FORMAT:
             raise NotelmError(f"{self.path}: manifest.json is not a notelm corpus manifest")
-        if self.manifest.get("version") != VERSION:
-            raise NotelmError(f"{self.path}: corpus version {self.manifest.get('version')} is not supported (expected {VERSION}); prepare it again")
+        if self.manifest.get("version") not in READS:
+            raise NotelmError(f"{self.path}: corpus version {self.manifest.get('version')} is not supported "
+                              f"(notelm reads {', '.join(map(str, READS))}); prepare it again")
         songs = _read_table(self.path / "songs.arrow")
         self.songs = {name: songs.column(name).to_numpy(zero_copy_only=False) for name in songs.column_names}
-        self._notes = _read_table(self.path / "notes.arrow")
+        self._notes = read_notes(self.path)
+        if self._notes.num_rows != int(np.sum(self.songs["n_notes"])):
+            raise NotelmError(f"{self.path}: the note table holds {self._notes.num_rows:,} notes, the song table "
+                              f"counts {int(np.sum(self.songs['n_notes'])):,}; prepare it again")
         # a few rows per song, written in many batches: one contiguous copy makes per-song lookups cheap
         self._meta = {name: _read_table(self.path / f"{name}.arrow").combine_chunks() for name in META_TABLES}
 
@@ -121,24 +130,24 @@ class Corpus:
     def notes(self, song: int) -> nt.Notes:
         """The notes of one song (sorted by track, onset, pitch)."""
         start, end = int(self.songs["note_start"][song]), int(self.songs["note_end"][song])
-        part = self._notes.slice(start, end - start)
-        return {name: _column(part, name) for name in nt.NOTE_COLUMNS}
+        return _notes_of(self._notes.slice(start, end - start))
 
     def all_notes(self, columns: Iterable[str] | None = None) -> nt.Notes:
         """Whole note-table columns (plus ``song``), for vectorized work over the corpus."""
         names = list(columns) if columns is not None else ["song", *nt.NOTE_COLUMNS]
-        return {name: _column(self._notes, name) for name in names}
+        out = {name: _column(self._notes, name) for name in names if name != "song"}
+        if "song" in names:  # notes are stored song after song
+            out["song"] = np.repeat(self.songs["song"].astype(np.int32), self.songs["n_notes"])
+        return {name: out[name] for name in names}
 
     def meta(self, song: int) -> nt.SongMeta:
-        out = nt.SongMeta(tpq=int(self.songs["tpq"][song]))
-        for table, fields in (("tempos", ("tempo_tick", "tempo_qpm")), ("timesigs", ("timesig_tick", "timesig_num", "timesig_den")),
-                              ("keysigs", ("key_tick", "key_sharps", "key_minor"))):
+        rows = {}
+        for table, columns in META_TABLES.items():
             t = self._meta[table]
             ids = _column(t, "song")
             lo, hi = np.searchsorted(ids, song), np.searchsorted(ids, song, side="right")
-            for field, column in zip(fields, list(META_TABLES[table])):
-                setattr(out, field, _column(t, column)[lo:hi])
-        return out
+            rows[table] = {c: _column(t, c)[lo:hi] for c in columns}
+        return nt.meta_from_tables(int(self.songs["tpq"][song]), rows)
 
     def song_index(self, key: str) -> int:
         """A song id from an id, a path suffix or a hash prefix."""
@@ -151,11 +160,33 @@ class Corpus:
         raise NotelmError(f"{self.path}: no single song matches {key!r}")
 
 
+NOTES_SCHEMA = pa.schema([(k, pa.from_numpy_dtype(v)) for k, v in nt.NOTE_COLUMNS.items()])
+
+
+def read_notes(path: Path) -> pa.Table:
+    """A corpus's note table: its parts one after another, memory-mapped (one chunk per part)."""
+    path = Path(path)
+    if (path / "notes.arrow").exists():  # version 1: one file, with a song column
+        return _read_table(path / "notes.arrow").select(list(nt.NOTE_COLUMNS))
+    batches = []
+    for part in sorted((path / "notes").glob("*.arrow")):
+        table = _read_table(part)
+        if table.schema != NOTES_SCHEMA:
+            raise NotelmError(f"{part}: not a notelm note table (columns {', '.join(table.column_names)})")
+        batches += table.to_batches()
+    return pa.Table.from_batches(batches, NOTES_SCHEMA)
+
+
 def _read_table(path: Path) -> pa.Table:
     try:
-        return pa.ipc.open_file(pa.memory_map(str(path), "r")).read_all()
+        with pa.memory_map(str(path), "r") as source:  # the table keeps the mapping; the file is closed
+            return pa.ipc.open_file(source).read_all()
     except (OSError, pa.ArrowInvalid) as e:
         raise NotelmError(f"{path}: cannot read corpus table: {e}") from None
+
+
+def _notes_of(table: pa.Table) -> nt.Notes:
+    return {name: _column(table, name) for name in nt.NOTE_COLUMNS}
 
 
 def _column(table: pa.Table, name: str) -> np.ndarray:
@@ -178,10 +209,14 @@ _SONG_TYPES = {k: pa.string() if k in _STRING_COLUMNS else pa.float64() if k in 
 class CorpusWriter:
     """Streams chunks of songs into a new corpus directory; duplicates (same hash) are kept once.
 
-    Every table is written batch by batch as chunks arrive.  What stays in memory is one
-    entry per distinct content hash (to find duplicates) and running totals, so a corpus
-    of millions of files does not need its song table in memory.
+    Every table is written batch by batch as chunks arrive (a batch gathers up to
+    ``BATCH_ROWS`` rows first: fewer, larger batches cost less to write and to read).  What
+    stays in memory is one entry per distinct content hash (to find duplicates), running
+    totals and those pending rows, so a corpus of millions of files does not need its song
+    table in memory.
     """
+
+    BATCH_ROWS = {"songs": 4096, "tempos": 1 << 16, "timesigs": 1 << 16, "keysigs": 1 << 16}
 
     def __init__(self, out_dir: Path, split=DEFAULT_SPLIT):
         self.out_dir = Path(out_dir)
@@ -192,17 +227,38 @@ class CorpusWriter:
         self._seconds = 0.0
         self._splits = dict.fromkeys(SPLITS, 0)
         self._collections: dict[str, int] = {}
-        schemas = {"notes": [("song", pa.int32())] + [(k, pa.from_numpy_dtype(v)) for k, v in nt.NOTE_COLUMNS.items()],
-                   "songs": [(k, _SONG_TYPES[k]) for k in SONG_COLUMNS]}
+        self._n_parts = 0
+        (self.out_dir / "notes").mkdir()
+        schemas = {"songs": [(k, _SONG_TYPES[k]) for k in SONG_COLUMNS]}
         schemas.update({name: [("song", pa.int32())] + [(f, pa.from_numpy_dtype(np.dtype(t))) for f, t in fields.items()]
                         for name, fields in META_TABLES.items()})
         self._writers = {name: pa.ipc.new_file(str(self.out_dir / f"{name}.arrow"), pa.schema(fields))
                          for name, fields in schemas.items()}
+        self._pending = {name: [] for name in schemas}  # songs: row dicts; metadata: dicts of columns
+        self._pending_rows = dict.fromkeys(schemas, 0)
 
-    def add(self, chunk: Chunk) -> None:
-        """Append a chunk; its notes must be grouped by song in song order (as ingest makes them)."""
+    def _append(self, table: str, rows, n: int) -> None:
+        self._pending[table] += rows
+        self._pending_rows[table] += n
+        if self._pending_rows[table] >= self.BATCH_ROWS[table]:
+            self._flush(table)
+
+    def _flush(self, table: str) -> None:
+        pending, self._pending[table], self._pending_rows[table] = self._pending[table], [], 0
+        if not pending:
+            return
+        if table == "songs":
+            batch = pa.record_batch([pa.array([r[k] for r in pending], _SONG_TYPES[k]) for k in SONG_COLUMNS], names=SONG_COLUMNS)
+        else:
+            batch = pa.record_batch({c: np.concatenate([cols[c] for cols in pending]) for c in pending[0]})
+        self._writers[table].write_batch(batch)
+
+    def add(self, chunk: Chunk, notes_file: Path | None = None) -> None:
+        """Append a chunk: its notes song after song, ``records[k]["n_notes"]`` rows each (as ingest
+        makes them).  ``notes_file``, a saved chunk's note file, becomes a part of the note table as
+        it is (a hard link: no copy), unless a duplicate song has to be left out of it."""
         new_id = np.full(len(chunk.records), -1, np.int64)  # chunk song -> corpus song (-1: duplicate)
-        counts = np.bincount(chunk.notes["song"], minlength=len(chunk.records)) if chunk.notes else np.zeros(len(chunk.records), np.int64)
+        counts = np.array([rec["n_notes"] for rec in chunk.records], np.int64)
         start = self._n_notes
         rows = []
         for k, rec in enumerate(chunk.records):
@@ -211,35 +267,36 @@ class CorpusWriter:
                 continue
             song = self._first[rec["sha"]] = new_id[k] = self._n_songs + len(rows)
             n = int(counts[k])
-            rows.append(dict(rec, song=song, split=assign_split(rec["sha"], self.split), n_notes=n,
-                             note_start=start, note_end=start + n))
+            rows.append(dict(rec, song=song, split=assign_split(rec["sha"], self.split), note_start=start, note_end=start + n))
             start += n
             self._seconds += rec["duration_s"]
             self._splits[rows[-1]["split"]] += 1
             self._collections[rec["collection"]] = self._collections.get(rec["collection"], 0) + 1
-        if rows:
-            self._writers["songs"].write_batch(pa.record_batch(
-                [pa.array([r[k] for r in rows], _SONG_TYPES[k]) for k in SONG_COLUMNS], names=SONG_COLUMNS))
-            self._n_songs += len(rows)
-        if not chunk.notes:
-            return
-        song = new_id[chunk.notes["song"]]
-        keep = song >= 0
-        batch = {"song": song[keep].astype(np.int32)}
-        for name, dtype in nt.NOTE_COLUMNS.items():
-            col = chunk.notes[name]
-            batch[name] = (col if keep.all() else col[keep]).astype(dtype, copy=False)
-        self._writers["notes"].write_batch(pa.record_batch(batch))
+        self._append("songs", rows, len(rows))
+        self._n_songs += len(rows)
+        kept = new_id >= 0
+        if counts[kept].sum():
+            part = self.out_dir / "notes" / f"{self._n_parts:06d}.arrow"
+            self._n_parts += 1
+            if notes_file is not None and kept.all():
+                _link_or_copy(notes_file, part)
+            else:
+                keep = slice(None) if kept.all() else np.repeat(kept, counts)
+                notes = chunk.notes or _notes_of(_read_table(notes_file))
+                write_notes_part(part, {name: np.asarray(notes[name])[keep] for name in nt.NOTE_COLUMNS})
         self._n_notes = start
         for table, cols in chunk.meta.items():
             ids = new_id[cols["song"]]
             ok = ids >= 0
             if ok.any():
-                self._writers[table].write_batch(pa.record_batch(
-                    {"song": ids[ok].astype(np.int32), **{c: cols[c][ok].astype(t) for c, t in META_TABLES[table].items()}}))
+                rows = slice(None) if ok.all() else ok
+                self._append(table, [{"song": ids[rows].astype(np.int32),
+                                      **{c: cols[c][rows].astype(t, copy=False) for c, t in META_TABLES[table].items()}}],
+                             int(ok.sum()))
 
     def close(self, manifest: dict) -> dict:
-        for writer in self._writers.values():
+        for name, writer in self._writers.items():
+            self._flush(name)
             writer.close()
         if self.duplicates:  # name the first copy of each duplicate (read back: no song table in memory)
             paths = _read_table(self.out_dir / "songs.arrow").column("path")
@@ -258,12 +315,20 @@ class CorpusWriter:
             "notes": self._n_notes,
             "hours": round(self._seconds / 3600, 3),
             "duplicates": len(self.duplicates),
+            "note_parts": self._n_parts,
             **{f"{s}_songs": self._splits[s] for s in SPLITS},
         }
         manifest["collections"] = dict(sorted(self._collections.items()))
         manifest["duplicates"] = self.duplicates
         write_json(self.out_dir / "manifest.json", manifest)
         return manifest
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:  # a file system without hard links
+        shutil.copyfile(src, dst)
 
 
 # --------------------------------------------------------------------------- prepare
@@ -304,8 +369,9 @@ def prepare(sources: list[str], out: Path, workers: int | None = None, shard: tu
         raise NotelmError("no sources given")
     started = time.perf_counter()
     overrides = read_sidecar(metadata_csv) if metadata_csv else {}
-    stream = lambda: iter_files(sources, max_file_mb=max_file_mb, overrides=overrides)  # noqa: E731
-    total = sum(1 for i, _ in enumerate(stream()) if not shard or i % shard[1] == shard[0] - 1)
+    stream = lambda limit=max_file_mb: iter_files(sources, max_file_mb=limit, overrides=overrides)  # noqa: E731
+    # the count (for the progress bar) needs no per-file size check
+    total = sum(1 for i, _ in enumerate(stream(None)) if not shard or i % shard[1] == shard[0] - 1)
     partial = out.with_name(out.name + ".partial")
     parts_dir = partial / "parts"
     parts_dir.mkdir(parents=True, exist_ok=True)
@@ -327,10 +393,10 @@ def prepare(sources: list[str], out: Path, workers: int | None = None, shard: tu
     with IngestPool(workers or default_workers()) as pool, atomic_dir(out) as tmp:
         writer = CorpusWriter(tmp, split)
         for stem, chunk, resuming in pool.map(jobs()):
-            result = read_chunk(stem)
+            result = read_chunk(stem, notes=False)  # the chunk's note file is linked in, not read
             resumed += len(chunk) if resuming else 0
             failures += [{"path": f["path"], "reason": f["reason"]} for f in result.failures]
-            writer.add(result)
+            writer.add(result, stem.with_suffix(".arrow"))
             bar.update(len(chunk))
             bar.set_postfix(failed=len(failures), refresh=False)
         bar.close()
@@ -354,13 +420,12 @@ def prepare(sources: list[str], out: Path, workers: int | None = None, shard: tu
 
 def _corpus_chunks(corpus: Corpus, songs_per_chunk: int = 256) -> Iterator[Chunk]:
     """A corpus as a stream of Chunks, for merging."""
-    notes = corpus.all_notes()
+    notes = corpus.all_notes(nt.NOTE_COLUMNS)
     for lo in range(0, len(corpus), songs_per_chunk):
         hi = min(lo + songs_per_chunk, len(corpus))
         a, b = int(corpus.songs["note_start"][lo]), int(corpus.songs["note_end"][hi - 1])
         chunk = Chunk(records=[{k: _py(corpus.songs[k][s]) for k in SONG_COLUMNS} for s in range(lo, hi)])
         chunk.notes = {k: v[a:b] for k, v in notes.items()}
-        chunk.notes["song"] = chunk.notes["song"] - lo
         for table in META_TABLES:
             t = corpus._meta[table]
             ids = _column(t, "song")

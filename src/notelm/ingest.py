@@ -30,12 +30,6 @@ from notelm.sources import is_midi
 
 MUSIC21_TPQ = 480  # divisible by 3, 4 and 5: music21's tuplets land on whole ticks
 
-META_FIELDS = {  # corpus table -> column -> SongMeta attribute
-    "tempos": {"tick": "tempo_tick", "qpm": "tempo_qpm"},
-    "timesigs": {"tick": "timesig_tick", "numerator": "timesig_num", "denominator": "timesig_den"},
-    "keysigs": {"tick": "key_tick", "sharps": "key_sharps", "minor": "key_minor"},
-}
-
 
 class IngestError(Exception):
     """A file that cannot be kept; the message is the one-line reason."""
@@ -50,7 +44,8 @@ def load_file(path: str, check_events: bool = True) -> tuple[str, list[nt.RawSon
     cost more than the parse.
     """
     try:
-        data = Path(path).read_bytes()
+        with open(path, "rb") as fh:
+            data = fh.read()
     except OSError as e:
         raise IngestError(f"cannot read: {e.strerror or e}") from None
     if not data:
@@ -122,23 +117,21 @@ def _music21_song(score) -> nt.RawSong:
 
     score = score.stripTies(inPlace=False)
     flat = score.flatten()
-    meta = nt.SongMeta(tpq=MUSIC21_TPQ)
-    tempos = [(m.getOffsetInHierarchy(score), m.getQuarterBPM()) for m in flat.getElementsByClass(music21.tempo.MetronomeMark)]
-    tempos = [(float(o), q) for o, q in tempos if q]
-    if tempos:
-        meta.tempo_tick, meta.tempo_qpm = ticks([o for o, _ in tempos]), np.array([q for _, q in tempos], np.float64)
+    tempos = [(float(m.getOffsetInHierarchy(score)), m.getQuarterBPM()) for m in flat.getElementsByClass(music21.tempo.MetronomeMark)]
+    tempos = [(o, q) for o, q in tempos if q]
     sigs = list(flat.getElementsByClass(music21.meter.TimeSignature))
-    if sigs:
-        meta.timesig_tick = ticks([float(s.getOffsetInHierarchy(score)) for s in sigs])
-        meta.timesig_num = np.array([s.numerator for s in sigs], np.int16)
-        meta.timesig_den = np.array([s.denominator for s in sigs], np.int16)
     keys = list(flat.getElementsByClass(music21.key.KeySignature))
-    if keys:
-        meta.key_tick = ticks([float(k.getOffsetInHierarchy(score)) for k in keys])
-        meta.key_sharps = np.array([k.sharps for k in keys], np.int16)
-        meta.key_minor = np.array([getattr(k, "mode", "major") == "minor" for k in keys], np.bool_)
+    events = {
+        "tempos": {"tick": ticks([o for o, _ in tempos]), "qpm": np.array([q for _, q in tempos], np.float64)},
+        "timesigs": {"tick": ticks([float(s.getOffsetInHierarchy(score)) for s in sigs]),
+                     "numerator": np.array([s.numerator for s in sigs], np.int64),
+                     "denominator": np.array([s.denominator for s in sigs], np.int64)},
+        "keysigs": {"tick": ticks([float(k.getOffsetInHierarchy(score)) for k in keys]),
+                    "sharps": np.array([k.sharps for k in keys], np.int64),
+                    "minor": np.array([getattr(k, "mode", "major") == "minor" for k in keys], np.int64)},
+    }
 
-    raw = nt.RawSong(meta)
+    raw = nt.RawSong(MUSIC21_TPQ, events)
     parts = list(score.parts) if hasattr(score, "parts") and len(score.parts) else [score]
     for index, part in enumerate(parts):
         instrument = part.getInstrument(returnDefault=True)
@@ -154,7 +147,8 @@ def _music21_song(score) -> nt.RawSong:
                 pitch.append(p.midi)
                 velocity.append(v)
         if pitch:
-            raw.tracks.append((ticks(onset), ticks(duration), np.array(pitch), np.array(velocity), index, int(program), False))
+            raw.tracks.append((ticks(onset), ticks(duration), np.array(pitch, np.int64), np.round(velocity).astype(np.int64), index,
+                               int(program), False))
     return raw
 
 
@@ -167,8 +161,10 @@ def _one_line(e: BaseException) -> str:
 
 @dataclass
 class Chunk:
-    """The songs of a run of files.  ``notes`` and every ``meta`` table carry a ``song``
-    column indexing ``records`` (song-table rows, without corpus-wide ids and split)."""
+    """The songs of a run of files.  ``notes`` holds their notes song after song, in
+    ``records`` order (``records[k]["n_notes"]`` rows each; no song column); every ``meta``
+    table carries a ``song`` column indexing ``records`` (song-table rows, without corpus-wide
+    ids and split)."""
 
     records: list[dict] = field(default_factory=list)
     notes: dict = field(default_factory=dict)
@@ -196,79 +192,98 @@ def load_chunk(files: list[tuple[int, str, str, str]], check_events: bool = True
         return out
 
     notes = nt.assemble(raws)
-    counts = np.bincount(notes["song"], minlength=len(raws))
+    song = notes.pop("song")
+    counts = np.bincount(song, minlength=len(raws))
     kept = np.flatnonzero(counts > 0)  # a piece whose every note was unplayable is dropped
-    lost = {info[k][0] for k in range(len(raws))} - {info[k][0] for k in kept}
-    for index in sorted(lost):
-        out.failures.append({"index": index, "path": next(i[1] for i in info if i[0] == index), "reason": "no playable notes"})
-    remap = np.full(len(raws), -1, np.int64)
-    remap[kept] = np.arange(len(kept))
-    notes["song"] = remap[notes["song"]].astype(np.int32)
-    raws = [raws[k] for k in kept]
-    info = [info[k] for k in kept]
+    if len(kept) < len(raws):
+        lost = {info[k][0] for k in range(len(raws))} - {info[k][0] for k in kept}
+        for index in sorted(lost):
+            out.failures.append({"index": index, "path": next(i[1] for i in info if i[0] == index), "reason": "no playable notes"})
+        raws, info, counts = [raws[k] for k in kept], [info[k] for k in kept], counts[kept]
     if not raws:  # every file of the chunk failed
         return out
 
-    for table, fields in META_FIELDS.items():
-        cols = {c: np.concatenate([np.asarray(getattr(r.meta, a)) for r in raws]) for c, a in fields.items()}
-        cols["song"] = np.repeat(np.arange(len(raws), dtype=np.int32), [len(getattr(r.meta, fields["tick"])) for r in raws])
-        out.meta[table] = cols
-    out.notes = notes
+    out.notes, out.meta = notes, nt.meta_tables(raws)
 
     # per-song figures, vectorized over the chunk (notes are grouped by song)
-    starts = np.searchsorted(notes["song"], np.arange(len(raws)))
+    tempos, sigs, keys = out.meta["tempos"], out.meta["timesigs"], out.meta["keysigs"]
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
     end_tick = np.maximum.reduceat(notes["onset_tick"] + notes["duration_tick"], starts)
     end_q = np.maximum.reduceat(notes["onset"] + notes["duration"], starts)
-    tempos = out.meta["tempos"]
     seconds = nt.seconds_at(np.arange(len(raws)), end_tick, tempos["song"], tempos["tick"], tempos["qpm"],
-                            np.array([r.meta.tpq for r in raws]))
+                            np.array([r.tpq for r in raws]))
+    first_tempo, first_sig, first_key = (_first_rows(t, len(raws)) for t in (tempos, sigs, keys))
     for k, (raw, (index, path, source, collection, sha, part)) in enumerate(zip(raws, info)):
+        tempo, sig, key = first_tempo[k], first_sig[k], first_key[k]
         out.records.append({
             "path": f"{path}#{part}" if "#" in sha else path,
-            "sha": sha, "source": source, "collection": collection, "part": part, "tpq": raw.meta.tpq,
-            "n_tracks": len({t[4] for t in raw.tracks}), "duration_q": float(end_q[k]), "duration_s": float(seconds[k]),
-            "qpm": raw.meta.first_qpm, "time_signature": raw.meta.time_signature, "key": raw.meta.key,
+            "sha": sha, "source": source, "collection": collection, "part": part, "tpq": raw.tpq,
+            "n_notes": int(counts[k]), "n_tracks": len({t[4] for t in raw.tracks}),
+            "duration_q": float(end_q[k]), "duration_s": float(seconds[k]),
+            "qpm": float(tempos["qpm"][tempo]) if tempo >= 0 else nt.DEFAULT_QPM,
+            "time_signature": f"{sigs['numerator'][sig]}/{sigs['denominator'][sig]}" if sig >= 0 else "",
+            "key": nt.key_name(int(keys["sharps"][key]), bool(keys["minor"][key])) if key >= 0 else "",
         })
     return out
 
 
+def _first_rows(table: dict, n_songs: int) -> np.ndarray:
+    """Each song's first row in a metadata table (rows grouped by song), -1 where it has none."""
+    first = np.searchsorted(table["song"], np.arange(n_songs))
+    found = first < len(table["song"])
+    found[found] = table["song"][first[found]] == np.flatnonzero(found)
+    return np.where(found, first, -1)
+
+
 def save_chunk(chunk: Chunk, stem: Path, chunk_id: str) -> None:
-    """Store a finished chunk: ``stem.arrow`` (its notes), ``stem.npy`` (its metadata arrays,
-    one ``np.save`` after another), then ``stem.json`` (records, failures), which commits it."""
+    """Store a finished chunk: ``stem.arrow`` (its notes, an Arrow IPC file), ``stem.meta``
+    (its metadata arrays, raw bytes at 8-byte aligned offsets), then ``stem.json`` (records,
+    failures, the layout of ``stem.meta``), which commits it."""
+    write_notes_part(stem.with_suffix(".arrow"), chunk.notes or nt.empty_notes())
+    layout = []
+    with atomic_path(stem.with_suffix(".meta")) as tmp:
+        with open(tmp, "wb") as fh:
+            for table, cols in chunk.meta.items():
+                for column, array in cols.items():
+                    array = np.ascontiguousarray(array)
+                    layout.append([f"{table}.{column}", array.dtype.str, len(array)])
+                    fh.write(array.tobytes() + bytes(-array.nbytes % 8))
+    write_json(stem.with_suffix(".json"), {"chunk": chunk_id, "meta": layout, "records": chunk.records,
+                                            "failures": chunk.failures}, indent=None)
+
+
+def write_notes_part(path: Path, notes: nt.Notes) -> None:
+    """A note table as one Arrow IPC file with the columns of ``NOTE_COLUMNS`` (a corpus's
+    ``notes/`` holds these; a saved chunk's ``.arrow`` is one, ready to be linked in)."""
     import pyarrow as pa
 
-    with atomic_path(stem.with_suffix(".arrow")) as tmp:
-        batch = pa.record_batch(chunk.notes) if chunk.notes else pa.record_batch({"song": np.zeros(0, np.int32)})
+    batch = pa.record_batch([np.asarray(notes[k], dtype) for k, dtype in nt.NOTE_COLUMNS.items()], names=list(nt.NOTE_COLUMNS))
+    with atomic_path(path) as tmp:
         with pa.ipc.new_file(str(tmp), batch.schema) as writer:
             writer.write_batch(batch)
-    meta = {f"{t}.{c}": v for t, cols in chunk.meta.items() for c, v in cols.items()}
-    with atomic_path(stem.with_suffix(".npy")) as tmp:
-        with open(tmp, "wb") as fh:
-            for array in meta.values():
-                np.save(fh, array, allow_pickle=False)
-    write_json(stem.with_suffix(".json"), {"chunk": chunk_id, "meta": list(meta), "records": chunk.records,
-                                            "failures": chunk.failures})
 
 
-def read_chunk(stem: Path) -> Chunk:
-    """A saved chunk; its note columns are memory-mapped, not copied."""
+def read_chunk(stem: Path, notes: bool = True) -> Chunk:
+    """A saved chunk; its note columns (unless ``notes=False``) are memory-mapped, not copied."""
     import pyarrow as pa
 
     info = read_json(stem.with_suffix(".json"))
     chunk = Chunk(records=info["records"], failures=info["failures"])
-    batch = pa.ipc.open_file(pa.memory_map(str(stem.with_suffix(".arrow")))).get_batch(0)
-    if info["records"]:
+    if info["records"] and notes:
+        batch = pa.ipc.open_file(pa.memory_map(str(stem.with_suffix(".arrow")))).get_batch(0)
         chunk.notes = {name: batch.column(name).to_numpy(zero_copy_only=False) for name in batch.schema.names}
-    with open(stem.with_suffix(".npy"), "rb") as fh:
-        for key in info["meta"]:
-            table, column = key.split(".")
-            chunk.meta.setdefault(table, {})[column] = np.load(fh, allow_pickle=False)
+    data, offset = np.fromfile(stem.with_suffix(".meta"), np.uint8), 0
+    for key, dtype, length in info["meta"]:
+        table, column = key.split(".")
+        array = np.frombuffer(data, np.dtype(dtype), length, offset)
+        chunk.meta.setdefault(table, {})[column] = array
+        offset += -(-array.nbytes // 8) * 8
     return chunk
 
 
 def chunk_saved(stem: Path, chunk_id: str) -> bool:
     """Whether ``stem`` holds a complete chunk made from exactly the same files."""
-    if not (stem.with_suffix(".npy").exists() and stem.with_suffix(".arrow").exists()):
+    if not (stem.with_suffix(".meta").exists() and stem.with_suffix(".arrow").exists()):
         return False
     try:
         return read_json(stem.with_suffix(".json")).get("chunk") == chunk_id
@@ -300,13 +315,13 @@ def _finish(job: Job, chunk: Chunk) -> None:
 def join_chunks(chunks: list[Chunk]) -> Chunk:
     """One Chunk from several (song indices shifted so they stay unique)."""
     out = Chunk()
-    notes, metas = [], {t: [] for t in META_FIELDS}
+    notes, metas = [], {t: [] for t in nt.META_TABLES}
     for c in chunks:
         offset = len(out.records)
         out.records += c.records
         out.failures += c.failures
         if c.notes:
-            notes.append({**c.notes, "song": c.notes["song"] + offset})
+            notes.append(c.notes)
         for t, cols in c.meta.items():
             metas[t].append({**cols, "song": cols["song"] + offset})
     out.notes = {k: np.concatenate([n[k] for n in notes]) for k in notes[0]} if notes else {}
@@ -325,6 +340,7 @@ class IngestPool:
         self._pool = None
 
     def __enter__(self):
+        self._start()  # fork the workers now: they start up while the parent lists the first files
         return self
 
     def __exit__(self, *exc):
@@ -335,10 +351,19 @@ class IngestPool:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
 
-    def _submit(self, job: Job):
+    def _start(self):
         if self._pool is None:
+            if self._ctx.get_start_method() == "fork":
+                # imported once here and inherited, not once per worker on its first file: symusic (0.1 s),
+                # numpy.ma (50 ms; numpy loads it lazily, pyarrow asks for it when it converts arrays)
+                import numpy.ma  # noqa: F401
+                import symusic  # noqa: F401
             self._pool = cf.ProcessPoolExecutor(self.workers, mp_context=self._ctx, initializer=_die_with_parent,
                                                 initargs=(os.getpid(),))
+            self._pool.submit(int)  # the first submit starts every worker
+
+    def _submit(self, job: Job):
+        self._start()
         return self._pool.submit(run_job, job)
 
     def map(self, jobs: Iterable[tuple[object, Job | None]]) -> Iterator[object]:

@@ -49,8 +49,9 @@ def write_text(path, text: str) -> None:
     write_bytes(path, text.encode("utf-8"))
 
 
-def write_json(path, obj) -> None:
-    write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+def write_json(path, obj, indent: int | None = 2) -> None:
+    """``indent=None`` writes one line through json's C encoder (several times faster): for files only notelm reads."""
+    write_text(path, json.dumps(obj, indent=indent, sort_keys=False, default=_json_default) + "\n")
 
 
 def read_json(path):

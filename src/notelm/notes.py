@@ -121,7 +121,7 @@ _MINOR_BY_SHARPS = ["ab", "eb", "bb", "f", "c", "g", "d", "a", "e", "b", "f#", "
 
 def key_name(sharps: int, minor: bool) -> str:
     """'D' for two sharps major, 'b' for two sharps minor (lower case = minor)."""
-    sharps = int(np.clip(sharps, -7, 7))
+    sharps = min(max(int(sharps), -7), 7)
     return (_MINOR_BY_SHARPS if minor else _MAJOR_BY_SHARPS)[sharps + 7]
 
 
@@ -139,63 +139,84 @@ def seconds_at(song, tick, tempo_song, tempo_tick, tempo_qpm, tpq) -> np.ndarray
     resolution.  Every song starts at 120 qpm until its first tempo change.
     """
     n_songs = len(tpq)
-    # a default 120-qpm change at tick 0 of every song, placed before the song's own changes
-    t_song = np.concatenate([np.arange(n_songs), np.asarray(tempo_song, np.int64)])
-    t_tick = np.concatenate([np.zeros(n_songs), np.asarray(tempo_tick, np.float64)])
-    t_qpm = np.concatenate([np.full(n_songs, DEFAULT_QPM), np.asarray(tempo_qpm, np.float64)])
-    t_own = np.concatenate([np.zeros(n_songs), np.ones(len(tempo_tick))])
+    tempo_song, tempo_tick = np.asarray(tempo_song, np.int64), np.asarray(tempo_tick, np.float64)
+    tempo_qpm = np.asarray(tempo_qpm, np.float64)
     if len(tempo_song) and ((np.diff(tempo_song) < 0) | ((np.diff(tempo_song) == 0) & (np.diff(tempo_tick) < 0))).any():
-        order = np.lexsort((t_own, t_tick, t_song))
-    else:  # already sorted within songs: merge the defaults in front of each song's changes
-        order = np.argsort(t_song, kind="stable")
-    t_song, t_tick, t_qpm = t_song[order], t_tick[order], t_qpm[order]
+        order = np.lexsort((tempo_tick, tempo_song))
+        tempo_song, tempo_tick, tempo_qpm = tempo_song[order], tempo_tick[order], tempo_qpm[order]
+    # a default 120-qpm change at tick 0 of every song, in front of the song's own changes
+    at = np.searchsorted(tempo_song, np.arange(n_songs))
+    t_song = np.insert(tempo_song, at, np.arange(n_songs))
+    t_tick = np.insert(tempo_tick, at, 0.0)
+    t_qpm = np.insert(tempo_qpm, at, DEFAULT_QPM)
     spt = 60.0 / (np.where(t_qpm > 0, t_qpm, DEFAULT_QPM) * np.maximum(np.asarray(tpq, np.float64)[t_song], 1))
     step = np.diff(t_tick) * spt[:-1]
     step[np.diff(t_song) != 0] = 0.0
     cum = np.concatenate([[0.0], np.cumsum(step)])
-    first = np.searchsorted(t_song, t_song)  # index of each song's first change
-    at_change = cum - cum[first]
+    song = np.asarray(song, np.int64)
+    first = (at + np.arange(n_songs))[song]  # each query's song's default change
     key = t_song * 2.0**40 + t_tick
-    idx = np.searchsorted(key, np.asarray(song, np.float64) * 2.0**40 + np.asarray(tick, np.float64), side="right") - 1
-    return at_change[idx] + (np.asarray(tick, np.float64) - t_tick[idx]) * spt[idx]
+    idx = np.searchsorted(key, song * 2.0**40 + np.asarray(tick, np.float64), side="right") - 1
+    return cum[idx] - cum[first] + (np.asarray(tick, np.float64) - t_tick[idx]) * spt[idx]
+
+
+META_TABLES: dict[str, dict[str, np.dtype]] = {  # per-song metadata: table -> column -> dtype (besides ``song``)
+    "tempos": {"tick": np.dtype(np.int64), "qpm": np.dtype(np.float64)},
+    "timesigs": {"tick": np.dtype(np.int64), "numerator": np.dtype(np.int16), "denominator": np.dtype(np.int16)},
+    "keysigs": {"tick": np.dtype(np.int64), "sharps": np.dtype(np.int16), "minor": np.dtype(np.bool_)},
+}
+META_FIELDS = {  # table -> column -> SongMeta attribute
+    "tempos": {"tick": "tempo_tick", "qpm": "tempo_qpm"},
+    "timesigs": {"tick": "timesig_tick", "numerator": "timesig_num", "denominator": "timesig_den"},
+    "keysigs": {"tick": "key_tick", "sharps": "key_sharps", "minor": "key_minor"},
+}
+
+
+def meta_from_tables(tpq: int, tables: dict) -> SongMeta:
+    """One song's SongMeta from its rows of the metadata tables (``META_TABLES`` columns)."""
+    return SongMeta(tpq, **{attr: np.asarray(tables[t][c], META_TABLES[t][c])
+                            for t, cols in META_FIELDS.items() for c, attr in cols.items()})
 
 
 @dataclass
 class RawSong:
-    """A parsed song before assembly: per-track note arrays in ticks plus metadata.
+    """A parsed song before assembly: per-track note arrays in ticks plus metadata events.
 
     ``tracks`` holds ``(onset_tick, duration_tick, pitch, velocity, track, program, is_drum)``
-    with array-valued first four entries.  ``assemble`` turns many RawSongs into one
-    note table in a handful of numpy calls, which is what keeps ingest fast.
+    with array-valued first four entries.  ``events`` holds the metadata events as the
+    file has them (table -> column -> array, the columns of ``META_TABLES``), not yet
+    checked.  ``assemble`` and ``meta_tables`` turn many RawSongs into one note table and
+    clean metadata tables in a handful of numpy calls, which is what keeps ingest fast:
+    per-file work is only copying arrays out of the parser.
     """
 
-    meta: SongMeta
+    tpq: int
+    events: dict
     tracks: list = field(default_factory=list)
+
+    @property
+    def meta(self) -> SongMeta:
+        return meta_from_tables(self.tpq, meta_tables([self]))
+
+
+_NO_TEMPOS = {"time": np.zeros(0, np.int32), "mspq": np.zeros(0, np.int32)}
+_NO_SIGS = {"time": np.zeros(0, np.int32), "numerator": np.zeros(0, np.uint8), "denominator": np.zeros(0, np.uint8)}
+_NO_KEYS = {"time": np.zeros(0, np.int32), "key": np.zeros(0, np.int8), "tonality": np.zeros(0, np.uint8)}
 
 
 def raw_from_score(score) -> RawSong:
-    """A symusic Score (tick time) -> RawSong; empty tracks are skipped but keep their index.
-
-    Metadata events a file cannot mean are ignored, as if absent: a tempo of 0 microseconds
-    per quarter, a time signature n/0, 0/d or with a denominator that is not a power of two, a
-    key signature beyond 7 sharps or flats, anything at a negative tick (a wrapped-around time).
-    """
-    tempos = _valid(score.tempos.numpy(), lambda t: t["mspq"] > 0)
-    sigs = _valid(score.time_signatures.numpy(),
-                  lambda t: (t["numerator"] > 0) & (t["denominator"] > 0) & (t["denominator"] & (t["denominator"] - 1) == 0))
-    keys = _valid(score.key_signatures.numpy(), lambda t: (np.abs(t["key"].astype(np.int16)) <= 7) & (t["tonality"] <= 1))
-    meta = SongMeta(
-        tpq=int(score.tpq),
-        tempo_tick=tempos["time"].astype(np.int64),
-        tempo_qpm=60_000_000.0 / tempos["mspq"].astype(np.float64),
-        timesig_tick=sigs["time"].astype(np.int64),
-        timesig_num=sigs["numerator"].astype(np.int16),
-        timesig_den=sigs["denominator"].astype(np.int16),
-        key_tick=keys["time"].astype(np.int64),
-        key_sharps=keys["key"].astype(np.int16),
-        key_minor=keys["tonality"].astype(np.bool_),
-    )
-    raw = RawSong(meta)
+    """A symusic Score (tick time) -> RawSong; empty tracks are skipped but keep their index."""
+    # .numpy() has a fixed cost of several microseconds: skip it for the empty lists many files have
+    tempos = score.tempos.numpy() if len(score.tempos) else _NO_TEMPOS
+    sigs = score.time_signatures.numpy() if len(score.time_signatures) else _NO_SIGS
+    keys = score.key_signatures.numpy() if len(score.key_signatures) else _NO_KEYS
+    mspq = tempos["mspq"]
+    events = {
+        "tempos": {"tick": tempos["time"], "qpm": 60_000_000.0 / np.where(mspq > 0, mspq, -1)},  # < 0: dropped
+        "timesigs": {"tick": sigs["time"], "numerator": sigs["numerator"], "denominator": sigs["denominator"]},
+        "keysigs": {"tick": keys["time"], "sharps": keys["key"], "minor": keys["tonality"]},
+    }
+    raw = RawSong(int(score.tpq), events)
     for index, track in enumerate(score.tracks):
         a = track.notes.numpy()
         if len(a["time"]):
@@ -203,10 +224,32 @@ def raw_from_score(score) -> RawSong:
     return raw
 
 
-def _valid(table: dict, ok) -> dict:
-    """The rows of a symusic event table (a dict of columns) that pass ``ok`` and sit at a tick >= 0."""
-    keep = ok(table) & (table["time"] >= 0)
-    return table if keep.all() else {k: v[keep] for k, v in table.items()}
+def meta_tables(raws: list[RawSong]) -> dict:
+    """The metadata events of many RawSongs as clean tables (table -> column -> array, with a
+    ``song`` column indexing ``raws``), rows of a song in file order.
+
+    Events a file cannot mean are dropped, as if absent: a tempo of 0 microseconds per
+    quarter, a time signature n/0, 0/d or with a denominator that is not a power of two, a
+    key signature beyond 7 sharps or flats or of a mode other than major/minor, anything at
+    a negative tick (a wrapped-around time).
+    """
+    out = {}
+    for table, columns in META_TABLES.items():
+        parts = [raw.events[table] for raw in raws]
+        cols = {c: np.concatenate([p[c] for p in parts]).astype(np.int64 if dtype.kind in "ib" else dtype)
+                for c, dtype in columns.items()}
+        ok = cols["tick"] >= 0
+        if table == "tempos":
+            ok &= (cols["qpm"] > 0) & np.isfinite(cols["qpm"])
+        elif table == "timesigs":
+            num, den = cols["numerator"], cols["denominator"]
+            ok &= (num > 0) & (num < 2**15) & (den > 0) & (den & (den - 1) == 0) & (den <= 2**14)  # int16 holds them
+        else:
+            ok &= (np.abs(cols["sharps"]) <= 7) & (cols["minor"] >= 0) & (cols["minor"] <= 1)
+        cols["song"] = np.repeat(np.arange(len(raws), dtype=np.int32), [len(p["tick"]) for p in parts])
+        out[table] = {c: (v if ok.all() else v[ok]).astype(META_TABLES[table].get(c, v.dtype), copy=False)
+                      for c, v in cols.items()}
+    return out
 
 
 def assemble(raws: list[RawSong]) -> Notes:
@@ -222,25 +265,34 @@ def assemble(raws: list[RawSong]) -> Notes:
         return {"song": np.zeros(0, np.int32), **empty_notes()}
     lengths = np.array([len(t[0]) for t in tracks])
     song_of_track = np.repeat(np.arange(len(raws)), [len(raw.tracks) for raw in raws])
-    tpq = np.array([max(raw.meta.tpq, 1) for raw in raws], np.float64)
-    song = np.repeat(song_of_track, lengths).astype(np.int32)
-    onset_tick = np.concatenate([t[0] for t in tracks]).astype(np.int64)
-    duration_tick = np.concatenate([t[1] for t in tracks]).astype(np.int32)
-    pitch = np.concatenate([t[2] for t in tracks]).astype(np.int16)
+    tpq = np.array([max(raw.tpq, 1) for raw in raws], np.float64)
+    song = np.repeat(song_of_track.astype(np.int32), lengths)
+    onset_tick = np.concatenate([t[0] for t in tracks], dtype=np.int64)
+    duration_tick = np.concatenate([t[1] for t in tracks], dtype=np.int32)
+    pitch = np.concatenate([t[2] for t in tracks], dtype=np.int16)
+    velocity = np.concatenate([t[3] for t in tracks], dtype=np.int16)
+    per_note_tpq = tpq[0] if (tpq == tpq[0]).all() else tpq[song]  # one resolution: divide by a scalar
+    onset = onset_tick / per_note_tpq
+    duration = duration_tick / per_note_tpq
     notes = {
         "song": song,
         "track": np.repeat(np.array([t[4] for t in tracks], np.int16), lengths),
         "onset_tick": onset_tick,
         "duration_tick": duration_tick,
-        "onset": onset_tick / tpq[song],
-        "duration": (duration_tick / tpq[song]).astype(np.float32),
+        "onset": onset,
+        "duration": duration.astype(np.float32),
         "pitch": pitch,
-        "velocity": np.clip(np.concatenate([t[3] for t in tracks]).astype(np.int16), 1, 127),  # a stray byte: not 0..127
+        "velocity": np.clip(velocity, 1, 127, out=velocity),  # a stray byte: not 0..127
         "program": np.repeat(np.array([t[5] for t in tracks], np.int16), lengths),
         "is_drum": np.repeat(np.array([t[6] for t in tracks], np.bool_), lengths),
     }
-    ok = (duration_tick > 0) & (pitch >= 0) & (pitch <= 127) & (onset_tick >= 0)
-    ok &= notes["onset"] + notes["duration"] < MAX_QUARTERS
+    # min/max first: a whole chunk is usually clean, and a reduction is cheaper than a mask
+    if (duration_tick.min() > 0 and pitch.min() >= 0 and pitch.max() <= 127 and onset_tick.min() >= 0
+            and (onset + notes["duration"]).max() < MAX_QUARTERS):
+        ok = None
+    else:
+        ok = (duration_tick > 0) & (pitch >= 0) & (pitch <= 127) & (onset_tick >= 0)
+        ok &= onset + notes["duration"] < MAX_QUARTERS
     # Tracks arrive in (song, track) order and symusic keeps each track sorted by onset,
     # so a sort is needed only when some track is out of order (rare: music21 input).
     step = np.diff(onset_tick)
@@ -249,8 +301,8 @@ def assemble(raws: list[RawSong]) -> Notes:
         piece = np.repeat(np.arange(len(tracks), dtype=np.int64), lengths)
         order = np.lexsort((onset_tick, piece))
         notes = {k: v[order] for k, v in notes.items()}
-        ok = ok[order]
-    return notes if ok.all() else {k: v[ok] for k, v in notes.items()}
+        ok = None if ok is None else ok[order]
+    return notes if ok is None or ok.all() else {k: v[ok] for k, v in notes.items()}
 
 
 def from_score(score) -> tuple[Notes, SongMeta]:
