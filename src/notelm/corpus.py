@@ -216,7 +216,7 @@ class CorpusWriter:
     table in memory.
     """
 
-    BATCH_ROWS = {"songs": 4096, "tempos": 1 << 16, "timesigs": 1 << 16, "keysigs": 1 << 16}
+    BATCH_ROWS = {"songs": 1024, "tempos": 1 << 16, "timesigs": 1 << 16, "keysigs": 1 << 16}
 
     def __init__(self, out_dir: Path, split=DEFAULT_SPLIT):
         self.out_dir = Path(out_dir)
