@@ -169,7 +169,7 @@ def read_notes(path: Path) -> pa.Table:
     if (path / "notes.arrow").exists():  # version 1: one file, with a song column
         return _read_table(path / "notes.arrow").select(list(nt.NOTE_COLUMNS))
     batches = []
-    for part in sorted((path / "notes").glob("*.arrow")):
+    for part in sorted((path / "notes").glob("*.arrow"), key=lambda p: (len(p.stem), p.stem)):  # numbered in order
         table = _read_table(part)
         if table.schema != NOTES_SCHEMA:
             raise NotelmError(f"{part}: not a notelm note table (columns {', '.join(table.column_names)})")
