@@ -103,9 +103,10 @@ class Corpus:
         songs = _read_table(self.path / "songs.arrow")
         self.songs = {name: songs.column(name).to_numpy(zero_copy_only=False) for name in songs.column_names}
         self._notes = read_notes(self.path)
-        if self._notes.num_rows != int(np.sum(self.songs["n_notes"])):
+        counted = int(np.sum(self.songs["n_notes"]))
+        if self._notes.num_rows != counted:
             raise NotelmError(f"{self.path}: the note table holds {self._notes.num_rows:,} notes, the song table "
-                              f"counts {int(np.sum(self.songs['n_notes'])):,}; prepare it again")
+                              f"counts {counted:,}; prepare it again")
         # a few rows per song, written in many batches: one contiguous copy makes per-song lookups cheap
         self._meta = {name: _read_table(self.path / f"{name}.arrow").combine_chunks() for name in META_TABLES}
 
@@ -393,7 +394,7 @@ def prepare(sources: list[str], out: Path, workers: int | None = None, shard: tu
     with IngestPool(workers or default_workers()) as pool, atomic_dir(out) as tmp:
         writer = CorpusWriter(tmp, split)
         for stem, chunk, resuming in pool.map(jobs()):
-            result = read_chunk(stem, notes=False)  # the chunk's note file is linked in, not read
+            result = read_chunk(stem)
             resumed += len(chunk) if resuming else 0
             failures += [{"path": f["path"], "reason": f["reason"]} for f in result.failures]
             writer.add(result, stem.with_suffix(".arrow"))

@@ -263,15 +263,11 @@ def write_notes_part(path: Path, notes: nt.Notes) -> None:
             writer.write_batch(batch)
 
 
-def read_chunk(stem: Path, notes: bool = True) -> Chunk:
-    """A saved chunk; its note columns (unless ``notes=False``) are memory-mapped, not copied."""
-    import pyarrow as pa
-
+def read_chunk(stem: Path) -> Chunk:
+    """A saved chunk's records, failures and metadata; its notes stay in ``stem.arrow``, the
+    file that becomes a part of the corpus's note table (``CorpusWriter.add``)."""
     info = read_json(stem.with_suffix(".json"))
     chunk = Chunk(records=info["records"], failures=info["failures"])
-    if info["records"] and notes:
-        batch = pa.ipc.open_file(pa.memory_map(str(stem.with_suffix(".arrow")))).get_batch(0)
-        chunk.notes = {name: batch.column(name).to_numpy(zero_copy_only=False) for name in batch.schema.names}
     data, offset = np.fromfile(stem.with_suffix(".meta"), np.uint8), 0
     for key, dtype, length in info["meta"]:
         table, column = key.split(".")

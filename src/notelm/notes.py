@@ -286,13 +286,8 @@ def assemble(raws: list[RawSong]) -> Notes:
         "program": np.repeat(np.array([t[5] for t in tracks], np.int16), lengths),
         "is_drum": np.repeat(np.array([t[6] for t in tracks], np.bool_), lengths),
     }
-    # min/max first: a whole chunk is usually clean, and a reduction is cheaper than a mask
-    if (duration_tick.min() > 0 and pitch.min() >= 0 and pitch.max() <= 127 and onset_tick.min() >= 0
-            and (onset + notes["duration"]).max() < MAX_QUARTERS):
-        ok = None
-    else:
-        ok = (duration_tick > 0) & (pitch >= 0) & (pitch <= 127) & (onset_tick >= 0)
-        ok &= onset + notes["duration"] < MAX_QUARTERS
+    ok = (duration_tick > 0) & (pitch >= 0) & (pitch <= 127) & (onset_tick >= 0)
+    ok &= onset + notes["duration"] < MAX_QUARTERS
     # Tracks arrive in (song, track) order and symusic keeps each track sorted by onset,
     # so a sort is needed only when some track is out of order (rare: music21 input).
     step = np.diff(onset_tick)
@@ -301,8 +296,8 @@ def assemble(raws: list[RawSong]) -> Notes:
         piece = np.repeat(np.arange(len(tracks), dtype=np.int64), lengths)
         order = np.lexsort((onset_tick, piece))
         notes = {k: v[order] for k, v in notes.items()}
-        ok = None if ok is None else ok[order]
-    return notes if ok is None or ok.all() else {k: v[ok] for k, v in notes.items()}
+        ok = ok[order]
+    return notes if ok.all() else {k: v[ok] for k, v in notes.items()}
 
 
 def from_score(score) -> tuple[Notes, SongMeta]:
