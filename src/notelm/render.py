@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from notelm.io import NotelmError, atomic_path
+from notelm.names import pitch_name
 from notelm.notes import DEFAULT_QPM, DEFAULT_TPQ, Notes, SongMeta, num_notes, read_midi, to_score
 
 SOUNDFONT_ENV = "NOTELM_SOUNDFONT"
@@ -104,14 +105,8 @@ def render_wav(notes: Notes, path, qpm: float = DEFAULT_QPM, sample_rate: int = 
 
 # --------------------------------------------------------------------------- piano roll
 
-NOTE_NAMES = ["C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B"]
 BLACK_KEYS = np.array([1, 3, 6, 8, 10])
 DRUM_COLOR = (0.15, 0.15, 0.15)
-
-
-def pitch_name(pitch: int) -> str:
-    """'C4' for MIDI 60 (the usual scientific pitch names)."""
-    return f"{NOTE_NAMES[pitch % 12]}{pitch // 12 - 1}"
 
 
 def _note_boxes(start, length, pitch, height=0.8):
