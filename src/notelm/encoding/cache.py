@@ -26,20 +26,33 @@ from pathlib import Path
 
 import numpy as np
 
-from notelm.encoding.vocab import N_SPECIAL, Vocab
+from notelm.corpus import SPLITS, Corpus
+from notelm.encoding.base import song_chunks
+from notelm.encoding.vocab import N_SPECIAL, UNCONDITIONED, Vocab
 from notelm.io import NotelmError, atomic_dir, read_json, write_json
 
 ENCODER_VERSION = 1  # bump when an encoder's output changes for the same settings: old caches are then ignored
-SPLIT_NAMES = ("train", "valid", "test")
+CHUNK_NOTES = 50_000  # notes per step of encode_corpus: steps this small stay in cache (2x faster than one big step)
 
 
 def split_codes(names) -> np.ndarray:
-    """Split names ("train"/"valid"/"test") -> codes 0/1/2."""
+    """Split names (``corpus.SPLITS``) -> their index (0 train, 1 valid, 2 test; -1 none)."""
     names = np.asarray(names).astype(str)
     codes = np.full(len(names), -1, np.int8)
-    for code, name in enumerate(SPLIT_NAMES):
+    for code, name in enumerate(SPLITS):
         codes[names == name] = code
     return codes
+
+
+def condition_ids(vocab: Vocab, collections) -> np.ndarray:
+    """Condition id of every song from its collection name (vocab.conditions are sorted names; 0 = none)."""
+    names, inverse = np.unique(np.asarray(collections).astype(str), return_inverse=True)
+    known = np.asarray(vocab.conditions, dtype=str)
+    if not len(known) or not len(names):
+        return np.full(len(inverse), UNCONDITIONED, np.int32)
+    at = np.minimum(np.searchsorted(known, names), len(known) - 1)
+    ids = np.where(known[at] == names, at + 1, UNCONDITIONED).astype(np.int32)
+    return ids[inverse.reshape(-1)]
 
 
 class EncodedCorpus:
@@ -81,9 +94,9 @@ class EncodedCorpus:
         """Song ids of a split ("train", "valid", "test" or "all")."""
         if split == "all":
             return np.arange(len(self), dtype=np.int64)
-        if split not in SPLIT_NAMES:
-            raise NotelmError(f"unknown split {split!r}; choose one of {', '.join(SPLIT_NAMES)} or all")
-        return np.flatnonzero(self.split == SPLIT_NAMES.index(split)).astype(np.int64)
+        if split not in SPLITS:
+            raise NotelmError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)} or all")
+        return np.flatnonzero(self.split == SPLITS.index(split)).astype(np.int64)
 
     def token_counts(self, stream: str) -> dict[str, int]:
         """How often each regular value of a stream occurs (BOS/EOS/PAD left out)."""
@@ -106,7 +119,7 @@ class EncodedCorpus:
         self.path = path
 
     @classmethod
-    def load(cls, path) -> "EncodedCorpus":
+    def load(cls, path) -> EncodedCorpus:
         path = Path(path)
         try:
             vocab = Vocab.from_json(read_json(path / "vocab.json"))
@@ -130,17 +143,46 @@ def cache_path(corpus_path, representation: str, config: dict) -> Path:
     return Path(corpus_path) / "encoded" / f"{representation}-{settings_hash(representation, config)}"
 
 
-def load_or_encode(corpus_path, representation: str = "events", config_overrides: dict | None = None,
-                   progress: bool = False, force: bool = False, log=None) -> EncodedCorpus:
-    """The encoded corpus for these settings: read from the cache, or encoded and cached.
+def encode_corpus(rep, corpus: Corpus, progress: bool = False) -> EncodedCorpus:
+    """A whole ``Corpus`` -> ``EncodedCorpus`` with the representation ``rep``, in memory.
+
+    The songs go through ``rep.encode_notes`` in chunks of about ``CHUNK_NOTES`` notes
+    (a loop per chunk of songs, never per song or note).
+    """
+    from tqdm import tqdm
+
+    started = time.perf_counter()
+    vocab = rep.vocab(corpus.collections)
+    columns = corpus.all_notes(["song", *rep.note_columns])
+    starts = np.asarray(corpus.songs["note_start"], np.int64)
+    ends = np.asarray(corpus.songs["note_end"], np.int64)
+    parts, offsets, base = [], [np.zeros(1, np.int64)], 0
+    bar = tqdm(total=int(ends[-1]) if len(starts) else 0, unit="note", unit_scale=True, desc=f"encode {rep.name}",
+               disable=not progress, dynamic_ncols=True, delay=0.5)  # a bar only when it takes a while
+    for lo, hi in song_chunks(starts, ends, CHUNK_NOTES):
+        a, b = int(starts[lo]), int(ends[hi - 1])
+        chunk = {k: v[a:b] for k, v in columns.items()}
+        chunk["song"] = np.subtract(chunk["song"], lo, dtype=np.int64)
+        streams, chunk_offsets = rep.encode_notes(chunk, hi - lo)
+        parts.append(streams)
+        offsets.append(chunk_offsets[1:] + base)
+        base += int(chunk_offsets[-1])
+        bar.update(b - a)
+    bar.close()
+    streams = {s.name: np.concatenate([p[s.name] for p in parts]) if parts else np.zeros(0, s.dtype)
+               for s in vocab.streams}
+    cond = condition_ids(vocab, corpus.songs["collection"])
+    encoded = EncodedCorpus(vocab, streams, np.concatenate(offsets), cond, split_codes(corpus.songs["split"]))
+    encoded.seconds = time.perf_counter() - started
+    return encoded
+
+
+def cached_encoding(corpus_path, rep, progress: bool = False, force: bool = False, log=None) -> EncodedCorpus:
+    """The corpus encoded with ``rep``: read from the cache, or encoded and cached.
 
     A corpus folder that cannot be written to (a shared, read-only corpus) is
     encoded in memory instead, with a note through ``log``.
     """
-    from notelm.corpus import Corpus
-    from notelm.encoding import get_representation
-
-    rep = get_representation(representation, config_overrides)
     corpus = Corpus(corpus_path)
     stamp = {"corpus_created": corpus.manifest.get("created"), "corpus_songs": len(corpus),
              "corpus_notes": corpus.num_notes}
@@ -153,7 +195,7 @@ def load_or_encode(corpus_path, representation: str = "events", config_overrides
             return encoded
         except NotelmError:
             pass  # a damaged cache is simply made again
-    encoded = rep.encode_corpus(corpus, progress=progress)
+    encoded = encode_corpus(rep, corpus, progress=progress)
     try:
         encoded.save(path, {"representation": rep.name, "notes": corpus.num_notes, **stamp})
     except OSError as e:
@@ -173,19 +215,3 @@ def _is_current(path: Path, stamp: dict) -> bool:
     except (OSError, ValueError):
         return False
     return all(info.get(k) == v for k, v in stamp.items())
-
-
-def encode_command(corpus_path, representation: str, settings: list[str] | None = None, force: bool = False,
-                   progress: bool = True, log=print) -> EncodedCorpus:
-    """``notelm encode``: encode (or find in the cache) and print a one-line summary."""
-    from notelm.encoding import parse_settings
-
-    overrides = parse_settings(representation, settings)
-    started = time.perf_counter()
-    encoded = load_or_encode(corpus_path, representation, overrides, progress=progress, force=force, log=log)
-    elapsed = time.perf_counter() - started
-    how = "found in the cache" if encoded.cached else "encoded"
-    per_event = encoded.nbytes / max(encoded.n_events, 1)
-    log(f"{how}: {len(encoded)} songs, {encoded.n_events:,} events, {len(encoded.vocab.streams)} streams "
-        f"({per_event:.1f} bytes/event) as {representation} in {elapsed:.2f} s -> {encoded.path or '(memory only)'}")
-    return encoded

@@ -32,49 +32,65 @@ not encoded.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar
+
 import numpy as np
 
 from notelm import notes as nt
-from notelm.encoding.base import EventColumns, Representation, notes_from_columns, single_song
+from notelm.encoding.base import SHIFTS, EventColumns, Representation, notes_from_columns, single_song
 from notelm.encoding.vocab import N_SPECIAL, Stream, Vocab
 from notelm.io import NotelmError
+from notelm.settings import Settings, setting
 
 DEFAULT_VELOCITY = 80
 DRUMS = 128  # program index of the drum kit (GM programs are 0..127)
+PITCHES = 128  # MIDI pitches 0..127; the pitch stream's next token is "rest"
+
+
+@dataclass
+class EventsSettings(Settings):
+    """The ``events`` representation's settings (see the module's docstring)."""
+
+    section: ClassVar[str] = "events"
+    steps_per_quarter: int = setting(12, "grid steps per quarter note (12 holds 16ths and triplet 8ths exactly)",
+                                     minimum=1)
+    max_shift: int = setting(48, "longest time shift in steps (4 quarters at 12); longer gaps add rest events",
+                             minimum=1)
+    linear_durations: int = setting(24, "durations 1..N steps are exact (2 quarters at 12)", minimum=1)
+    max_duration: int = setting(192, "longest duration in steps (16 quarters at 12); longer notes are cut here",
+                                minimum=1)
+    durations_per_octave: int = setting(4, "log-spaced duration classes per octave above linear_durations",
+                                        minimum=1)
+    velocity_bins: int = setting(0, "0: no velocity stream; else this many equal bins over 0..127",
+                                 minimum=0, maximum=128)
+    program: bool = setting(False, "a program stream (General MIDI program, or drums)")
+    drums: str = setting("auto", "drop or keep drum notes; auto: keep them when program is on, else drop",
+                         choices=("auto", "drop", "keep"))
+
+    def check(self) -> None:
+        if self.max_duration < self.linear_durations:
+            raise NotelmError(f"events.max_duration must be >= events.linear_durations "
+                              f"({self.max_duration} < {self.linear_durations})")
 
 
 class Events(Representation):
     name = "events"
-    defaults = {
-        "steps_per_quarter": 12,  # 12 holds 16ths and triplet 8ths exactly
-        "max_shift": 48,  # steps (4 quarters at 12); longer gaps add rest events
-        "linear_durations": 24,  # durations 1..24 steps (2 quarters at 12) are exact
-        "max_duration": 192,  # steps (16 quarters at 12); longer notes are cut here
-        "durations_per_octave": 4,  # log-spaced duration classes above linear_durations
-        "velocity_bins": 0,  # 0: no velocity stream; else equal bins over 0..127
-        "program": False,  # a program stream (GM program or drums)?
-        "drums": "auto",  # drop or keep drum notes; auto = keep when program is on, else drop
-    }
-    choices = {"drums": ("auto", "drop", "keep")}
+    settings_class = EventsSettings
     note_columns = ("onset", "duration", "pitch", "velocity", "program", "is_drum")
-    minimum = {"steps_per_quarter": 1, "max_shift": 1, "linear_durations": 1, "max_duration": 1,
-               "durations_per_octave": 1, "velocity_bins": 0}
+    pitch_stream = "pitch"
 
     def resolve(self, config: dict) -> dict:
         if config["drums"] == "auto":
             config["drums"] = "keep" if config["program"] else "drop"
-        if config["velocity_bins"] > 128:
-            raise NotelmError(f"events setting velocity_bins: {config['velocity_bins']} is above the maximum 128")
-        if config["max_duration"] < config["linear_durations"]:
-            raise NotelmError(f"events setting max_duration: {config['max_duration']} is below linear_durations "
-                              f"({config['linear_durations']})")
         return config
 
     def __init__(self, config: dict | None = None):
         super().__init__(config)
         c = self.config
         self.duration_steps = duration_classes(c["linear_durations"], c["max_duration"], c["durations_per_octave"])
-        self.class_of_steps = nearest_class_table(self.duration_steps).astype(np.int16)  # steps (0..max_duration) -> class
+        # steps (0..max_duration) -> class
+        self.class_of_steps = nearest_class_table(self.duration_steps).astype(np.int16)
         bins = c["velocity_bins"]
         self.velocity_centres = (2 * np.arange(bins) + 1) * 128 // (2 * bins) if bins else np.zeros(0, np.int64)
 
@@ -83,7 +99,7 @@ class Events(Representation):
         c = self.config
         streams = [
             Stream("shift", [str(s) for s in range(c["max_shift"] + 1)]),
-            Stream("pitch", [str(p) for p in range(128)] + ["rest"]),
+            Stream("pitch", [str(p) for p in range(PITCHES)] + ["rest"]),
             Stream("duration", [str(int(s)) for s in self.duration_steps] + ["-"]),
         ]
         if c["velocity_bins"]:
@@ -91,6 +107,20 @@ class Events(Representation):
         if c["program"]:
             streams.append(Stream("program", [str(p) for p in range(128)] + ["drums", "-"]))
         return Vocab(self.name, dict(c), streams, sorted(conditions))
+
+    def transpositions(self) -> dict[int, np.ndarray]:
+        """MIDI pitches move (-1 where they would leave 0..127); the rest token stays."""
+        size = self.vocab().stream("pitch").size
+        tables = {}
+        for k in SHIFTS:
+            table = np.arange(size)
+            moved = np.arange(PITCHES) + k
+            table[N_SPECIAL:N_SPECIAL + PITCHES] = np.where((moved >= 0) & (moved < PITCHES), N_SPECIAL + moved, -1)
+            tables[k] = table
+        return tables
+
+    def rest_ids(self) -> np.ndarray:
+        return np.array([N_SPECIAL + PITCHES], np.int64)
 
     # ------------------------------------------------------------------ the grid
     def _grid(self, notes: nt.Notes) -> dict[str, np.ndarray]:
@@ -105,9 +135,11 @@ class Events(Representation):
                 "pitch": np.clip(col("pitch"), 0, 127).astype(np.int16, copy=False)}
         grid["duration"] = self.class_of_steps[_round_half_up(col("duration"), spq, 1, c["max_duration"], np.intp)]
         if c["velocity_bins"]:
-            grid["velocity"] = np.clip(col("velocity"), 0, 127).astype(np.int16) * np.int16(c["velocity_bins"]) // np.int16(128)
+            velocity = np.clip(col("velocity"), 0, 127).astype(np.int16)
+            grid["velocity"] = velocity * np.int16(c["velocity_bins"]) // np.int16(128)
         if c["program"]:
-            grid["program"] = np.where(col("is_drum"), np.int16(DRUMS), np.clip(col("program"), 0, 127).astype(np.int16))
+            program = np.clip(col("program"), 0, 127).astype(np.int16)
+            grid["program"] = np.where(col("is_drum"), np.int16(DRUMS), program)
         if "song" in notes:
             grid["song"] = col("song")
         return grid
@@ -148,7 +180,7 @@ class Events(Representation):
         rests //= max_shift
         shift -= rests * max_shift
         values = {"shift": shift, "pitch": g["pitch"], "duration": g["duration"]}
-        filler = {"shift": N_SPECIAL + max_shift, "pitch": N_SPECIAL + 128,
+        filler = {"shift": N_SPECIAL + max_shift, "pitch": N_SPECIAL + PITCHES,
                   "duration": N_SPECIAL + len(self.duration_steps)}
         if c["velocity_bins"]:
             values["velocity"] = g["velocity"]
@@ -172,7 +204,7 @@ class Events(Representation):
         names = self.stream_names
         v = single_song(streams, names)
         time = np.cumsum(v["shift"])  # rests move time too
-        is_note = v["pitch"] < 128
+        is_note = v["pitch"] < PITCHES
         n_classes = len(self.duration_steps)
         duration = v["duration"][is_note]
         quarter = int(np.argmin(np.abs(self.duration_steps - c["steps_per_quarter"])))

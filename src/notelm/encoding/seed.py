@@ -59,16 +59,19 @@ previous note (the first nearest C4), velocity 80, program 0.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
 from notelm import notes as nt
-from notelm.encoding.base import EventColumns, Representation, group_starts, notes_from_columns, single_song
+from notelm.encoding.base import SHIFTS, EventColumns, Representation, group_starts, notes_from_columns, single_song
 from notelm.encoding.vocab import N_SPECIAL, Stream, Vocab
+from notelm.names import PITCH_CLASS_NAMES
+from notelm.settings import Settings, setting
 
-PITCH_CLASSES = ["C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B"]
 DURATION_NAMES = ["16th", "eighth", "quarter", "half", "whole"]
 DURATION_QUARTERS = np.array([0.25, 0.5, 1.0, 2.0, 4.0])
 TWELFTHS_PER_QUARTER = 12  # both music21 grids (1/4, 1/3 quarter) are whole numbers of twelfths
@@ -82,15 +85,32 @@ def chord_roots() -> np.ndarray:
     return np.load(CHORD_ROOTS_PATH)
 
 
+@dataclass
+class SeedSettings(Settings):
+    """The ``seed`` representation's settings (see the module's docstring)."""
+
+    section: ClassVar[str] = "seed"
+    durations: str = setting("drop", "'drop': notes of no duration class are left out, as the original's lookup "
+                                     "table left them out; 'nearest': the nearest class in log2 space",
+                             choices=("drop", "nearest"))
+    order: str = setting("onset", "'onset': all events in time order; 'parts': the parts one after another "
+                                  "(the original's order)", choices=("onset", "parts"))
+
+
 class Seed(Representation):
     name = "seed"
-    defaults = {"durations": "drop", "order": "onset"}
-    choices = {"durations": ("drop", "nearest"), "order": ("onset", "parts")}
+    settings_class = SeedSettings
     note_columns = ("track", "onset", "duration", "pitch", "is_drum")
+    pitch_stream = "pitch"
 
     def vocab(self, conditions=()) -> Vocab:
-        return Vocab(self.name, dict(self.config),
-                     [Stream("pitch", list(PITCH_CLASSES)), Stream("duration", list(DURATION_NAMES))], sorted(conditions))
+        streams = [Stream("pitch", list(PITCH_CLASS_NAMES)), Stream("duration", list(DURATION_NAMES))]
+        return Vocab(self.name, dict(self.config), streams, sorted(conditions))
+
+    def transpositions(self) -> dict[int, np.ndarray]:
+        """Pitch classes rotate: every shift fits every piece."""
+        specials = np.arange(N_SPECIAL)
+        return {k: np.concatenate([specials, N_SPECIAL + (np.arange(12) + k) % 12]) for k in SHIFTS}
 
     # ------------------------------------------------------------------ encode
     def encode_events(self, notes: nt.Notes, n_songs: int):
@@ -130,7 +150,8 @@ class Seed(Representation):
         exact = np.full(4 * TWELFTHS_PER_QUARTER + 1, -1, np.int64)
         exact[(DURATION_QUARTERS * TWELFTHS_PER_QUARTER).astype(int)] = np.arange(len(DURATION_QUARTERS))
         if self.config["durations"] == "drop":
-            return np.where(twelfths <= 4 * TWELFTHS_PER_QUARTER, exact[np.minimum(twelfths, 4 * TWELFTHS_PER_QUARTER)], -1)
+            longest = 4 * TWELFTHS_PER_QUARTER
+            return np.where(twelfths <= longest, exact[np.minimum(twelfths, longest)], -1)
         # nearest in log2 space: classes are 0.25 * 2**k; a tie (a geometric midpoint) goes to the shorter one
         k = np.log2(np.maximum(twelfths, 1) / (0.25 * TWELFTHS_PER_QUARTER))
         return np.clip(np.ceil(k - 0.5), 0, len(DURATION_QUARTERS) - 1).astype(np.int64)

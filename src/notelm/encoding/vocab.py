@@ -52,7 +52,7 @@ class Stream:
 
 @dataclass
 class Vocab:
-    representation: str  # "seed" or "events"
+    representation: str  # a name in encoding.REPRESENTATIONS
     config: dict  # the encoder's settings (grid, caps, flags): part of the identity
     streams: list[Stream]
     conditions: list[str] = field(default_factory=list)  # id = 1 + index; 0 = unconditioned
@@ -88,21 +88,22 @@ class Vocab:
         }
 
     @classmethod
-    def from_json(cls, obj: dict) -> "Vocab":
+    def from_json(cls, obj: dict) -> Vocab:
         try:
             return cls(obj["representation"], dict(obj["config"]),
                        [Stream(s["name"], list(s["tokens"])) for s in obj["streams"]], list(obj.get("conditions", [])))
         except (KeyError, TypeError) as e:
             raise NotelmError(f"malformed vocabulary: missing or wrong field {e}") from None
 
-    def differences(self, other: "Vocab") -> list[str]:
+    def differences(self, other: Vocab) -> list[str]:
         """Human-readable reasons why ``other`` cannot be read by a model of ``self`` (empty: compatible)."""
         out = []
         if self.representation != other.representation:
             out.append(f"representation {other.representation!r} != {self.representation!r}")
         if self.config != other.config:
             keys = sorted(set(self.config) | set(other.config))
-            diff = [f"{k}: {other.config.get(k)!r} vs {self.config.get(k)!r}" for k in keys if self.config.get(k) != other.config.get(k)]
+            diff = [f"{k}: {other.config.get(k)!r} vs {self.config.get(k)!r}" for k in keys
+                    if self.config.get(k) != other.config.get(k)]
             out.append("encoder settings differ (" + "; ".join(diff) + ")")
         if self.names != other.names:
             out.append(f"streams {other.names} != {self.names}")
