@@ -13,6 +13,11 @@ chosen for the same event; ordered models condition on them.  Two entry points:
 
 Everything is numpy at this boundary (neural models convert inside), so an
 evaluation or a sampler never needs to know which family it drives.
+
+Every family is one file with one class, registered in ``models/__init__.py``;
+``checkpoint.py`` saves and loads all of them the same way through
+``config_class`` (the family's settings), ``build``, ``tensors`` and
+``load_tensors``.
 """
 
 from __future__ import annotations
@@ -23,12 +28,22 @@ from typing import Any
 import numpy as np
 
 from notelm.encoding.vocab import Vocab
+from notelm.settings import Settings
 
 
 class NextEventModel:
     family: str = "base"
+    config_class: type[Settings] = Settings  # the family's settings (a ``Settings`` dataclass)
+    trainable: bool = False  # trained by ``train.py`` (neural) rather than fitted by counting
+    tensor_format: str = "numpy"  # how ``tensors()`` are stored: "numpy" or "torch"
     vocab: Vocab
+    cfg: Settings
     ordered: bool = False  # do later streams see the earlier streams of the same event?
+
+    @classmethod
+    def build(cls, vocab: Vocab, cfg: Settings, device: str = "cpu") -> NextEventModel:
+        """An untrained model of this family (what loading fills with saved tensors)."""
+        return cls(vocab, **cfg.to_dict())
 
     # ------------------------------------------------------------------ evaluation
     def predict(self, streams: dict[str, np.ndarray], cond: int = 0) -> dict[str, np.ndarray]:
@@ -53,7 +68,18 @@ class NextEventModel:
         """A context for a whole generation loop of ``batch`` pieces (neural models tune their runtime in it)."""
         return contextlib.nullcontext()
 
-    # ------------------------------------------------------------------ persistence
-    def save(self, directory) -> None:
-        """Write ``config.json`` + ``model.safetensors`` into ``directory`` (atomically)."""
+    # ------------------------------------------------------------------ persistence (checkpoint.py)
+    def tensors(self) -> dict:
+        """Every array the model is made of, by name (what ``model.safetensors`` holds)."""
         raise NotImplementedError
+
+    def load_tensors(self, tensors: dict) -> None:
+        """Take the arrays ``tensors()`` gave (read back from disk); raise NotelmError when some are missing."""
+        raise NotImplementedError
+
+    @classmethod
+    def shape_problems(cls, vocab: Vocab, cfg: Settings, shapes: dict[str, tuple]) -> list[str]:
+        """What is wrong with saved tensors of these ``shapes`` for this config, checked before any is
+        read (a config asking for a huge network must not allocate it).  Families whose sizes follow
+        from their data have nothing to check."""
+        return []

@@ -6,15 +6,25 @@ new event and evaluation reads a whole song in one pass.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar
+
 import torch
 from torch import nn
 
 from notelm.encoding.vocab import Vocab
-from notelm.models.neural import EventNet, ModelConfig
+from notelm.models.neural import EventNet, NetConfig, NeuralModel
+
+
+@dataclass
+class LSTMConfig(NetConfig):
+    """``[model]`` of ``family = "lstm"``: the shared neural settings, nothing more."""
+
+    family: ClassVar[str] = "lstm"
 
 
 class LSTMNet(EventNet):
-    def __init__(self, vocab: Vocab, cfg: ModelConfig):
+    def __init__(self, vocab: Vocab, cfg: LSTMConfig):
         super().__init__(vocab, cfg)
         self.lstm = nn.LSTM(self.input_dim, cfg.hidden, num_layers=cfg.layers, batch_first=True,
                             dropout=cfg.dropout if cfg.layers > 1 else 0.0)
@@ -36,3 +46,9 @@ class LSTMNet(EventNet):
             cs.append(c)
             inp = h
         return inp[:, None], (torch.stack(hs), torch.stack(cs))
+
+
+class LSTMModel(NeuralModel):
+    family = "lstm"
+    config_class = LSTMConfig
+    net_class = LSTMNet

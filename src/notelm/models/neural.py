@@ -14,80 +14,49 @@ condition embedding joins every position; training replaces it with the
 "unconditioned" id 0 with some probability, so one model writes both in a
 chosen style and without one.
 
+Derived input features: a representation may give fixed numeric features per
+token of a stream (``Representation.token_features``); they pass through a
+linear map and join the token's learned embedding.
+
 ``NeuralModel`` wraps a network in the numpy ``NextEventModel`` interface used
-by evaluation and generation, and handles safetensors checkpoints.
+by evaluation and generation.  A family is a subclass naming its config class
+and its network (``lstm.py``, ``transformer.py``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 from dataclasses import dataclass
-from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from notelm.encoding import from_vocab
 from notelm.encoding.vocab import Vocab
-from notelm.io import NotelmError
 from notelm.models.base import NextEventModel
+from notelm.settings import Settings, setting
 
 
 @dataclass
-class ModelConfig:
-    family: str = "lstm"  # "lstm" or "transformer"
-    embed_dim: int = 32  # per stream
-    hidden: int = 256  # LSTM width / transformer d_model
-    layers: int = 1
-    dropout: float = 0.0
-    heads: str = "independent"  # or "ordered"
-    cond_dim: int = 16  # condition embedding width (used only when the vocab has conditions)
-    # transformer only
-    n_heads: int = 4
-    context: int = 256  # longest sequence the transformer attends over
-    positions: str = "rope"  # "rope" or "learned"
-    ff_mult: int = 4
+class NetConfig(Settings):
+    """``[model]`` settings every neural family shares; a family's config adds its own (``LSTMConfig``, ...)."""
 
-    @classmethod
-    def from_dict(cls, d: dict) -> "ModelConfig":
-        return _typed(cls, d, "model")
-
-    def validate(self) -> "ModelConfig":
-        if self.family not in ("lstm", "transformer"):
-            raise NotelmError(f"model.family {self.family!r}: expected 'lstm' or 'transformer'")
-        if self.heads not in ("independent", "ordered"):
-            raise NotelmError(f"model.heads {self.heads!r}: expected 'independent' or 'ordered'")
-        if self.positions not in ("rope", "learned"):
-            raise NotelmError(f"model.positions {self.positions!r}: expected 'rope' or 'learned'")
-        for name in ("embed_dim", "hidden", "layers", "n_heads", "context", "ff_mult"):
-            if getattr(self, name) < 1:
-                raise NotelmError(f"model.{name} must be >= 1")
-        if not 0 <= self.dropout < 1:
-            raise NotelmError("model.dropout must be in [0, 1)")
-        if self.family == "transformer" and self.hidden % self.n_heads:
-            raise NotelmError(f"model.hidden ({self.hidden}) must be divisible by model.n_heads ({self.n_heads})")
-        return self
-
-
-def _typed(cls, d: dict, section: str):
-    """Build a config dataclass from a dict, refusing unknown keys and wrong types."""
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - set(fields))
-    if unknown:
-        raise NotelmError(f"unknown key(s) in [{section}]: {', '.join(unknown)}; valid keys: {', '.join(fields)}")
-    values = {}
-    for name, value in d.items():
-        default = getattr(cls, name) if hasattr(cls, name) else None
-        kind = type(default) if default is not None else None
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if kind is not None and not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            raise NotelmError(f"[{section}] {name} = {value!r}: expected {kind.__name__}")
-        values[name] = value
-    return cls(**values)
+    section: ClassVar[str] = "model"
+    family: ClassVar[str] = ""
+    embed_dim: int = setting(32, "embedding width of each stream", minimum=1)
+    hidden: int = setting(256, "width of the backbone (LSTM units, transformer d_model) and of the heads", minimum=1)
+    layers: int = setting(1, "backbone layers", minimum=1)
+    dropout: float = setting(0.0, "dropout on embeddings, between layers and before the heads", minimum=0.0,
+                             below=1.0)
+    heads: str = setting("independent", "'independent': each stream predicted from the backbone alone (the "
+                                        "original); 'ordered': each also sees the values already chosen for the "
+                                        "same event", choices=("independent", "ordered"))
+    cond_dim: int = setting(16, "condition embedding width (used only when the vocabulary has conditions)",
+                            minimum=1)
 
 
 def dropout_in_training(drop: nn.Dropout, x: torch.Tensor) -> torch.Tensor:
@@ -99,12 +68,13 @@ def dropout_in_training(drop: nn.Dropout, x: torch.Tensor) -> torch.Tensor:
 class EventNet(nn.Module):
     """Embeddings and heads around a backbone; subclasses define ``backbone_dim`` and ``features``."""
 
-    def __init__(self, vocab: Vocab, cfg: ModelConfig):
+    def __init__(self, vocab: Vocab, cfg: NetConfig):
         super().__init__()
         self.cfg = cfg
         self.sizes = vocab.sizes
         self.n_conditions = len(vocab.conditions)
         self.embeds = nn.ModuleList(nn.Embedding(v, cfg.embed_dim) for v in self.sizes)
+        self._add_token_features(vocab, cfg.embed_dim)
         self.input_dim = cfg.embed_dim * len(self.sizes)
         if self.n_conditions:
             self.cond_embed = nn.Embedding(self.n_conditions + 1, cfg.cond_dim)
@@ -116,6 +86,19 @@ class EventNet(nn.Module):
             # head k sees h plus the embeddings of the chosen values of streams < k
             self.head_embeds = nn.ModuleList(nn.Embedding(v, h) for v in self.sizes[:-1])
             self.head_mix = nn.ModuleList(nn.Sequential(nn.Linear(h, h), nn.GELU()) for _ in self.sizes[1:])
+
+    def _add_token_features(self, vocab: Vocab, width: int) -> None:
+        """The representation's fixed features per token, if it has any: a buffer (not saved: it is
+        derived from the representation) and a linear map into the embedding, per stream."""
+        features = from_vocab(vocab).token_features()
+        self.featured: list[int] = []
+        self.feature_maps = nn.ModuleDict()
+        for s, name in enumerate(vocab.names):
+            if name in features:
+                table = torch.as_tensor(np.asarray(features[name], np.float32))
+                self.register_buffer(f"features_{s}", table, persistent=False)
+                self.feature_maps[str(s)] = nn.Linear(table.shape[1], width, bias=False)
+                self.featured.append(s)
 
     # -- to be provided by the backbone -----------------------------------------
     def features(self, x: torch.Tensor, state=None):
@@ -133,6 +116,9 @@ class EventNet(nn.Module):
         # F.embedding / F.linear rather than module calls: generation runs these once per
         # stream and event, where the module-call machinery costs as much as the math
         parts = [F.embedding(tokens[..., s], emb.weight) for s, emb in enumerate(self.embeds)]
+        for s in self.featured:
+            table = getattr(self, f"features_{s}")
+            parts[s] = parts[s] + self.feature_maps[str(s)](F.embedding(tokens[..., s], table))
         if self.n_conditions:
             c = cond if cond is not None else torch.zeros(tokens.shape[0], dtype=torch.long, device=tokens.device)
             parts.append(self.cond_embed(c)[:, None, :].expand(-1, tokens.shape[1], -1))
@@ -170,14 +156,22 @@ def _inference(method):
 class NeuralModel(NextEventModel):
     """A trained EventNet behind the numpy interface of every next-event model."""
 
-    def __init__(self, vocab: Vocab, cfg: ModelConfig, net: EventNet | None = None, device: str = "cpu"):
+    config_class: type[NetConfig] = NetConfig
+    net_class: type[EventNet] = EventNet
+    trainable = True
+    tensor_format = "torch"
+
+    def __init__(self, vocab: Vocab, cfg: NetConfig, device: str = "cpu"):
         self.vocab = vocab
         self.cfg = cfg.validate()
-        self.family = cfg.family
         self.ordered = cfg.heads == "ordered"
-        self.net = net if net is not None else build_net(vocab, cfg)
+        self.net = self.net_class(vocab, cfg)
         self.device = torch.device(device)
         self.net.to(self.device)
+
+    @classmethod
+    def build(cls, vocab: Vocab, cfg: NetConfig, device: str = "cpu") -> NeuralModel:
+        return cls(vocab, cfg, device=device)
 
     # ------------------------------------------------------------------ evaluation
     @torch.inference_mode()
@@ -200,10 +194,9 @@ class NeuralModel(NextEventModel):
         return dict(zip(self.vocab.names, out))
 
     def window(self, length: int) -> tuple[int, int]:
-        """(events per forward pass, new positions per pass) for scoring a song of ``length``."""
-        if self.cfg.family == "transformer" and length - 1 > self.cfg.context:
-            return self.cfg.context, self.cfg.context // 2
-        return length, length  # the LSTM (or a short song) is read in one pass
+        """(events per forward pass, new positions per pass) for scoring a song of ``length``:
+        the whole song in one pass, unless the family's attention span is shorter."""
+        return length, length
 
     # ------------------------------------------------------------------ generation
     @contextlib.contextmanager
@@ -223,7 +216,8 @@ class NeuralModel(NextEventModel):
     @_inference
     def begin(self, prompt: dict[str, np.ndarray], cond: np.ndarray):
         self.net.eval()
-        tokens = torch.as_tensor(np.stack([np.asarray(prompt[n], np.int64) for n in self.vocab.names], -1), device=self.device)
+        ids = np.stack([np.asarray(prompt[n], np.int64) for n in self.vocab.names], -1)
+        tokens = torch.as_tensor(ids, device=self.device)
         c = torch.as_tensor(np.asarray(cond, np.int64), device=self.device)
         h, state = self.net.features(self.net.embed(tokens, c), self.net.empty_state(tokens.shape[0]))
         return {"h": h[:, -1], "state": state, "cond": c}
@@ -235,26 +229,26 @@ class NeuralModel(NextEventModel):
 
     @_inference
     def advance(self, state, event: dict[str, np.ndarray]):
-        x = torch.as_tensor(np.stack([np.asarray(event[n], np.int64) for n in self.vocab.names], -1)[:, None, :], device=self.device)
+        ids = np.stack([np.asarray(event[n], np.int64) for n in self.vocab.names], -1)[:, None, :]
+        x = torch.as_tensor(ids, device=self.device)
         h, new = self.net.features(self.net.embed(x, state["cond"]), state["state"])
         return {"h": h[:, -1], "state": new, "cond": state["cond"]}
 
-    # ------------------------------------------------------------------ persistence
-    def config_json(self) -> dict:
-        return {"family": self.cfg.family, "model": dataclasses.asdict(self.cfg), "vocab": self.vocab.to_json()}
+    # ------------------------------------------------------------------ persistence (checkpoint.py)
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return self.net.state_dict()
 
-    def save(self, directory) -> None:
-        from notelm.checkpoint import save_weights
+    def load_tensors(self, tensors: dict) -> None:
+        expected = self.net.state_dict()
+        with torch.no_grad():
+            self.net.load_state_dict({k: v.to(expected[k].dtype) for k, v in tensors.items()})
 
-        save_weights(Path(directory), self.net.state_dict(), self.config_json())
-
-
-def build_net(vocab: Vocab, cfg: ModelConfig) -> EventNet:
-    cfg.validate()
-    if cfg.family == "lstm":
-        from notelm.models.lstm import LSTMNet
-
-        return LSTMNet(vocab, cfg)
-    from notelm.models.transformer import TransformerNet
-
-    return TransformerNet(vocab, cfg)
+    @classmethod
+    def shape_problems(cls, vocab: Vocab, cfg: NetConfig, shapes: dict[str, tuple]) -> list[str]:
+        # the network is built on the meta device: shapes only, nothing allocated
+        with torch.device("meta"):
+            expected = {k: tuple(v.shape) for k, v in cls.net_class(vocab, cfg).state_dict().items()}
+        problems = [f"{k}: missing" for k in expected if k not in shapes]
+        problems += [f"{k}: unexpected" for k in shapes if k not in expected]
+        problems += [f"{k}: shape {shapes[k]} != {v}" for k, v in expected.items() if k in shapes and shapes[k] != v]
+        return problems

@@ -1,4 +1,4 @@
-"""Order-k n-gram models, per stream or over joint events, and the n-gram EDA helper.
+"""Order-k n-gram models, per stream or over joint events.
 
 ``NGramModel(vocab, order=k)`` predicts each stream from its own previous k-1
 values (independent heads).  ``NGramModel(vocab, order=k, joint=True)`` models
@@ -38,16 +38,17 @@ Joint events and the unknown event
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 
+from notelm.data import check_song, check_streams, expand_ranges, song_ranges, target_positions
 from notelm.encoding.vocab import BOS, Vocab
 from notelm.io import NotelmError
 from notelm.models.base import NextEventModel
-from notelm.models.baselines import (FIRST_TARGET, MajorityModel, StratifiedModel, check_song, check_streams,
-                                     chosen_songs, expand_ranges, load_model_files, save_model, song_targets)
+from notelm.models.baselines import FIRST_TARGET
+from notelm.settings import Settings, setting
 
-SMOOTHINGS = ("kn", "addk")
 JOINT = "joint"  # the array-name prefix of the joint model's tables
 BOS_EVENT = 0  # joint id of the all-BOS event (the smallest tuple, so it sorts first)
 MIN_DISCOUNT = 0.05  # keeps every backoff weight > 0, so unseen symbols never get probability 0
@@ -107,12 +108,13 @@ class _SymbolNGram:
                  ctx_keys: list[np.ndarray], top_keys: np.ndarray, top_counts: np.ndarray):
         self.n_symbols, self.order, self.smoothing, self.k_add = n_symbols, order, smoothing, k_add
         self.bos, self.first_outcome = bos, first_outcome  # symbols below first_outcome are never predicted
-        self.ctx_keys = ctx_keys  # ctx_keys[m-1]: sorted keys of the contexts of m tokens (parent id * V + oldest token)
+        # ctx_keys[m-1]: sorted keys of the contexts of m tokens (parent id * V + oldest token)
+        self.ctx_keys = ctx_keys
         self.top_keys, self.top_counts = top_keys, top_counts  # the counted order-k n-grams
         self._derive()
 
     @classmethod
-    def count(cls, tokens, targets, song_start, n_symbols, order, **kw) -> "_SymbolNGram":
+    def count(cls, tokens, targets, song_start, n_symbols, order, **kw) -> _SymbolNGram:
         """Count the order-k n-grams ending at ``targets`` (positions into ``tokens``)."""
         if (len(targets) + 1) * n_symbols >= 2 ** 62:
             raise NotelmError("too many events for int64 n-gram keys")
@@ -124,7 +126,8 @@ class _SymbolNGram:
             keys, context = np.unique(context * n_symbols + token, return_inverse=True)
             ctx_keys.append(keys)
             context = context.reshape(-1)
-        top_keys, top_counts = np.unique(context * n_symbols + np.asarray(tokens[targets], np.int64), return_counts=True)
+        ngram_keys = context * n_symbols + np.asarray(tokens[targets], np.int64)
+        top_keys, top_counts = np.unique(ngram_keys, return_counts=True)
         return cls(n_symbols, order, ctx_keys=ctx_keys, top_keys=top_keys, top_counts=top_counts.astype(np.int64), **kw)
 
     # ---------------------------------------------------------------- derived tables
@@ -225,7 +228,8 @@ class _SymbolNGram:
         unigram_weight, spans = self.spans(lags)
         position, symbol, weight = self.terms(spans)
         P, V = len(lags), self.n_symbols
-        return _scatter(position * V + symbol, weight, P * V).reshape(P, V) + unigram_weight[:, None] * self.unigram[None, :]
+        sparse = _scatter(position * V + symbol, weight, P * V).reshape(P, V)
+        return sparse + unigram_weight[:, None] * self.unigram[None, :]
 
     def prob_of(self, lags: np.ndarray, symbols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(P(symbol | context), unigram weight)`` per position, without dense rows."""
@@ -262,7 +266,7 @@ class _SymbolNGram:
         return out
 
     @classmethod
-    def from_arrays(cls, arrays, prefix, n_symbols, order, **kw) -> "_SymbolNGram":
+    def from_arrays(cls, arrays, prefix, n_symbols, order, **kw) -> _SymbolNGram:
         try:
             ctx_keys = [arrays[f"{prefix}/context{m}"].astype(np.int64) for m in range(1, order)]
             return cls(n_symbols, order, ctx_keys=ctx_keys, top_keys=arrays[f"{prefix}/ngram_keys"].astype(np.int64),
@@ -277,7 +281,8 @@ def _expand_spans(spans, tables: dict, width: int, first: np.ndarray, end: np.nd
     positions, symbols, weights = [np.empty(0, np.int64)], [np.empty(0, np.int64)], [np.empty(0)]
     for n, p, c, w in spans:
         keys, direct = tables[n]
-        row, index = expand_ranges(np.searchsorted(keys, c * width + first[p]), np.searchsorted(keys, c * width + end[p]))
+        row, index = expand_ranges(np.searchsorted(keys, c * width + first[p]),
+                                   np.searchsorted(keys, c * width + end[p]))
         positions.append(p[row])
         symbols.append(keys[index] % width)
         weights.append(w[row] * direct[index])
@@ -318,6 +323,17 @@ class NGramState:
     cache: dict = field(default_factory=dict)  # joint mode: the next event's mixture, computed once per step
 
 
+@dataclass
+class NGramConfig(Settings):
+    section: ClassVar[str] = "model"
+    family: ClassVar[str] = "ngram"
+    order: int = setting(3, "n: each prediction sees the n - 1 events before it", minimum=1)
+    joint: bool = setting(False, "false: one model per stream; true: one model over whole events")
+    smoothing: str = setting("kn", "'kn': interpolated modified Kneser-Ney; 'addk': add-k at the highest order",
+                             choices=("kn", "addk"))
+    k_add: float = setting(1.0, "k of add-k smoothing", above=0.0)
+
+
 class NGramModel(NextEventModel):
     """Order-k n-gram next-event model, per stream (``joint=False``) or over whole events.
 
@@ -326,24 +342,23 @@ class NGramModel(NextEventModel):
     """
 
     family = "ngram"
+    config_class = NGramConfig
 
     def __init__(self, vocab: Vocab, order: int = 3, joint: bool = False, smoothing: str = "kn", k_add: float = 1.0):
-        if int(order) != order or order < 1:
-            raise NotelmError(f"n-gram order must be an integer >= 1, got {order}")
-        if smoothing not in SMOOTHINGS:
-            raise NotelmError(f"unknown smoothing {smoothing!r}; choose one of {', '.join(SMOOTHINGS)}")
-        if smoothing == "addk" and not k_add > 0:
-            raise NotelmError(f"k_add must be > 0, got {k_add}")
-        self.vocab, self.order, self.joint, self.smoothing, self.k_add = vocab, int(order), bool(joint), smoothing, float(k_add)
+        self.cfg = NGramConfig(order=order, joint=joint, smoothing=smoothing, k_add=k_add).validate()
+        self.vocab = vocab
+        self.order, self.joint, self.smoothing, self.k_add = self.cfg.order, self.cfg.joint, self.cfg.smoothing, \
+            self.cfg.k_add
         self.ordered = self.joint  # joint marginals condition on the earlier streams of the same event
         self.tables: dict[str, _SymbolNGram] = {}  # stream name (or "joint") -> its n-gram model
 
     def _options(self, n_symbols: int) -> dict:
         bos, first = (BOS_EVENT, BOS_EVENT + 1) if self.joint else (BOS, FIRST_TARGET)
-        return dict(n_symbols=n_symbols, order=self.order, smoothing=self.smoothing, k_add=self.k_add, bos=bos, first_outcome=first)
+        return dict(n_symbols=n_symbols, order=self.order, smoothing=self.smoothing, k_add=self.k_add, bos=bos,
+                    first_outcome=first)
 
     # ---------------------------------------------------------------- fitting
-    def fit(self, streams: dict[str, np.ndarray], offsets, song_ids=None, positions=None) -> "NGramModel":
+    def fit(self, streams: dict[str, np.ndarray], offsets, song_ids=None, positions=None) -> NGramModel:
         """Count on the songs ``song_ids`` of an encoded corpus (default: all); returns ``self``.
 
         ``positions``: count only the n-grams ending at these corpus positions (e.g. the
@@ -351,7 +366,7 @@ class NGramModel(NextEventModel):
         reach back into the song, and joint ids cover every event of the chosen songs.
         """
         if not self.joint:
-            targets, song_start = song_targets(self.vocab, streams, offsets, song_ids)
+            targets, song_start = target_positions(self.vocab, streams, offsets, song_ids)
             if positions is not None:
                 keep = np.isin(targets, positions)
                 targets, song_start = targets[keep], song_start[keep]
@@ -359,7 +374,7 @@ class NGramModel(NextEventModel):
                 self.tables[s.name] = _SymbolNGram.count(streams[s.name], targets, song_start, **self._options(s.size))
             return self
         # Joint ids for the events of the chosen songs only (one copy of that part of the corpus).
-        starts, ends = chosen_songs(self.vocab, streams, offsets, song_ids)
+        starts, ends = song_ranges(self.vocab, streams, offsets, song_ids)
         _, event_positions = expand_ranges(starts, ends)
         columns = np.stack([np.asarray(streams[name][event_positions], np.int64) for name in self.vocab.names], axis=1)
         rank = np.zeros(len(event_positions), np.int64)
@@ -377,7 +392,8 @@ class NGramModel(NextEventModel):
         self.target_counts = {s.name: np.bincount(target_values[:, i], minlength=s.size).astype(np.int64)
                               for i, s in enumerate(self.vocab.streams)}
         self._set_unigrams()
-        self._set_joint_table(_SymbolNGram.count(rank, local_targets, local_start[owner], **self._options(self.unknown_event + 1)))
+        options = self._options(self.unknown_event + 1)
+        self._set_joint_table(_SymbolNGram.count(rank, local_targets, local_start[owner], **options))
         return self
 
     def _set_events(self, events: np.ndarray) -> None:
@@ -571,112 +587,37 @@ class NGramModel(NextEventModel):
         if self.order == 1:
             return NGramState(state.lags)
         if self.joint:
-            new = {JOINT: self._event_ids([np.asarray(event[name], np.int64).reshape(-1) for name in self.vocab.names])[0]}
+            values = [np.asarray(event[name], np.int64).reshape(-1) for name in self.vocab.names]
+            new = {JOINT: self._event_ids(values)[0]}
         else:
             new = {name: np.asarray(event[name], np.int64).reshape(-1) for name in self.vocab.names}
-        return NGramState({key: np.concatenate([new[key][:, None], lags[:, :-1]], axis=1) for key, lags in state.lags.items()})
+        return NGramState({key: np.concatenate([new[key][:, None], lags[:, :-1]], axis=1)
+                           for key, lags in state.lags.items()})
 
     # ---------------------------------------------------------------- persistence
-    def save(self, directory) -> None:
+    def tensors(self) -> dict[str, np.ndarray]:
         self._fitted()
-        config = {"family": self.family, "order": self.order, "joint": self.joint, "smoothing": self.smoothing,
-                  "k_add": self.k_add, "vocab": self.vocab.to_json()}
         arrays = {}
         for key, table in self.tables.items():
             arrays.update(table.arrays(key))
         if self.joint:
             arrays["joint_events"] = self.events
             arrays.update({f"target_counts/{name}": c for name, c in self.target_counts.items()})
-        save_model(directory, config, arrays)
+        return arrays
 
-    @classmethod
-    def load(cls, directory) -> "NGramModel":
-        config, vocab, arrays = load_model_files(directory, cls.family)
+    def load_tensors(self, arrays: dict) -> None:
         try:
-            model = cls(vocab, order=config["order"], joint=config["joint"], smoothing=config["smoothing"], k_add=config["k_add"])
-            if model.joint:
-                model._set_events(arrays["joint_events"].astype(np.int64))
-                model.target_counts = {name: arrays[f"target_counts/{name}"].astype(np.int64) for name in vocab.names}
-                model._set_unigrams()
-                model._set_joint_table(_SymbolNGram.from_arrays(arrays, JOINT, **model._options(model.unknown_event + 1)))
+            if self.joint:
+                self._set_events(arrays["joint_events"].astype(np.int64))
+                self.target_counts = {name: arrays[f"target_counts/{name}"].astype(np.int64)
+                                      for name in self.vocab.names}
+                self._set_unigrams()
+                self._set_joint_table(_SymbolNGram.from_arrays(arrays, JOINT, **self._options(self.unknown_event + 1)))
             else:
-                for s in vocab.streams:
-                    model.tables[s.name] = _SymbolNGram.from_arrays(arrays, s.name, **model._options(s.size))
+                for s in self.vocab.streams:
+                    self.tables[s.name] = _SymbolNGram.from_arrays(arrays, s.name, **self._options(s.size))
         except KeyError as e:
-            raise NotelmError(f"{directory}: n-gram model lacks {e}") from None
-        return model
+            raise NotelmError(f"the n-gram model lacks {e}") from None
 
 
-# ---------------------------------------------------------------------------- conveniences
-
-
-def fit_models(vocab: Vocab, streams, offsets, song_ids=None, orders=(2, 3, 4), joint_orders=(3,),
-               smoothing: str = "kn", positions=None) -> dict[str, NextEventModel]:
-    """The reference models an evaluation compares against, fitted on the songs ``song_ids``
-    (only the targets at ``positions``, if given).
-
-    Names: ``majority``, ``stratified``, ``ngram{k}`` (per stream), ``joint{k}``.
-    """
-    data = (streams, offsets, song_ids, positions)
-    models: dict[str, NextEventModel] = {
-        "majority": MajorityModel(vocab).fit(*data),
-        "stratified": StratifiedModel(vocab).fit(*data),
-    }
-    for k in orders:
-        models[f"ngram{k}"] = NGramModel(vocab, order=k, smoothing=smoothing).fit(*data)
-    for k in joint_orders:
-        models[f"joint{k}"] = NGramModel(vocab, order=k, joint=True, smoothing=smoothing).fit(*data)
-    return models
-
-
-def _packed_ranks(columns: list[np.ndarray], width: int | None = None) -> tuple[np.ndarray, int]:
-    """One int64 key per row of ``columns`` that sorts like the rows (lexicographically).
-
-    Columns are packed base ``width`` (default: each column's max + 1); whenever the next
-    column would overflow int64 the keys so far are replaced by their ranks (``np.unique``),
-    so any number of columns works.  Returns ``(keys, bound)`` with every key < bound.
-    """
-    keys, bound = np.zeros(len(columns[0]), np.int64), 1
-    for column in columns:
-        base = int(column.max(initial=0)) + 1 if width is None else width
-        if bound * base >= 2 ** 62:
-            keys = np.unique(keys, return_inverse=True)[1].reshape(-1)
-            bound = int(keys.max(initial=0)) + 1
-        keys, bound = keys * base + column, bound * base
-    return keys, bound
-
-
-def top_ngrams(tokens: np.ndarray, offsets=None, n: int = 2, k: int = 20) -> list[tuple[tuple, int]]:
-    """The ``k`` most frequent n-grams with their counts, most frequent first (ties: smallest first).
-
-    ``tokens``: one stream ``[N]``, or stacked streams ``[N, S]`` to count whole events
-    (then each n-gram item is a tuple of stream values).  N-grams never cross a song
-    boundary (``offsets``) and never contain PAD, BOS or EOS.
-    """
-    if n < 1 or k < 1:
-        raise NotelmError(f"top_ngrams needs n >= 1 and k >= 1, got n={n}, k={k}")
-    tokens = np.asarray(tokens)
-    if tokens.ndim not in (1, 2):
-        raise NotelmError("top_ngrams: tokens must be [N] or [N, streams]")
-    rows = tokens.reshape(len(tokens), -1).astype(np.int64)
-    regular = np.all(rows > BOS + 1, axis=1)  # not PAD, BOS or EOS
-    n_windows = len(rows) - n + 1
-    if n_windows <= 0:
-        return []
-    irregular = np.concatenate([[0], np.cumsum(~regular)])
-    valid = irregular[n:] - irregular[:n_windows] == 0
-    if offsets is not None:
-        song = np.repeat(np.arange(len(offsets) - 1), np.diff(np.asarray(offsets, np.int64)))
-        valid &= song[: n_windows] == song[n - 1:]
-    starts = np.flatnonzero(valid)
-    if len(starts) == 0:
-        return []
-    event, n_events = _packed_ranks([rows[:, s] for s in range(rows.shape[1])])
-    gram, _ = _packed_ranks([event[starts + j] for j in range(n)], n_events)
-    _, first, counts = np.unique(gram, return_index=True, return_counts=True)
-    best = np.lexsort((np.arange(len(counts)), -counts))[:k]  # ranks keep lexicographic order: ties by n-gram
-    item = (lambda r: int(r[0])) if tokens.ndim == 1 else (lambda r: tuple(int(x) for x in r))
-    return [(tuple(item(rows[starts[first[g]] + j]) for j in range(n)), int(counts[g])) for g in best]
-
-
-__all__ = ["NGramModel", "NGramState", "fit_models", "top_ngrams"]
+__all__ = ["NGramModel", "NGramConfig", "NGramState"]

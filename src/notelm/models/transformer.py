@@ -8,13 +8,33 @@ from scratch, so attention never spans more than the model was trained on.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from notelm.encoding.vocab import Vocab
-from notelm.models.neural import EventNet, ModelConfig, dropout_in_training
+from notelm.io import NotelmError
+from notelm.models.neural import EventNet, NetConfig, NeuralModel, dropout_in_training
+from notelm.settings import setting
+
+
+@dataclass
+class TransformerConfig(NetConfig):
+    """``[model]`` of ``family = "transformer"``: the shared neural settings plus attention's."""
+
+    family: ClassVar[str] = "transformer"
+    n_heads: int = setting(4, "attention heads (hidden must be divisible by it)", minimum=1)
+    context: int = setting(256, "longest sequence attended over; longer songs are read in windows", minimum=1)
+    positions: str = setting("rope", "'rope': rotary position embeddings; 'learned': a learned table",
+                             choices=("rope", "learned"))
+    ff_mult: int = setting(4, "width of the feed-forward layers, as a multiple of hidden", minimum=1)
+
+    def check(self) -> None:
+        if self.hidden % self.n_heads:
+            raise NotelmError(f"model.hidden ({self.hidden}) must be divisible by model.n_heads ({self.n_heads})")
 
 
 def rope_tables(positions: torch.Tensor, dim: int, base: float = 10000.0):
@@ -38,7 +58,7 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: TransformerConfig):
         super().__init__()
         d = cfg.hidden
         self.n_heads = cfg.n_heads
@@ -89,7 +109,7 @@ class Block(nn.Module):
 
 
 class TransformerNet(EventNet):
-    def __init__(self, vocab: Vocab, cfg: ModelConfig):
+    def __init__(self, vocab: Vocab, cfg: TransformerConfig):
         super().__init__(vocab, cfg)
         self.inp = nn.Linear(self.input_dim, cfg.hidden)
         self.pos = nn.Embedding(cfg.context, cfg.hidden) if cfg.positions == "learned" else None
@@ -103,7 +123,8 @@ class TransformerNet(EventNet):
     def _init(m):
         if isinstance(m, nn.Linear):
             nn.init.normal_(m.weight, std=0.02)
-            nn.init.zeros_(m.bias)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
         elif isinstance(m, nn.Embedding):
             nn.init.normal_(m.weight, std=0.02)
 
@@ -149,3 +170,16 @@ class TransformerNet(EventNet):
         for i, block in enumerate(self.blocks):
             h = block(h, rope, None if caches is None else caches[i])
         return self.ln_f(h)
+
+
+class TransformerModel(NeuralModel):
+    family = "transformer"
+    config_class = TransformerConfig
+    net_class = TransformerNet
+
+    def window(self, length: int) -> tuple[int, int]:
+        """Songs longer than the context are read in windows of ``context`` events, each scoring
+        its last ``context // 2`` (every prediction sees at least half a context)."""
+        if length - 1 > self.cfg.context:
+            return self.cfg.context, self.cfg.context // 2
+        return length, length
