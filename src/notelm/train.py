@@ -3,8 +3,8 @@
 One loop serves every neural model and every machine: CPU here, CUDA with bf16
 autocast where present, many GPUs or nodes under ``torchrun`` (each rank draws
 its own crops; rank 0 evaluates and writes).  Crops are cut from the encoded
-streams with index arithmetic, so no window is ever materialized: memory per
-corpus event is the few bytes of its streams.
+streams with index arithmetic (``data.CropSampler``), so no window is ever
+materialized: memory per corpus event is the few bytes of its streams.
 
 Objectives: ``full`` (loss at every position of a crop: L targets per crop) and
 ``last`` (loss on the event after a window only: the original experiment's one
@@ -13,11 +13,17 @@ target per 32-note window, kept for a faithful reproduction).
 A run directory holds ``metrics.jsonl``, ``checkpoint/`` (latest state, written
 atomically at every evaluation) and ``best/`` (lowest validation loss).
 ``--resume`` restores weights, optimizer, schedule and every random generator,
-so a killed run ends exactly where an uninterrupted one would.
+so a killed run ends exactly where an uninterrupted one would; it may raise
+``train.steps`` or ``train.time_limit`` to continue a finished run.
+
+The steps of the loop, in order: ``_prepare`` (config, model, data, optimizer,
+restored state), then per step ``_train_step``, ``_log_step`` and, every
+``eval_every`` steps, ``_evaluate_and_save``; ``_finish`` writes the summary.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -30,233 +36,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from notelm.encoding.vocab import PAD, Vocab
+from notelm.config import RunConfig, TrainConfig, apply_overrides, check_resume, parse_config, read_preset
+from notelm.data import CropSampler, condition_map, transpose_batch, window_splits
+from notelm.encoding import from_vocab, load_or_encode
+from notelm.encoding.vocab import PAD, UNCONDITIONED
 from notelm.io import NotelmError, atomic_path, write_json
-from notelm.models.neural import ModelConfig, NeuralModel, _typed
+from notelm.names import plural
 
-CONFIG_DIR = Path(__file__).parent / "configs"
-
-
-@dataclass
-class TrainConfig:
-    objective: str = "full"  # "full": loss at every position; "last": next event after a window only
-    context: int = 128  # events per crop (the window length for "last")
-    batch_size: int = 32
-    steps: int = 2000
-    lr: float = 2e-3
-    min_lr: float = 1e-4
-    warmup: int = 100
-    weight_decay: float = 0.01
-    clip: float = 1.0
-    transpose: bool = True  # random transposition of every crop (where the representation allows)
-    cond_dropout: float = 0.2  # chance of training a crop unconditioned
-    eval_every: int = 200
-    eval_crops: int = 256
-    patience: int = 5  # evaluations without improvement before stopping early
-    log_every: int = 20
-    seed: int = 0
-    split: str = "song"  # "song": train/valid/test by song; "window": the original's random split of windows (leaks)
-    time_limit: float = 0.0  # seconds; 0 = none
-    threads: int = 0  # torch CPU threads; 0 = all cores
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
-        cfg = _typed(cls, d, "train")
-        if cfg.objective not in ("full", "last"):
-            raise NotelmError(f"train.objective {cfg.objective!r}: expected 'full' or 'last'")
-        if cfg.split not in ("song", "window"):
-            raise NotelmError(f"train.split {cfg.split!r}: expected 'song' or 'window'")
-        for name in ("context", "batch_size", "steps", "eval_every", "eval_crops", "patience", "log_every"):
-            if getattr(cfg, name) < 1:
-                raise NotelmError(f"train.{name} must be >= 1")
-        return cfg
+TIME_LIMIT_STOP = "time limit"  # how the stop reason of a run cut short by train.time_limit begins
 
 
-@dataclass
-class RunConfig:
-    representation: str = "events"
-    encoding: dict = field(default_factory=dict)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-
-    def to_json(self) -> dict:
-        return {"data": {"representation": self.representation, "encoding": self.encoding},
-                "model": dataclasses.asdict(self.model), "train": dataclasses.asdict(self.train)}
-
-
-# --------------------------------------------------------------------------- configs
-
-def load_config(name_or_path: str | None, overrides: list[str] = ()) -> RunConfig:
-    """A TOML preset (a name in configs/ or a path) with ``section.key=value`` overrides."""
-    import tomllib
-
-    raw: dict = {}
-    if name_or_path:
-        path = Path(name_or_path)
-        if not path.exists():
-            path = CONFIG_DIR / (name_or_path if name_or_path.endswith(".toml") else f"{name_or_path}.toml")
-        if not path.exists():
-            presets = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.toml")))
-            raise NotelmError(f"config {name_or_path!r}: no such file or preset (presets: {presets})")
-        try:
-            raw = tomllib.loads(path.read_text())
-        except tomllib.TOMLDecodeError as e:
-            raise NotelmError(f"{path}: invalid TOML: {e}") from None
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep or "." not in key:
-            raise NotelmError(f"--set {item!r}: expected section.key=value, e.g. train.steps=500")
-        try:
-            parsed = tomllib.loads(f"v = {value}")["v"]
-        except tomllib.TOMLDecodeError:
-            parsed = value  # a bare word: take it as a string
-        *sections, leaf = key.split(".")
-        node = raw
-        for s in sections:
-            node = node.setdefault(s, {})
-        node[leaf] = parsed
-    return parse_config(raw)
-
-
-def parse_config(raw: dict) -> RunConfig:
-    unknown = sorted(set(raw) - {"data", "model", "train"})
-    if unknown:
-        raise NotelmError(f"unknown config section(s): {', '.join(unknown)}; valid: data, model, train")
-    data = dict(raw.get("data", {}))
-    bad = sorted(set(data) - {"representation", "encoding"})
-    if bad:
-        raise NotelmError(f"unknown key(s) in [data]: {', '.join(bad)}; valid keys: representation, encoding")
-    representation = data.get("representation", "events")
-    if representation not in ("seed", "events"):
-        raise NotelmError(f"data.representation {representation!r}: expected 'seed' or 'events'")
-    encoding = data.get("encoding", {})
-    if not isinstance(encoding, dict):
-        raise NotelmError("[data.encoding] must be a table of encoder settings")
-    from notelm.encoding import get_representation
-
-    get_representation(representation, encoding)  # unknown setting or wrong type: refused now, not after loading data
-    return RunConfig(representation, dict(encoding), ModelConfig.from_dict(raw.get("model", {})).validate(),
-                     TrainConfig.from_dict(raw.get("train", {})))
-
-
-# --------------------------------------------------------------------------- data
-
-class CropSampler:
-    """Random crops of ``length`` events from a set of songs, cut from contiguous streams.
-
-    Every start position of every song is equally likely (as if all windows had
-    been materialized and shuffled, without materializing them).  Songs shorter
-    than a crop give one crop padded with PAD.
-    """
-
-    def __init__(self, streams: list[np.ndarray], offsets: np.ndarray, songs: np.ndarray, length: int,
-                 windows: np.ndarray | None = None):
-        self.streams, self.length = streams, length
-        self.windows = windows  # if given, only these window indices are ever drawn
-        self.songs = np.asarray(songs, np.int64)
-        if not len(self.songs):
-            raise NotelmError("no songs to train on in this split")
-        self.start = offsets[self.songs]
-        self.end = offsets[self.songs + 1]
-        n_starts = np.maximum(self.end - self.start - length + 1, 1)
-        self.cum = np.concatenate([[0], np.cumsum(n_starts)])
-
-    @property
-    def n_windows(self) -> int:
-        return int(self.cum[-1])
-
-    def sample(self, rng: np.random.Generator, batch: int) -> tuple[np.ndarray, np.ndarray]:
-        """(tokens [batch, length, S] int64, song index [batch])."""
-        if self.windows is not None:
-            return self.at(self.windows[rng.integers(0, len(self.windows), batch)])
-        return self.at(rng.integers(0, self.n_windows, batch))
-
-    def at(self, window: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The crops with the given window indices (0 .. n_windows-1)."""
-        k = np.searchsorted(self.cum, window, side="right") - 1
-        first = self.start[k] + (window - self.cum[k])
-        index = first[:, None] + np.arange(self.length)
-        valid = index < self.end[k][:, None]
-        index = np.minimum(index, len(self.streams[0]) - 1)
-        tokens = np.stack([np.where(valid, s[index], PAD) for s in self.streams], -1).astype(np.int64)
-        return tokens, self.songs[k]
-
-
-def window_splits(n_windows: int, fractions=(0.8, 0.1, 0.1), seed: int = 1234) -> dict[str, np.ndarray]:
-    """The original experiment's split: every window independently to train/valid/test at random.
-
-    Overlapping windows of one song land on both sides, so test windows share
-    31 of their 32 notes with training windows: the leak a song-level split avoids.
-    """
-    code = np.random.default_rng(seed).choice(3, n_windows, p=fractions)
-    return {name: np.flatnonzero(code == i) for i, name in enumerate(("train", "valid", "test"))}
-
-
-def pitch_shift_tables(vocab: Vocab) -> dict[int, np.ndarray] | None:
-    """Lookup tables id -> transposed id for shifts -6..+5 of the pitch stream, or None.
-
-    Seed pitch classes rotate (always valid); MIDI pitches move and a shift that
-    would leave 0..127 maps to -1 so the caller can pick another.
-    """
-    if "pitch" not in vocab.names:
-        return None
-    stream = vocab.stream("pitch")
-    tables = {}
-    for k in range(-6, 6):
-        table = np.arange(stream.size)
-        for i, tok in enumerate(stream.tokens):
-            idx = 3 + i
-            if vocab.representation == "seed":
-                names = stream.tokens
-                table[idx] = 3 + (names.index(tok) + k) % len(names)
-            elif tok.lstrip("-").isdigit():
-                p = int(tok) + k
-                table[idx] = stream.id_of(str(p)) if str(p) in stream.tokens else -1
-        tables[k] = table
-    return tables
-
-
-def transpose_batch(tokens: np.ndarray, pitch_index: int, tables, rng: np.random.Generator) -> np.ndarray:
-    """Shift each crop's pitch stream by its own random k (re-drawn where out of range)."""
-    shifts = np.array(sorted(tables))
-    stacked = np.stack([tables[k] for k in shifts])  # [12, V]
-    pitch = tokens[..., pitch_index]
-    choice = rng.integers(0, len(shifts), len(tokens))
-    moved = stacked[choice[:, None], pitch]
-    bad = (moved < 0).any(axis=1)
-    moved[bad] = pitch[bad]  # no shift fits this crop: leave it as it is
-    tokens = tokens.copy()
-    tokens[..., pitch_index] = moved
-    return tokens
-
-
-# --------------------------------------------------------------------------- loop helpers
-
-def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Linear warmup, then cosine decay to min_lr at cfg.steps."""
-    if step < cfg.warmup:
-        return cfg.lr * (step + 1) / cfg.warmup
-    progress = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
-    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * progress))
-
-
-def batch_loss(net, tokens: torch.Tensor, cond: torch.Tensor, objective: str):
-    """(mean loss summed over streams, per-stream (loss sum, correct, count)) for one batch."""
-    x, y = tokens[:, :-1], tokens[:, 1:]
-    logits, _ = net(x, cond, targets=y)
-    if objective == "last":
-        logits = [lg[:, -1:] for lg in logits]
-        y = y[:, -1:]
-    total, stats = 0.0, []
-    for k, lg in enumerate(logits):
-        target = y[..., k]
-        mask = target != PAD
-        n = mask.sum()
-        loss = F.cross_entropy(lg.float().reshape(-1, lg.shape[-1]), target.reshape(-1), ignore_index=PAD, reduction="sum")
-        total = total + loss / n.clamp(min=1)
-        correct = ((lg.argmax(-1) == target) & mask).sum()
-        stats.append((loss.detach(), correct.detach(), n.detach()))
-    return total, stats
+# --------------------------------------------------------------------------- devices and precision
 
 
 class Dist:
@@ -312,91 +102,204 @@ class Dist:
             dist.destroy_process_group()
 
 
-# --------------------------------------------------------------------------- checkpoints
-
-def _optimizer_tensors(opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
-    out = {}
-    for i, st in opt.state_dict()["state"].items():
-        for name, value in st.items():
-            out[f"{i}.{name}"] = value if torch.is_tensor(value) else torch.tensor(value)
-    return out
+def autocast(device: torch.device):
+    """The precision context of every forward pass, training and evaluation alike: bf16 autocast on
+    CUDA, plain fp32 elsewhere.  The one place that chooses it (weights stay fp32 either way)."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
-def _load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> None:
-    state = opt.state_dict()
-    restored: dict = {}
-    for key, value in tensors.items():
-        i, name = key.split(".", 1)
-        restored.setdefault(int(i), {})[name] = value
-    state["state"] = restored
-    opt.load_state_dict(state)
+# --------------------------------------------------------------------------- the objective
 
 
-def save_checkpoint(run_dir: Path, model: NeuralModel, opt, run: RunConfig, state: dict, rng_states: list) -> None:
-    from notelm.checkpoint import save_weights
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warmup, then cosine decay to min_lr at cfg.steps."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    progress = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
+    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * progress))
 
-    torch_states = {f"rank{r}.torch": torch.as_tensor(s["torch"]) for r, s in enumerate(rng_states)}
-    config = {**model.config_json(), "run": run.to_json(),
-              "train_state": {**state, "numpy_rng": [s["numpy"] for s in rng_states]}}
-    save_weights(run_dir / "checkpoint", model.net.state_dict(), config,
-                 extra={"optimizer": _optimizer_tensors(opt), "rng": torch_states})
+
+def batch_loss(net, tokens: torch.Tensor, cond: torch.Tensor, objective: str):
+    """(mean loss summed over streams, per-stream (loss sum, correct, count)) for one batch."""
+    x, y = tokens[:, :-1], tokens[:, 1:]
+    logits, _ = net(x, cond, targets=y)
+    if objective == "last":
+        logits = [lg[:, -1:] for lg in logits]
+        y = y[:, -1:]
+    total, stats = 0.0, []
+    for k, lg in enumerate(logits):
+        target = y[..., k]
+        mask = target != PAD
+        n = mask.sum()
+        loss = F.cross_entropy(lg.float().reshape(-1, lg.shape[-1]), target.reshape(-1), ignore_index=PAD,
+                               reduction="sum")
+        total = total + loss / n.clamp(min=1)
+        correct = ((lg.argmax(-1) == target) & mask).sum()
+        stats.append((loss.detach(), correct.detach(), n.detach()))
+    return total, stats
+
+
+# --------------------------------------------------------------------------- what a run is made of
+
+
+@dataclass
+class Batches:
+    """Where the loop's batches come from: training crops, fixed valid crops, each song's condition."""
+
+    sampler: CropSampler
+    valid: list[tuple[np.ndarray, np.ndarray]]
+    cond_of_song: np.ndarray  # the model's condition id of every corpus song
+    tables: dict | None = None  # the representation's transposition tables (train.transpose)
+    pitch_index: int = -1
+
+
+@dataclass
+class Session:
+    """One training run in progress: what ``_prepare`` sets up and every step reads and updates."""
+
+    run: RunConfig
+    model: object  # a trainable NextEventModel (models.neural.NeuralModel)
+    ddp: torch.nn.Module  # model.net, wrapped for DistributedDataParallel under torchrun
+    opt: torch.optim.Optimizer
+    batches: Batches
+    dist: Dist
+    out_dir: Path
+    rng: np.random.Generator
+    state: dict = field(default_factory=lambda: {"step": 0, "best_valid": float("inf"), "bad_evals": 0,
+                                                  "elapsed": 0.0, "events": 0, "stopped": ""})
+    started: float = 0.0
+
+    @property
+    def cfg(self) -> TrainConfig:
+        return self.run.train
+
+
+def resume_config(out_dir, config: str | None = None, overrides=()) -> RunConfig:
+    """The config to resume the run in ``out_dir`` with: its saved one, or ``config`` (a preset), with the
+    ``--set`` ``overrides``; ``train`` then refuses anything but a higher train.steps or train.time_limit."""
+    saved = _saved_run(Path(out_dir))
+    base = read_preset(config) if config else saved.to_json()
+    return parse_config(apply_overrides(base, overrides), saved=not config)
+
+
+def _saved_run(out_dir: Path) -> RunConfig:
+    from notelm.checkpoint import read_config
+
+    checkpoint_dir = out_dir / "checkpoint"
+    if not (checkpoint_dir / "config.json").exists():
+        raise NotelmError(f"{out_dir}: nothing to resume (no checkpoint/ yet); run without --resume")
+    return parse_config(read_config(checkpoint_dir).get("run", {}), saved=True)
 
 
 # --------------------------------------------------------------------------- the run
 
-def train(corpus_path, run: RunConfig, out_dir, resume: bool = False, init: str | None = None,
+
+def train(corpus_path, run: RunConfig | None, out_dir, resume: bool = False, init: str | None = None,
           progress: bool = True, log=print) -> dict:
-    """Train a neural model on a corpus's train split; returns the final summary."""
+    """Train a neural model on a corpus's train split; returns the final summary.
+
+    ``resume``: continue the run in ``out_dir`` (``run``: None for its saved config, or that config
+    with a higher train.steps / train.time_limit).  ``init``: fine-tune the model of this run or
+    model directory (``default``: the shipped one).
+    """
     from tqdm import tqdm
 
-    from notelm.checkpoint import load_model, load_neural, load_tensors, read_config, resolve
-    from notelm.encoding import load_or_encode
-
-    out_dir = Path(out_dir)
     dist = Dist()
-    cfg = run.train
-    torch.manual_seed(cfg.seed + dist.rank)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    s = _prepare(corpus_path, run, Path(out_dir), resume, init, dist, log)
+    cfg = s.cfg
+    bar = tqdm(total=cfg.steps, initial=s.state["step"], desc="train", unit="step", dynamic_ncols=True,
+               disable=not (progress and dist.main))
+    s.started = time.perf_counter() - s.state["elapsed"]
+    window = [time.perf_counter(), 0]  # start and targets of the current throughput window
+    s.model.net.train()
+    while s.state["step"] < cfg.steps and not s.state["stopped"]:
+        loss, stats = _train_step(s)
+        step = s.state["step"]
+        window[1] += _targets_per_step(cfg) * dist.world
+        bar.update(1)
+        if dist.main and (step % cfg.log_every == 0 or step == cfg.steps):
+            rate = _log_step(s, loss, stats, window)
+            bar.set_postfix(loss=f"{loss.item():.3f}", ev_s=f"{rate:,.0f}", refresh=False)
+        out_of_time = bool(cfg.time_limit) and time.perf_counter() - s.started > cfg.time_limit
+        if step % cfg.eval_every == 0 or step == cfg.steps or out_of_time:
+            valid = _evaluate_and_save(s, out_of_time)
+            if valid is not None:
+                bar.set_postfix(loss=f"{loss.item():.3f}", valid=f"{valid:.3f}", refresh=False)
+    bar.close()
+    dist.close()
+    return _finish(s, log)
 
-    checkpoint_dir = out_dir / "checkpoint"
+
+def _prepare(corpus_path, run: RunConfig | None, out_dir: Path, resume: bool, init: str | None, dist: Dist,
+             log) -> Session:
+    """Everything the loop needs: the config, the model, its data, the optimizer and (resuming) the saved state."""
+    from notelm.checkpoint import read_config
+    from notelm.models import build_model
+
+    saved = None
     if resume:
-        if not (checkpoint_dir / "config.json").exists():
-            raise NotelmError(f"{out_dir}: nothing to resume (no checkpoint/ yet); run without --resume")
-        saved = read_config(checkpoint_dir)
-        run = parse_config(saved["run"])
-        cfg = run.train
-    elif (out_dir / "metrics.jsonl").exists() or checkpoint_dir.exists():
+        saved_run = _saved_run(out_dir)
+        run = run or saved_run
+        check_resume(saved_run, run)
+        saved = read_config(out_dir / "checkpoint")
+    elif (out_dir / "checkpoint").exists():
         raise NotelmError(f"{out_dir}: a run is already there; pass --resume to continue it or choose another -o")
-
-    # the model and its vocabulary: fresh, from --init, or from the checkpoint being resumed
-    base = None
-    if resume:  # validated like any model: shapes, vocabulary, settings
-        base = load_neural(checkpoint_dir, saved, device=str(dist.device))
-    elif init:
-        base = load_model(resolve(init), device=str(dist.device))
-        if not isinstance(base, NeuralModel):
-            raise NotelmError(f"--init {init}: only neural models can be fine-tuned (this is {base.family})")
-        run = dataclasses.replace(run, representation=base.vocab.representation, encoding=dict(base.vocab.config), model=base.cfg)
+    torch.manual_seed(run.train.seed + dist.rank)
+    if run.train.threads:
+        torch.set_num_threads(run.train.threads)
+    base, run = _base_model(run, out_dir, saved, init, dist)
     encoded = load_or_encode(corpus_path, run.representation, run.encoding)
-    vocab = base.vocab if base is not None else encoded.vocab
-    problems = vocab.differences(encoded.vocab)
+    model = base or build_model(encoded.vocab, run.model, device=str(dist.device))
+    problems = model.vocab.differences(encoded.vocab)
     if problems:
         raise NotelmError(f"{corpus_path}: this corpus cannot be read by the model: {'; '.join(problems)}")
-    cond_map = np.array([0] + [vocab.conditions.index(c) + 1 if c in vocab.conditions else 0 for c in encoded.vocab.conditions])
     if init and not resume:
-        unknown = [c for c in encoded.vocab.conditions if c not in vocab.conditions]
-        if unknown and vocab.conditions:
+        unknown = [c for c in encoded.vocab.conditions if c not in model.vocab.conditions]
+        if unknown and model.vocab.conditions:
             log(f"note: collections not known to the model are trained unconditioned: {', '.join(unknown[:8])}")
+    s = Session(run, model, dist.wrap(model.net), _optimizer(model.net, run.train),
+                _batches(encoded, model.vocab, run.train), dist, out_dir,
+                np.random.default_rng([run.train.seed, dist.rank]))
+    if saved is not None:
+        _restore(s, saved, log)
+    elif (out_dir / "metrics.jsonl").exists():
+        _truncate_log(out_dir / "metrics.jsonl", 0)  # a run killed before its first checkpoint starts over
+    if dist.main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_json(out_dir / "run.json", {"corpus": str(corpus_path), "init": init, **run.to_json(),
+                                          "vocab": model.vocab.to_json(), "world_size": dist.world})
+    return s
 
-    model = base or NeuralModel(vocab, run.model, device=str(dist.device))
-    net = model.net
-    ddp = dist.wrap(net)
+
+def _base_model(run: RunConfig, out_dir: Path, saved: dict | None, init: str | None, dist: Dist):
+    """(model or None, run): the checkpoint being resumed, the ``--init`` model (whose representation
+    and model settings then replace the run's), or None for a fresh model."""
+    from notelm.checkpoint import load_model, model_from_directory, resolve
+
+    device = str(dist.device)
+    if saved is not None:  # validated like any model: shapes, vocabulary, settings
+        return model_from_directory(out_dir / "checkpoint", saved, device=device), run
+    if not init:
+        return None, run
+    base = load_model(resolve(init), device=device)
+    if not base.trainable:
+        raise NotelmError(f"--init {init}: only neural models can be fine-tuned (this is {base.family})")
+    data = dataclasses.replace(run.data, representation=base.vocab.representation, encoding=dict(base.vocab.config))
+    return base, dataclasses.replace(run, data=data, model=base.cfg)
+
+
+def _optimizer(net, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW; matrices decay, biases and norms do not."""
     decay = [p for n, p in net.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in net.named_parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-                            lr=cfg.lr, betas=(0.9, 0.98))
+    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98))
 
+
+def _batches(encoded, vocab, cfg: TrainConfig) -> Batches:
+    """Training crops of the train split (or of the training windows), fixed crops of the valid split."""
     streams = [encoded.streams[n] for n in vocab.names]
     length = cfg.context + 1
     train_ids, valid_ids = encoded.ids("train"), encoded.ids("valid")
@@ -411,123 +314,139 @@ def train(corpus_path, run: RunConfig, out_dir, resume: bool = False, init: str 
         sampler = CropSampler(streams, encoded.offsets, train_ids, length)
         valid = CropSampler(streams, encoded.offsets, valid_ids, length)
     eval_rng = np.random.default_rng(12345)
-    eval_batches = [valid.sample(eval_rng, min(cfg.batch_size, cfg.eval_crops))
-                    for _ in range(max(1, cfg.eval_crops // cfg.batch_size))]
-    tables = pitch_shift_tables(vocab) if cfg.transpose else None
-    pitch_index = vocab.names.index("pitch") if tables else -1
-    cond_of_song = cond_map[np.asarray(encoded.cond, np.int64)]
+    valid_batches = [valid.sample(eval_rng, min(cfg.batch_size, cfg.eval_crops))
+                     for _ in range(max(1, cfg.eval_crops // cfg.batch_size))]
+    rep = from_vocab(vocab)
+    tables = rep.transpositions() if cfg.transpose else None
+    pitch_index = vocab.names.index(rep.pitch_stream) if tables else -1
+    cond_of_song = condition_map(vocab, encoded.vocab)[np.asarray(encoded.cond, np.int64)]
+    return Batches(sampler, valid_batches, cond_of_song, tables, pitch_index)
 
-    rng = np.random.default_rng([cfg.seed, dist.rank])
-    state = {"step": 0, "best_valid": float("inf"), "bad_evals": 0, "elapsed": 0.0, "events": 0, "stopped": ""}
-    if resume:
-        try:
-            state.update({k: v for k, v in saved["train_state"].items() if k in state})
-            rng.bit_generator.state = saved["train_state"]["numpy_rng"][dist.rank]
-            torch.set_rng_state(load_tensors(checkpoint_dir / "rng.safetensors")[f"rank{dist.rank}.torch"])
-            _load_optimizer(opt, load_tensors(checkpoint_dir / "optimizer.safetensors"))
-        except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as e:
-            raise NotelmError(f"{checkpoint_dir}: the training state cannot be restored ({type(e).__name__}: {e}); "
-                              "the checkpoint is damaged or from another run") from None
-        _truncate_log(out_dir / "metrics.jsonl", state["step"])
-    if dist.main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        write_json(out_dir / "run.json", {"corpus": str(corpus_path), "init": init, **run.to_json(),
-                                          "vocab": vocab.to_json(), "world_size": dist.world})
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if dist.device.type == "cuda" else _null()
-    per_step = cfg.batch_size * (cfg.context if cfg.objective == "full" else 1)
 
-    def evaluate() -> dict:
-        net.eval()
-        sums = np.zeros((len(vocab.names), 3))
-        with torch.no_grad(), autocast:
-            for tokens, songs in eval_batches:
-                t = torch.as_tensor(tokens, device=dist.device)
-                c = torch.as_tensor(cond_of_song[songs], device=dist.device)
-                _, stats = batch_loss(net, t, c, cfg.objective)
-                sums += np.array([[float(a), float(b), float(n)] for a, b, n in stats])
-        net.train()
-        out = {"loss": float(sum(sums[:, 0] / np.maximum(sums[:, 2], 1)))}
-        for name, (loss, correct, n) in zip(vocab.names, sums):
-            out[f"loss_{name}"] = loss / max(n, 1)
-            out[f"acc_{name}"] = correct / max(n, 1)
-        return out
+def _restore(s: Session, saved: dict, log) -> None:
+    """The training state of the checkpoint being resumed: step, best loss, optimizer, every random state."""
+    from notelm.checkpoint import restore_training_state
 
-    bar = tqdm(total=cfg.steps, initial=state["step"], desc="train", unit="step", disable=not (progress and dist.main),
-               dynamic_ncols=True)
-    started = time.perf_counter() - state["elapsed"]
-    window_t, window_events = time.perf_counter(), 0
+    checkpoint_dir = s.out_dir / "checkpoint"
+    state, numpy_state, torch_state = restore_training_state(checkpoint_dir, saved, s.opt, s.dist.rank)
+    try:
+        s.state.update({k: v for k, v in state.items() if k in s.state})
+        s.rng.bit_generator.state = numpy_state
+        torch.set_rng_state(torch_state)
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise NotelmError(f"{checkpoint_dir}: the training state cannot be restored ({type(e).__name__}: {e}); "
+                          "the checkpoint is damaged or from another run") from None
+    _truncate_log(s.out_dir / "metrics.jsonl", s.state["step"])
+    cfg, stopped = s.cfg, s.state["stopped"]
+    if stopped.startswith(TIME_LIMIT_STOP) and (not cfg.time_limit or cfg.time_limit > s.state["elapsed"]):
+        s.state["stopped"] = ""  # a higher time limit: go on
+    elif stopped or s.state["step"] >= cfg.steps:
+        log(f"note: nothing left to train ({stopped or f'all {cfg.steps} steps done'}); "
+            "raise train.steps or train.time_limit with --set to go on")
+
+
+def _targets_per_step(cfg: TrainConfig) -> int:
+    return cfg.batch_size * (cfg.context if cfg.objective == "full" else 1)
+
+
+def _train_step(s: Session):
+    """One optimizer step on a fresh batch; returns (loss, per-stream stats)."""
+    cfg, device, step = s.cfg, s.dist.device, s.state["step"]
+    tokens, songs = s.batches.sampler.sample(s.rng, cfg.batch_size)
+    if s.batches.tables:
+        tokens = transpose_batch(tokens, s.batches.pitch_index, s.batches.tables, s.rng)
+    cond = s.batches.cond_of_song[songs]
+    if cfg.cond_dropout and s.model.vocab.conditions:
+        cond = np.where(s.rng.random(len(cond)) < cfg.cond_dropout, UNCONDITIONED, cond)
+    for group in s.opt.param_groups:
+        group["lr"] = lr_at(step, cfg)
+    with autocast(device):
+        loss, stats = batch_loss(s.ddp, torch.as_tensor(tokens, device=device), torch.as_tensor(cond, device=device),
+                                 cfg.objective)
+    s.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(s.model.net.parameters(), cfg.clip)
+    s.opt.step()
+    s.state["step"] = step + 1
+    s.state["events"] += _targets_per_step(cfg) * s.dist.world
+    return loss, stats
+
+
+def _log_step(s: Session, loss, stats, window: list) -> float:
+    """One ``train`` line of metrics.jsonl; returns the targets per second since the last one."""
+    now = time.perf_counter()
+    rate = window[1] / max(now - window[0], 1e-9)
+    window[:] = [now, 0]
+    step = s.state["step"]
+    record = {"step": step, "split": "train", "time": round(now - s.started, 2), "lr": lr_at(step - 1, s.cfg),
+              "loss": loss.item(), "targets_per_s": round(rate, 1)}
+    for name, (nll, correct, n) in zip(s.model.vocab.names, stats):
+        record[f"loss_{name}"] = float(nll) / max(float(n), 1)
+        record[f"acc_{name}"] = float(correct) / max(float(n), 1)
+    _append(s.out_dir / "metrics.jsonl", record)
+    return rate
+
+
+def _evaluate(s: Session) -> dict:
+    """Loss and accuracy per stream on the fixed valid crops."""
+    net, device, names = s.model.net, s.dist.device, s.model.vocab.names
+    net.eval()
+    sums = np.zeros((len(names), 3))
+    with torch.no_grad(), autocast(device):
+        for tokens, songs in s.batches.valid:
+            t = torch.as_tensor(tokens, device=device)
+            c = torch.as_tensor(s.batches.cond_of_song[songs], device=device)
+            _, stats = batch_loss(net, t, c, s.cfg.objective)
+            sums += np.array([[float(a), float(b), float(n)] for a, b, n in stats])
     net.train()
-    while state["step"] < cfg.steps and not state["stopped"]:
-        step = state["step"]
-        tokens, songs = sampler.sample(rng, cfg.batch_size)
-        if tables:
-            tokens = transpose_batch(tokens, pitch_index, tables, rng)
-        cond = cond_of_song[songs]
-        if cfg.cond_dropout and vocab.conditions:
-            cond = np.where(rng.random(len(cond)) < cfg.cond_dropout, 0, cond)
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, cfg)
-        with autocast:
-            loss, stats = batch_loss(ddp, torch.as_tensor(tokens, device=dist.device), torch.as_tensor(cond, device=dist.device), cfg.objective)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.clip)
-        opt.step()
-        state["step"] = step = step + 1
-        state["events"] += per_step * dist.world
-        window_events += per_step * dist.world
-        bar.update(1)
+    out = {"loss": float(sum(sums[:, 0] / np.maximum(sums[:, 2], 1)))}
+    for name, (nll, correct, n) in zip(names, sums):
+        out[f"loss_{name}"] = nll / max(n, 1)
+        out[f"acc_{name}"] = correct / max(n, 1)
+    return out
 
-        if dist.main and (step % cfg.log_every == 0 or step == cfg.steps):
-            now = time.perf_counter()
-            rate = window_events / max(now - window_t, 1e-9)
-            window_t, window_events = now, 0
-            record = {"step": step, "split": "train", "time": round(now - started, 2), "lr": lr_at(step - 1, cfg),
-                      "loss": loss.item(), "targets_per_s": round(rate, 1)}
-            for name, (l, c, n) in zip(vocab.names, stats):
-                record[f"loss_{name}"] = float(l) / max(float(n), 1)
-                record[f"acc_{name}"] = float(c) / max(float(n), 1)
-            _append(out_dir / "metrics.jsonl", record)
-            bar.set_postfix(loss=f"{loss.item():.3f}", ev_s=f"{rate:,.0f}", refresh=False)
 
-        out_of_time = cfg.time_limit and time.perf_counter() - started > cfg.time_limit
-        if step % cfg.eval_every == 0 or step == cfg.steps or out_of_time:
-            state["elapsed"] = time.perf_counter() - started
-            rng_states = dist.gather({"numpy": rng.bit_generator.state, "torch": torch.get_rng_state()})
-            if dist.main:
-                metrics = evaluate()
-                _append(out_dir / "metrics.jsonl", {"step": step, "split": "valid", "time": round(state["elapsed"], 2), **metrics})
-                if metrics["loss"] < state["best_valid"] - 1e-4:
-                    state["best_valid"], state["bad_evals"] = metrics["loss"], 0
-                    model.save(out_dir / "best")
-                else:
-                    state["bad_evals"] += 1
-                    if state["bad_evals"] >= cfg.patience:
-                        state["stopped"] = f"early stop: no validation improvement in {cfg.patience} evaluations"
-                if out_of_time and not state["stopped"]:
-                    state["stopped"] = f"time limit of {cfg.time_limit:g} s reached"
-                save_checkpoint(out_dir, model, opt, run, state, rng_states)
-                bar.set_postfix(loss=f"{loss.item():.3f}", valid=f"{metrics['loss']:.3f}", refresh=False)
-            state["stopped"] = dist.broadcast(state["stopped"])
-    bar.close()
-    dist.close()
-    elapsed = time.perf_counter() - started
+def _evaluate_and_save(s: Session, out_of_time: bool) -> float | None:
+    """Evaluate, keep the best weights, decide on stopping, write the checkpoint; the valid loss on rank 0."""
+    from notelm.checkpoint import save_model, save_training_checkpoint
+
+    cfg, state = s.cfg, s.state
+    state["elapsed"] = time.perf_counter() - s.started
+    rng_states = s.dist.gather({"numpy": s.rng.bit_generator.state, "torch": torch.get_rng_state()})
+    valid = None
+    if s.dist.main:
+        metrics = _evaluate(s)
+        valid = metrics["loss"]
+        _append(s.out_dir / "metrics.jsonl", {"step": state["step"], "split": "valid",
+                                              "time": round(state["elapsed"], 2), **metrics})
+        if valid < state["best_valid"] - 1e-4:
+            state["best_valid"], state["bad_evals"] = valid, 0
+            save_model(s.model, s.out_dir / "best")
+        else:
+            state["bad_evals"] += 1
+            if state["bad_evals"] >= cfg.patience:
+                state["stopped"] = f"early stop: no validation improvement in {cfg.patience} evaluations"
+        if out_of_time and not state["stopped"]:
+            state["stopped"] = f"{TIME_LIMIT_STOP} of {cfg.time_limit:g} s reached"
+        save_training_checkpoint(s.out_dir / "checkpoint", s.model, s.opt, s.run.to_json(), state, rng_states)
+    state["stopped"] = s.dist.broadcast(state["stopped"])
+    return valid
+
+
+def _finish(s: Session, log) -> dict:
+    """Write summary.json and say what was trained, how fast and where it went."""
+    state = s.state
+    elapsed = time.perf_counter() - s.started
     summary = {"steps": state["step"], "best_valid_loss": state["best_valid"], "seconds": round(elapsed, 1),
-               "targets_per_s": round(state["events"] / max(elapsed, 1e-9), 1), "stopped": state["stopped"] or "completed"}
-    if dist.main:
-        write_json(out_dir / "summary.json", summary)
-        log(f"trained {run.model.family} ({sum(p.numel() for p in net.parameters()):,} parameters) for {state['step']} steps "
-            f"in {elapsed:.0f} s, {summary['targets_per_s']:,.0f} targets/s; best valid loss {state['best_valid']:.4f} "
-            f"({summary['stopped']}) -> {out_dir}")
+               "targets_per_s": round(state["events"] / max(elapsed, 1e-9), 1),
+               "stopped": state["stopped"] or "completed"}
+    if s.dist.main:
+        write_json(s.out_dir / "summary.json", summary)
+        parameters = sum(p.numel() for p in s.model.net.parameters())
+        log(f"trained {s.run.family} ({parameters:,} parameters) for {plural(state['step'], 'step')} in "
+            f"{elapsed:.0f} s, {summary['targets_per_s']:,.0f} targets/s; best valid loss {state['best_valid']:.4f} "
+            f"({summary['stopped']}) -> {s.out_dir}")
     return summary
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _append(path: Path, record: dict) -> None:
@@ -542,42 +461,3 @@ def _truncate_log(path: Path, step: int) -> None:
     keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
     with atomic_path(path) as tmp:
         tmp.write_text("".join(line + "\n" for line in keep))
-
-
-def read_metrics(run_dir) -> list[dict]:
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.exists():
-        raise NotelmError(f"{run_dir}: no metrics.jsonl (is this a training run directory?)")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def plot(run_dir, out: str | None = None) -> Path:
-    """Learning curves (loss and accuracy per stream, train and valid) as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    records = read_metrics(run_dir)
-    out_path = Path(out) if out else Path(run_dir) / "learning_curves.png"
-    names = sorted({k[4:] for r in records for k in r if k.startswith("acc_")})
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    for split, style in (("train", "-"), ("valid", "o-")):
-        rows = [r for r in records if r.get("split") == split]
-        if not rows:
-            continue
-        steps = [r["step"] for r in rows]
-        for name in names:
-            axes[0].plot(steps, [r[f"loss_{name}"] for r in rows], style, ms=3, alpha=0.4 if split == "train" else 1, label=f"{split} {name}")
-            axes[1].plot(steps, [r[f"acc_{name}"] for r in rows], style, ms=3, alpha=0.4 if split == "train" else 1, label=f"{split} {name}")
-    axes[0].set(title="cross-entropy (nats per event)", xlabel="step")
-    axes[1].set(title="accuracy", xlabel="step")
-    for ax in axes:
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.suptitle(str(run_dir))
-    fig.tight_layout()
-    with atomic_path(out_path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
-    return out_path
