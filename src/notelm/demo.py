@@ -12,59 +12,57 @@ import time
 from pathlib import Path
 
 from notelm.io import NotelmError
+from notelm.names import plural
 
 BUILT_IN = "music21:bach"
 
 
 def demo(out_dir="demo", train: bool = False, num: int = 3, length: str = "20s", seed: int = 0,
-         minutes: float = 3.0, log=print) -> dict:
-    from notelm.generate import SamplingConfig, default_model_path, generate
+         minutes: float = 3.0, progress: bool = True, log=print) -> dict:
+    from notelm.config import SamplingConfig
+    from notelm.generate import OutputOptions, PieceOptions, default_model_path, generate, parse_length
 
     out_dir = Path(out_dir)
     started = time.perf_counter()
-    model = default_model_path() if not train else _train_path(out_dir, minutes, log)
-    seconds = float(length[:-1]) if length.endswith("s") else None
-    events = 0 if seconds else int(length)
+    model = default_model_path() if not train else _train_path(out_dir, minutes, progress, log)
+    events, seconds = parse_length(length)
+    pieces = PieceOptions(num=num, length=events, seconds=seconds)
+    sampling = SamplingConfig(temperature=0.95, top_p=0.95, max_repeat=4, seed=seed)
     try:
-        report = generate(model, out_dir / "pieces", n=num, length=events, seconds=seconds,
-                          cfg=SamplingConfig(temperature=0.95, top_p=0.95, max_repeat=4, seed=seed), wav=True, png=True,
-                          log=log)
+        report = generate(model, out_dir / "pieces", pieces, sampling=sampling,
+                          output=OutputOptions(wav=True, png=True), log=log)
     except NotelmError as e:
-        if "SoundFont" in str(e) or "soundfont" in str(e):
-            log(f"note: {e}; writing MIDI and piano rolls only")
-            report = generate(model, out_dir / "pieces", n=num, length=events, seconds=seconds,
-                              cfg=SamplingConfig(temperature=0.95, top_p=0.95, max_repeat=4, seed=seed), png=True, log=log)
-        else:
+        if "SoundFont" not in str(e) and "soundfont" not in str(e):
             raise
+        log(f"note: {e}; writing MIDI and piano rolls only")
+        report = generate(model, out_dir / "pieces", pieces, sampling=sampling, output=OutputOptions(png=True), log=log)
     log("")
     log("Open these:")
     for row in report["pieces"]:
         files = [row["midi"]] + [row[k] for k in ("wav", "png") if k in row]
         log("  " + "  ".join(files))
-    log(f"demo done in {time.perf_counter() - started:.0f} s: {num} pieces in {out_dir / 'pieces'}")
+    log(f"demo done in {time.perf_counter() - started:.0f} s: {plural(num, 'piece')} in {out_dir / 'pieces'}")
     return report
 
 
-def _train_path(out_dir: Path, minutes: float, log) -> Path:
+def _train_path(out_dir: Path, minutes: float, progress: bool, log) -> Path:
     """prepare -> train -> evaluate on the built-in corpus; returns the run directory."""
+    from notelm.config import load_config
     from notelm.corpus import prepare
-    from notelm.train import load_config, train
+    from notelm.train import train
 
     corpus = out_dir / "corpus"
     if not (corpus / "manifest.json").exists():
         log(f"1/4 prepare {BUILT_IN} (music21's Bach chorales, offline)")
-        prepare([BUILT_IN], corpus, log=log)
+        prepare([BUILT_IN], corpus, progress=progress, log=log)
     run_dir = out_dir / "run"
     if not (run_dir / "best" / "config.json").exists():
         log(f"2/4 train an LSTM on the events representation for up to {minutes:g} minutes")
         run = load_config("default", [f"train.time_limit={minutes * 60:.0f}.0"])
-        train(corpus, run, run_dir, resume=(run_dir / "checkpoint").exists(), log=log)
+        train(corpus, run, run_dir, resume=(run_dir / "checkpoint").exists(), progress=progress, log=log)
     log("3/4 evaluate on the held-out test songs")
-    try:
-        from notelm.evaluate import evaluate
+    from notelm.evaluate import evaluate
 
-        evaluate(run_dir, log=log)
-    except ImportError:
-        log("(evaluation is not available in this build)")
+    evaluate(run_dir, progress=progress, log=log)
     log("4/4 generate")
     return run_dir

@@ -2,6 +2,8 @@
 
     notelm evaluate RUN_DIR [--corpus CORPUS] [--split test] [--context N] [--transpose-average] [--generate N]
 
+``evaluate(run_dir, EvalOptions(...))``: the options are the command's flags.
+
 What is scored
     Every song of the split is encoded with the model's own vocabulary settings.
     The targets are every event after each song's BOS (EOS included, PAD never):
@@ -11,7 +13,7 @@ What is scored
 
     A run trained on the original's random *window* split (``train.split =
     "window"``) is scored the way it was trained: on the event after each window
-    of ``train.context`` events of that split (``train.window_splits``), each
+    of ``train.context`` events of that split (``data.window_splits``), each
     prediction seeing exactly the window.
 
 Options
@@ -20,9 +22,9 @@ Options
     batches through the model's incremental interface (``begin`` /
     ``stream_logprobs``); events near a song's start, whose whole past fits in N,
     come from one plain prediction of the song's start.
-    ``transpose_average``: the pitch stream is shifted by each of 12 intervals,
-    predicted, mapped back and the 12 distributions averaged in probability space
-    (shifts that would move a note out of range are skipped).
+    ``transpose_average``: the representation's pitch stream is shifted by each of
+    its 12 transpositions, predicted, mapped back and the 12 distributions averaged
+    in probability space (shifts that would move a note out of range are skipped).
 
 Baselines, on exactly the same targets
     majority, stratified (its accuracy is the *expected* accuracy of a guess drawn
@@ -54,14 +56,22 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
+from notelm.corpus import SPLITS
+from notelm.data import CropSampler, condition_map, window_splits
+from notelm.encoding import from_vocab
 from notelm.encoding.vocab import N_SPECIAL, Vocab
 from notelm.io import NotelmError, read_json, write_json, write_text
-from notelm.metrics import PredictionScores, prediction_table
+from notelm.metrics import CorpusIndex, PredictionScores, compare_sets, copy_report, format_table, prediction_table
+from notelm.models import NextEventModel
+from notelm.models.baselines import MajorityModel, StratifiedModel
+from notelm.models.ngram import NGramModel
+from notelm.names import plural
+from notelm.settings import Settings, setting
 
-SPLITS = ("train", "valid", "test", "all")
 NGRAM_ORDERS = (2, 3, 4, 5)  # per stream and joint
 FALLBACK_NGRAM = "ngram3"  # the "best" n-gram when the corpus has no valid songs to choose on
 WINDOWS_PER_BATCH = 512  # context windows run through the model at once
@@ -110,8 +120,6 @@ def window_targets(encoded, split: str, context: int) -> Targets:
     ``context + 1``), assigned to train/valid/test by ``window_splits``.  A song
     shorter than a window has no target (its one crop ends in padding).
     """
-    from notelm.train import CropSampler, window_splits
-
     streams = [encoded.streams[name] for name in encoded.vocab.names]
     sampler = CropSampler(streams, encoded.offsets, encoded.ids("all"), context + 1)
     window = np.arange(sampler.n_windows) if split == "all" else window_splits(sampler.n_windows)[split]
@@ -167,27 +175,28 @@ def predict_rows(model, song: dict[str, np.ndarray], cond: int, rows: np.ndarray
     return out
 
 
-def predict_rows_transposed(model, song, cond, rows, context, tables: dict[int, np.ndarray]) -> tuple[dict, int]:
+def predict_rows_transposed(model, song, cond, rows, context, tables: dict[int, np.ndarray],
+                            pitch: str = "pitch") -> tuple[dict, int]:
     """``predict_rows`` averaged over transpositions: ``(log-probabilities, shifts used)``.
 
-    For each shift the pitch stream is moved through its table (id -> shifted id,
-    -1 out of range), predicted, and the pitch distribution mapped back (the
-    probability of pitch v is the shifted prediction's probability of table[v]).
-    Probabilities are averaged, then each row is renormalized (a shifted pitch
-    with no un-shifted counterpart loses its mass).
+    For each shift the stream ``pitch`` is moved through its table (id -> shifted
+    id, -1 out of range; a representation's ``transpositions()``), predicted, and
+    the pitch distribution mapped back (the probability of pitch v is the shifted
+    prediction's probability of table[v]).  Probabilities are averaged, then each
+    row is renormalized (a shifted pitch with no un-shifted counterpart loses its mass).
     """
     sums: dict[str, np.ndarray] | None = None
     used = 0
     for table in tables.values():
-        moved = table[song["pitch"]]
+        moved = table[song[pitch]]
         if (moved < 0).any():
             continue  # this shift would take a note out of range
-        logprobs = predict_rows(model, {**song, "pitch": moved}, cond, rows, context)
+        logprobs = predict_rows(model, {**song, pitch: moved}, cond, rows, context)
         probs = {name: np.exp(lp.astype(np.float64)) for name, lp in logprobs.items()}
-        back = np.zeros_like(probs["pitch"])
+        back = np.zeros_like(probs[pitch])
         fits = table >= 0
-        back[:, fits] = probs["pitch"][:, table[fits]]
-        probs["pitch"] = back
+        back[:, fits] = probs[pitch][:, table[fits]]
+        probs[pitch] = back
         sums = probs if sums is None else {name: sums[name] + probs[name] for name in sums}
         used += 1
     if sums is None:  # cannot happen: shift 0 always fits
@@ -201,14 +210,13 @@ def score_model(model, encoded, targets: Targets, cond_of_song: np.ndarray | Non
     """``PredictionScores.result()`` of ``model`` on ``targets`` (+ ``"shifts"``: mean transpositions per song)."""
     from tqdm import tqdm
 
-    from notelm.train import pitch_shift_tables
-
     names = model.vocab.names
+    rep = from_vocab(model.vocab)
     tables = None
     if transpose_average:
-        tables = pitch_shift_tables(model.vocab)
+        tables = rep.transpositions()
         if tables is None:
-            raise NotelmError(f"--transpose-average: the {model.vocab.representation} representation has no pitch stream")
+            raise NotelmError(f"--transpose-average: the {rep.name} representation cannot be transposed")
     scores = PredictionScores(names)
     shifts = []
     for song_id, rows in tqdm(list(zip(targets.songs, targets.rows)), desc=desc, unit="song", disable=not progress,
@@ -219,7 +227,7 @@ def score_model(model, encoded, targets: Targets, cond_of_song: np.ndarray | Non
                 for name in names}
         cond = int(cond_of_song[song_id]) if cond_of_song is not None else 0
         if tables:
-            logprobs, used = predict_rows_transposed(model, song, cond, rows, context, tables)
+            logprobs, used = predict_rows_transposed(model, song, cond, rows, context, tables, rep.pitch_stream)
             shifts.append(used)
         else:
             logprobs = predict_rows(model, song, cond, rows, context)
@@ -244,8 +252,6 @@ def baseline_scores(fit_corpus, eval_corpus, eval_targets: Targets, orders=NGRAM
     (per stream and joint).
     Returns ``{"results": {name: scores}, "best_ngram", "selection": {...}}``.
     """
-    from notelm.models.ngram import fit_models
-
     vocab = fit_corpus.vocab
     if window_context:
         positions = window_targets(fit_corpus, "train", window_context).positions(fit_corpus.offsets)
@@ -269,9 +275,29 @@ def baseline_scores(fit_corpus, eval_corpus, eval_targets: Targets, orders=NGRAM
     else:
         best = FALLBACK_NGRAM if FALLBACK_NGRAM in models else ngrams[0]
         selection["note"] = f"no valid songs to choose on: {best} by default"
-    results = {name: score_model(m, eval_corpus, eval_targets, progress=progress, desc=name) for name, m in models.items()}
+    results = {name: score_model(m, eval_corpus, eval_targets, progress=progress, desc=name)
+               for name, m in models.items()}
     return {"results": results, "best_ngram": best, "selection": selection, "fitted_on": fitted_on,
             "fit_corpus": fit_corpus_name or str(fit_corpus.path), "models": models}
+
+
+def fit_models(vocab: Vocab, streams, offsets, song_ids=None, orders=(2, 3, 4), joint_orders=(3,),
+               smoothing: str = "kn", positions=None) -> dict[str, NextEventModel]:
+    """The reference models an evaluation compares against, fitted on the songs ``song_ids``
+    (only the targets at ``positions``, if given).
+
+    Names: ``majority``, ``stratified``, ``ngram{k}`` (per stream), ``joint{k}``.
+    """
+    data = (streams, offsets, song_ids, positions)
+    models: dict[str, NextEventModel] = {
+        "majority": MajorityModel(vocab).fit(*data),
+        "stratified": StratifiedModel(vocab).fit(*data),
+    }
+    for k in orders:
+        models[f"ngram{k}"] = NGramModel(vocab, order=k, smoothing=smoothing).fit(*data)
+    for k in joint_orders:
+        models[f"joint{k}"] = NGramModel(vocab, order=k, joint=True, smoothing=smoothing).fit(*data)
+    return models
 
 
 # =============================================================================
@@ -291,9 +317,8 @@ def event_ids(streams: dict[str, np.ndarray], vocab: Vocab) -> np.ndarray:
 def generation_report(model, ngram_model, ngram_name: str, encoded, split: str, n: int, length: int,
                       copy_songs: np.ndarray, out_dir: Path, log=print) -> tuple[dict, str]:
     """Music metrics and copy check of ``n`` model and ``n`` n-gram pieces against real songs: ``(json, markdown)``."""
-    from notelm.encoding import from_vocab
-    from notelm.generate import SamplingConfig, sample, write_pieces
-    from notelm.metrics import CorpusIndex, compare_sets, copy_report, format_table
+    from notelm.config import SamplingConfig
+    from notelm.generate import sample, write_pieces
 
     vocab = model.vocab
     rep = from_vocab(vocab)
@@ -304,7 +329,8 @@ def generation_report(model, ngram_model, ngram_name: str, encoded, split: str, 
     else:  # no separate real set: one half of the split is the reference for all, the other half the second set
         reference_ids, second_ids, second_name = real_ids[0::2], real_ids[1::2], f"other half of the {split} split"
     if not len(reference_ids) or not len(second_ids):
-        raise NotelmError(f"--generate needs at least 2 real songs to compare with (the {split} split has {len(real_ids)})")
+        raise NotelmError(f"--generate needs at least 2 real songs to compare with "
+                          f"(the {split} split has {plural(len(real_ids), 'song')})")
 
     def real(ids):  # the first `length` events of each song, as long as the sampled pieces
         return [{name: np.asarray(s[name][: length + 1], np.int64) for name in vocab.names}
@@ -312,10 +338,9 @@ def generation_report(model, ngram_model, ngram_name: str, encoded, split: str, 
 
     reference, second = real(reference_ids), real(second_ids)
     cfg = SamplingConfig(seed=0)
-    quiet = lambda *_: None  # noqa: E731
     pieces = {"model": sample(model, n, length, cfg=cfg), ngram_name: sample(ngram_model, n, length, cfg=cfg)}
     for prefix, batch in pieces.items():
-        write_pieces(batch, vocab, out_dir / "generated", prefix=prefix, log=quiet)
+        write_pieces(batch, vocab, out_dir / "generated", prefix=prefix, log=lambda *_: None)
     notes = {name: [p.notes for p in batch] for name, batch in pieces.items()}
     reference_notes = [rep.decode(s) for s in reference]
     columns = {f"model vs {split}": compare_sets(notes["model"], reference_notes),
@@ -329,9 +354,21 @@ def generation_report(model, ngram_model, ngram_name: str, encoded, split: str, 
               ngram_name: copy_report([event_ids(p.streams, vocab) for p in pieces[ngram_name]], None, None, index),
               second_name: copy_report([event_ids(s, vocab) for s in second], None, None, index)}
 
-    lines = [f"## Generated pieces ({n} per model, {length} events, default sampling, seed 0)", "",
-             f"Music metrics against the first {length} events of each of the {len(reference_ids)} real songs of the "
-             f"{split} split (real songs cut the same way for the {second_name}).", "",
+    data = {"pieces": n, "length": length, "reference": {"split": split, "songs": len(reference_ids)},
+            "second_real_set": {"name": second_name, "songs": len(second_ids)},
+            "metrics": {title: _plain(result) for title, result in columns.items()},
+            "copy": {name: _plain(report) for name, report in copies.items()}}
+    return data, _generation_markdown(data, columns, copies, out_dir)
+
+
+def _generation_markdown(data: dict, columns: dict, copies: dict, out_dir: Path) -> str:
+    """The generation section of the evaluation report: music metrics, then the copy check."""
+    n, length, split = data["pieces"], data["length"], data["reference"]["split"]
+    second_name = data["second_real_set"]["name"]
+    lines = [f"## Generated pieces ({plural(n, 'piece')} per model, {length} events, default sampling, seed 0)", "",
+             f"Music metrics against the first {length} events of each of the "
+             f"{plural(data['reference']['songs'], 'real song')} of the {split} split (real songs cut the same way "
+             f"for the {second_name}).", "",
              format_table(columns), "",
              "### Copying: longest run of events shared with a training song", "",
              "| set | pieces | min | median | mean | max | median share of piece | distribution (run length: pieces) "
@@ -345,11 +382,7 @@ def generation_report(model, ngram_model, ngram_name: str, encoded, split: str, 
         lines.append(f"| {name} | {len(runs)} | {report['min']} | {report['median']:g} | {report['mean']:.1f} "
                      f"| {report['max']} | {np.median(report['share_of_piece']):.2f} | {spread} | {per_piece} |")
     lines += ["", f"MIDI files of the sampled pieces: `{out_dir / 'generated'}`."]
-    data = {"pieces": n, "length": length, "reference": {"split": split, "songs": len(reference_ids)},
-            "second_real_set": {"name": second_name, "songs": len(second_ids)},
-            "metrics": {title: _plain(result) for title, result in columns.items()},
-            "copy": {name: _plain(report) for name, report in copies.items()}}
-    return data, "\n".join(lines)
+    return "\n".join(lines)
 
 
 def _bin(lo: int, hi: int) -> str:
@@ -383,37 +416,94 @@ def read_run(run_dir: Path) -> dict:
     return {}
 
 
-def condition_map(model_vocab: Vocab, corpus_vocab: Vocab, conditioned: bool) -> np.ndarray:
-    """Corpus condition id -> the model's (0, unconditioned, for collections the model does not know)."""
-    known = [model_vocab.conditions.index(c) + 1 if conditioned and c in model_vocab.conditions else 0
-             for c in corpus_vocab.conditions]
-    return np.array([0] + known, np.int64)
-
-
 def _same_path(a, b) -> bool:
     return a is not None and b is not None and Path(a).resolve() == Path(b).resolve()
 
 
-def evaluate(run_dir, corpus=None, split: str = "test", context: int | None = None, transpose_average: bool = False,
-             generate: int = 0, out_dir=None, progress: bool = True, log=print, generate_length: int = GENERATE_LENGTH,
-             baseline_cache: dict | None = None, device: str | None = None) -> dict:
+@dataclass
+class EvalOptions(Settings):
+    """What ``notelm evaluate`` scores and how: its command-line flags."""
+
+    flags: ClassVar[bool] = True
+    section: ClassVar[str] = "evaluate"
+    corpus: str = setting(None, "corpus to score on (default: the run's own, from run.json)", kind=str)
+    split: str = setting("test", "songs to score: a split, or all (for a corpus the model never saw)",
+                         choices=(*SPLITS, "all"))
+    context: int = setting(None, "each prediction sees at most N previous events (default: the whole song)",
+                           kind=int, minimum=1)
+    transpose_average: bool = setting(False, "average the predictions of the transpositions of the input")
+    generate: int = setting(0, "also sample N pieces (and N from the best n-gram) and compare their music with "
+                               "real songs", minimum=0)
+    generate_length: int = setting(GENERATE_LENGTH, "events per sampled piece", minimum=1)
+    device: str = setting(None, "where a neural model runs (default: CUDA when present, else CPU)", kind=str)
+
+
+@dataclass
+class _Scoring:
+    """What one evaluation scores: the model, the encoded corpus, the targets and how they are read."""
+
+    model: NextEventModel
+    encoded: object  # encoding.EncodedCorpus
+    targets: Targets
+    run: dict  # the run's run.json ({} for a bare model directory)
+    corpus: str
+    context: int | None
+    window_context: int | None  # a window-split run's window length
+
+
+def evaluate(run_dir, options: EvalOptions | None = None, out_dir=None, progress: bool = True, log=print,
+             baseline_cache: dict | None = None) -> dict:
     """The ``notelm evaluate`` verb: score a run and the baselines, write the report; returns its JSON.
 
     ``baseline_cache``: a dict shared between calls (e.g. by the reproduction) so
     that runs evaluated on the same targets reuse one set of fitted baselines.
-    ``device``: where a neural model runs (default: CUDA when present, else CPU).
     """
+    started = time.perf_counter()
+    run_dir = Path(run_dir)
+    options = (options or EvalOptions()).validate()
+    scoring = _scoring(run_dir, options, progress, log)
+    model, vocab, encoded, targets = scoring.model, scoring.model.vocab, scoring.encoded, scoring.targets
+    conditioned = bool(vocab.conditions) and float(scoring.run.get("train", {}).get("cond_dropout", 0.0)) < 1.0
+    cond_of_song = condition_map(vocab, encoded.vocab, conditioned)[np.asarray(encoded.cond, np.int64)]
+    context, average = scoring.context, options.transpose_average
+    label = (f"{model.family} ({'context ' + str(context) if context else 'whole song'}"
+             f"{', transposition average' if average else ''})")
+    model_result = score_model(model, encoded, targets, cond_of_song, context, average, progress, desc=model.family)
+    fit_corpus, baselines = _baselines(scoring, options.split, progress, log, baseline_cache)
+    best = baselines["best_ngram"]
+    report = {
+        "run": str(run_dir), "model": {"family": model.family, "label": label, "ordered": bool(model.ordered)},
+        "corpus": str(scoring.corpus), "representation": vocab.representation, "streams": vocab.names,
+        "split": options.split, "split_kind": targets.kind, "songs": int(len(targets.songs)), "targets": targets.n,
+        "context": context, "transpose_average": average, "conditioned": conditioned,
+        "baselines": {"fitted_on": baselines["fitted_on"], "corpus": baselines["fit_corpus"], "best_ngram": best,
+                      "selection": baselines["selection"]},
+        "results": _plain({"model": model_result, **baselines["results"]}),
+    }
+    out_dir = Path(out_dir) if out_dir else run_dir / "eval"
+    markdown = report_markdown(report)
+    if options.generate:
+        copy_songs = encoded.ids("all") if scoring.window_context else encoded.ids("train")
+        if not len(copy_songs):
+            copy_songs = fit_corpus.ids("train")
+        report["generation"], section = generation_report(model, baselines["models"][best], best, encoded,
+                                                          options.split, options.generate, options.generate_length,
+                                                          copy_songs, out_dir, log)
+        markdown += "\n\n" + section + "\n"
+    report["seconds"] = round(time.perf_counter() - started, 1)
+    write_json(out_dir / f"{REPORT_NAME}.json", report)
+    write_text(out_dir / f"{REPORT_NAME}.md", markdown)
+    plot_results(report, out_dir / f"{REPORT_NAME}.png")
+    log(summary_line(report, out_dir))
+    return report
+
+
+def _scoring(run_dir: Path, options: EvalOptions, progress: bool, log) -> _Scoring:
+    """The model, the corpus it is scored on (encoded with its settings) and the targets of the split."""
     from notelm.checkpoint import load_model
     from notelm.encoding import load_or_encode
 
-    started = time.perf_counter()
-    run_dir = Path(run_dir)
-    if split not in SPLITS:
-        raise NotelmError(f"--split {split!r}: choose one of {', '.join(SPLITS)}")
-    if context is not None and context < 1:
-        raise NotelmError(f"--context {context}: must be >= 1")
-    if generate < 0:
-        raise NotelmError(f"--generate {generate}: must be >= 0")
+    device = options.device
     if device is None:
         import torch
 
@@ -422,77 +512,52 @@ def evaluate(run_dir, corpus=None, split: str = "test", context: int | None = No
     vocab = model.vocab
     run = read_run(run_dir)
     run_corpus = run.get("corpus")
-    corpus = corpus or run_corpus
+    corpus = options.corpus or run_corpus
     if not corpus:
         raise NotelmError(f"{run_dir}: no run.json naming the training corpus; pass --corpus CORPUS_DIR")
     encoded = load_or_encode(corpus, vocab.representation, vocab.config, progress=progress, log=log)
     problems = vocab.differences(encoded.vocab)
     if problems:
         raise NotelmError(f"{corpus}: the model cannot read this corpus: {'; '.join(problems)}")
-
     train_cfg = run.get("train", {})
-    window_run = train_cfg.get("split") == "window" and _same_path(corpus, run_corpus)
-    if window_run:
+    context, split = options.context, options.split
+    if train_cfg.get("split") == "window" and _same_path(corpus, run_corpus):
         window_context = int(train_cfg.get("context", 32))
         if context is not None and context != window_context:
-            raise NotelmError(f"{run_dir} was trained on a random split of {window_context}-event windows and is scored "
-                              f"on its test windows with that context; drop --context {context}")
-        context = window_context
-        targets = window_targets(encoded, split, window_context)
+            raise NotelmError(f"{run_dir} was trained on a random split of {window_context}-event windows and is "
+                              f"scored on its test windows with that context; drop --context {context}")
+        context, targets = window_context, window_targets(encoded, split, window_context)
     else:
-        window_context = None
-        targets = song_targets(encoded, split)
+        window_context, targets = None, song_targets(encoded, split)
     if not targets.n:
-        raise NotelmError(f"{corpus}: no {split} {'windows' if window_run else 'songs'} to evaluate")
+        raise NotelmError(f"{corpus}: no {split} {'windows' if window_context else 'songs'} to evaluate")
+    return _Scoring(model, encoded, targets, run, corpus, context, window_context)
 
-    conditioned = bool(vocab.conditions) and float(train_cfg.get("cond_dropout", 0.0)) < 1.0
-    cond_of_song = condition_map(vocab, encoded.vocab, conditioned)[np.asarray(encoded.cond, np.int64)]
-    label = (f"{model.family} ({'context ' + str(context) if context else 'whole song'}"
-             f"{', transposition average' if transpose_average else ''})")
-    model_result = score_model(model, encoded, targets, cond_of_song, context, transpose_average, progress, desc=model.family)
 
-    # baselines: fitted on the train split; for `all` on another corpus, on the run's own corpus
-    fit_corpus, fit_name = encoded, str(corpus)
+def _baselines(scoring: _Scoring, split: str, progress: bool, log, cache: dict | None):
+    """(the corpus the baselines are fitted on, ``baseline_scores``), reused from ``cache`` when the same.
+
+    Fitted on the train split; for ``all`` on another corpus than the run's, on the run's own corpus.
+    """
+    from notelm.encoding import load_or_encode
+
+    vocab, corpus, run_corpus = scoring.model.vocab, scoring.corpus, scoring.run.get("corpus")
+    fit_corpus, fit_name = scoring.encoded, str(corpus)
     if split == "all" and run_corpus and not _same_path(corpus, run_corpus):
         if Path(run_corpus).exists():
             fit_corpus = load_or_encode(run_corpus, vocab.representation, vocab.config, progress=progress, log=log)
             fit_name = str(run_corpus)
         else:
             log(f"note: the run's corpus {run_corpus} is gone; baselines are fitted on the train split of {corpus}")
-    orders = [k for k in NGRAM_ORDERS if context is None or k - 1 <= context]  # n-grams that see at most `context` events
+    context = scoring.context
+    orders = [k for k in NGRAM_ORDERS if context is None or k - 1 <= context]  # n-grams that see <= context events
     key = json.dumps([str(Path(fit_name).resolve()), str(Path(corpus).resolve()), vocab.representation, vocab.config,
-                      split, orders, window_context])
-    cache = baseline_cache if baseline_cache is not None else {}
+                      split, orders, scoring.window_context])
+    cache = cache if cache is not None else {}
     if key not in cache:
-        cache[key] = baseline_scores(fit_corpus, encoded, targets, orders, window_context, progress, fit_name)
-    baselines = cache[key]
-    best = baselines["best_ngram"]
-
-    results = {"model": model_result, **baselines["results"]}
-    report = {
-        "run": str(run_dir), "model": {"family": model.family, "label": label, "ordered": bool(model.ordered)},
-        "corpus": str(corpus), "representation": vocab.representation, "streams": vocab.names,
-        "split": split, "split_kind": targets.kind, "songs": int(len(targets.songs)), "targets": targets.n,
-        "context": context, "transpose_average": transpose_average, "conditioned": conditioned,
-        "baselines": {"fitted_on": baselines["fitted_on"], "corpus": baselines["fit_corpus"], "best_ngram": best,
-                      "selection": baselines["selection"]},
-        "results": _plain(results),
-    }
-    out_dir = Path(out_dir) if out_dir else run_dir / "eval"
-    markdown = report_markdown(report)
-    if generate:
-        copy_songs = encoded.ids("all") if window_run else encoded.ids("train")
-        if not len(copy_songs):
-            copy_songs = fit_corpus.ids("train")
-        report["generation"], section = generation_report(model, baselines["models"][best], best, encoded, split,
-                                                          generate, generate_length, copy_songs, out_dir, log)
-        markdown += "\n\n" + section + "\n"
-    report["seconds"] = round(time.perf_counter() - started, 1)
-    write_json(out_dir / f"{REPORT_NAME}.json", report)
-    write_text(out_dir / f"{REPORT_NAME}.md", markdown)
-    plot_results(report, out_dir / f"{REPORT_NAME}.png")
-    log(summary_line(report, out_dir))
-    return report
+        cache[key] = baseline_scores(fit_corpus, scoring.encoded, scoring.targets, orders, scoring.window_context,
+                                     progress, fit_name)
+    return fit_corpus, cache[key]
 
 
 def reported_accuracy(report: dict, model: str, stream: str) -> float:
@@ -510,6 +575,7 @@ def report_markdown(report: dict) -> str:
     what = ("the event after each window" if report["split_kind"] == "window"
             else "every event after BOS, EOS included")
     selection = report["baselines"]["selection"]
+    context = f"at most {report['context']} events" if report["context"] else "the whole song before each event"
     chosen_on = selection.get("note") or f"lowest total bits on the valid split, {selection['targets']:,} targets"
     lines = [
         f"# Evaluation of {report['run']}", "",
@@ -517,7 +583,7 @@ def report_markdown(report: dict) -> str:
         f"- corpus: `{report['corpus']}` ({report['representation']} representation), split **{report['split']}**"
         f"{' of the random window split' if report['split_kind'] == 'window' else ''}: {report['songs']} songs, "
         f"{report['targets']:,} targets ({what})",
-        f"- context: {'at most ' + str(report['context']) + ' events' if report['context'] else 'the whole song before each event'}"
+        f"- context: {context}"
         + (f"; predictions averaged over transpositions ({results['model'].get('shifts', 0):.1f} shifts per song)"
            if report["transpose_average"] else ""),
         f"- baselines fitted on {report['baselines']['fitted_on']} of `{report['baselines']['corpus']}`; "
@@ -527,7 +593,8 @@ def report_markdown(report: dict) -> str:
         "acc: accuracy (argmax = target; for stratified the expected accuracy of a guess drawn from the class prior, "
         "Σ p·f); bits: negative log-likelihood in bits per event; ppl: perplexity 2^bits; total: a whole event "
         "(sum over streams). ngramK: per-stream K-gram; jointK: K-gram over whole events (Kneser-Ney). "
-        "The majority dummy's bits only reflect its smoothing (1e-3 spread over the other values): compare its accuracy.", "",
+        "The majority dummy's bits only reflect its smoothing (1e-3 spread over the other values): compare its "
+        "accuracy.", "",
         f"![accuracy and bits per event]({REPORT_NAME}.png)",
     ]
     return "\n".join(lines) + "\n"
@@ -535,12 +602,13 @@ def report_markdown(report: dict) -> str:
 
 def summary_line(report: dict, out_dir: Path) -> str:
     best = report["baselines"]["best_ngram"]
-    parts = [f"{s} acc {reported_accuracy(report, 'model', s):.3f} (best n-gram {reported_accuracy(report, best, s):.3f})"
+    parts = [f"{s} acc {reported_accuracy(report, 'model', s):.3f} "
+             f"(best n-gram {reported_accuracy(report, best, s):.3f})"
              for s in report["streams"]]
     model_bits, ngram_bits = report["results"]["model"]["total"]["bits"], report["results"][best]["total"]["bits"]
-    return (f"evaluated {report['model']['label']} on {report['targets']:,} {report['split']} targets of {report['songs']} "
-            f"songs: {', '.join(parts)}; {model_bits:.3f} bits/event vs {best} {ngram_bits:.3f}, in {report['seconds']:.0f} s "
-            f"-> {out_dir / (REPORT_NAME + '.md')}")
+    return (f"evaluated {report['model']['label']} on {plural(report['targets'], report['split'] + ' target')} of "
+            f"{plural(report['songs'], 'song')}: {', '.join(parts)}; {model_bits:.3f} bits/event vs {best} "
+            f"{ngram_bits:.3f}, in {report['seconds']:.0f} s -> {out_dir / (REPORT_NAME + '.md')}")
 
 
 def plot_results(report: dict, path: Path) -> None:
@@ -614,7 +682,7 @@ def compare(paths: list, out=None, log=print) -> str:
         model, best = r["results"]["model"], r["baselines"]["best_ngram"]
         context = (f"{r['context']}" if r["context"] else "song") + (" + transp. avg" if r["transpose_average"] else "")
 
-        def cell(s, key):
+        def cell(s, key, model=model):
             return "–" if s not in model or model[s][key] is None else f"{model[s][key]:.3f}"
 
         cells = ([r["run"], r["model"]["family"], Path(r["corpus"]).name, f"{r['split']} ({r['split_kind']})", context,

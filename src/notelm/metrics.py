@@ -8,7 +8,8 @@ sound like and compare a set of generated pieces with a set of real ones:
   sets; ``format_table`` lays several comparisons side by side in Markdown.
 - ``longest_shared_run`` / ``copy_report`` / ``CorpusIndex``: how long a run of
   events a generated piece copies from any training piece.
-- ``repeated_note_share(notes)``: how much of a piece is one note repeated.
+- ``repeated_note_share(notes)``: how much of a piece is one note repeated (the one
+  definition of a repeated note: the same pitch as the previous note of its track).
 
 Next-event prediction (the last section) scores a model's log-probabilities
 against the events that came next: ``accuracy``, ``bits_per_event``,
@@ -136,11 +137,16 @@ def piece_metrics(notes: Notes) -> dict:
     return metrics
 
 
-def log_time_histogram(quarters: np.ndarray) -> np.ndarray:
-    """Normalized histogram of times in quarter notes over ``TIME_BIN_EDGES`` (outliers go to the end bins)."""
+def time_bin_counts(quarters: np.ndarray) -> np.ndarray:
+    """Counts of times in quarter notes over ``TIME_BIN_EDGES`` (outliers go to the end bins)."""
     n_bins = len(TIME_BIN_EDGES) - 1
     bins = np.clip(np.searchsorted(TIME_BIN_EDGES, np.asarray(quarters, np.float64), side="right") - 1, 0, n_bins - 1)
-    return _normalized(np.bincount(bins, minlength=n_bins))
+    return np.bincount(bins, minlength=n_bins)
+
+
+def log_time_histogram(quarters: np.ndarray) -> np.ndarray:
+    """Normalized ``time_bin_counts``."""
+    return _normalized(time_bin_counts(quarters))
 
 
 def repeated_note_share(notes: Notes) -> float:
@@ -707,7 +713,8 @@ def prediction_table(results: dict[str, dict], streams: list[str], marks: dict[s
     from the distribution, as the stratified dummy).
     """
     marks, accuracy_key = marks or {}, accuracy_key or {}
-    header = ["model"] + [f"{s} {what}" for s in streams for what in ("acc", "bits", "ppl")] + ["total bits", "total ppl"]
+    header = (["model"] + [f"{s} {what}" for s in streams for what in ("acc", "bits", "ppl")]
+              + ["total bits", "total ppl"])
     lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
     for name, result in results.items():
         key = accuracy_key.get(name, "accuracy")

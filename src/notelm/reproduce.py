@@ -48,7 +48,8 @@ SPLIT_KINDS = ("window", "song")
 STREAMS = ("pitch", "duration")
 MODELS = {  # key -> (preset, row title)
     "lstm_original": ("seed", "original LSTM (`seed.toml`: 32-note windows, loss on the next note)"),
-    "notelm_best": ("seed_fullseq", "notelm best (`seed_fullseq.toml`: loss at every position, transposition augmentation)"),
+    "notelm_best": ("seed_fullseq",
+                    "notelm best (`seed_fullseq.toml`: loss at every position, transposition augmentation)"),
 }
 QUICK = {"bach_files": 40, "piano_files": 16, "steps": 30, "time_limit": 20.0, "split": (0.6, 0.2, 0.2)}
 FULL_TIME_LIMIT = 600.0
@@ -103,13 +104,14 @@ def run_settings(preset: str, split: str, steps: int | None, time_limit: float, 
 
 def train_run(corpus: Path, preset: str, overrides: list[str], run_dir: Path, progress: bool, log) -> dict:
     """Train (or reuse a finished run with the same settings, or resume an interrupted one)."""
-    from notelm.train import load_config, train
+    from notelm.config import SECTIONS, load_config, parse_config
+    from notelm.train import train
 
     run = load_config(preset, overrides)
-    wanted = run.to_json()
     if (run_dir / "run.json").exists():
         saved = read_json(run_dir / "run.json")
-        if any(saved.get(k) != v for k, v in wanted.items()) or saved.get("corpus") != str(corpus):
+        same = parse_config({k: saved[k] for k in SECTIONS if k in saved}, saved=True).to_json() == run.to_json()
+        if not same or saved.get("corpus") != str(corpus):
             raise NotelmError(f"{run_dir}: a run with other settings is already there; use another --work or remove it")
         if (run_dir / "summary.json").exists():
             log(f"{run_dir.name}: using the run trained before")
@@ -123,7 +125,7 @@ def train_run(corpus: Path, preset: str, overrides: list[str], run_dir: Path, pr
 def reproduce(work="work/reproduce", quick: bool = False, steps: int | None = None, time_limit: float | None = None,
               bach: str = "music21:bach", piano: str | None = None, progress: bool = True, log=print) -> dict:
     """Run the whole reproduction; returns the flat figures (also printed as the last line)."""
-    from notelm.evaluate import evaluate, reported_accuracy
+    from notelm.evaluate import EvalOptions, evaluate, reported_accuracy
 
     started = time.perf_counter()
     work = Path(work) / ("quick" if quick else "full")
@@ -140,13 +142,16 @@ def reproduce(work="work/reproduce", quick: bool = False, steps: int | None = No
             for key, (preset, _) in MODELS.items():
                 run_dir = work / "runs" / f"{name}-{split}-{key}"
                 log(f"== {name}, {split} split, {key}: training {preset} -> {run_dir}")
-                summary = train_run(corpus, preset, run_settings(preset, split, steps, time_limit, quick), run_dir, progress, log)
+                settings = run_settings(preset, split, steps, time_limit, quick)
+                summary = train_run(corpus, preset, settings, run_dir, progress, log)
                 best_model = key == "notelm_best" and split == "song"
-                report = evaluate(run_dir, split="test", context=None if best_model or split == "window" else 32,
-                                  transpose_average=best_model, progress=progress, log=log, baseline_cache=cache)
+                options = EvalOptions(split="test", context=None if best_model or split == "window" else 32,
+                                      transpose_average=best_model)
+                report = evaluate(run_dir, options, progress=progress, log=log, baseline_cache=cache)
                 split_entry["runs"][key] = {"run": str(run_dir), "training": summary, "evaluation": report}
             first = next(iter(split_entry["runs"].values()))["evaluation"]
-            split_entry.update(targets=first["targets"], songs=first["songs"], best_ngram=first["baselines"]["best_ngram"])
+            split_entry.update(targets=first["targets"], songs=first["songs"],
+                               best_ngram=first["baselines"]["best_ngram"])
             figures = {}
             for key in ("stratified", "majority", "ngram"):
                 model = split_entry["best_ngram"] if key == "ngram" else key
@@ -189,7 +194,8 @@ def flat_figures(results: dict) -> dict:
             flat[f"{name}_{split}_targets"] = split_entry["targets"]
             for model, figures in split_entry["figures"].items():
                 for what, value in figures.items():
-                    flat[f"{name}_{split}_{model}_{what}"] = None if value is None or not math.isfinite(value) else round(value, 4)
+                    finite = value is not None and math.isfinite(value)
+                    flat[f"{name}_{split}_{model}_{what}"] = round(value, 4) if finite else None
     return flat
 
 
@@ -203,7 +209,8 @@ def markdown(results: dict) -> str:
     for name, entry in results["corpora"].items():
         splits = entry["splits"]
         window, song = splits["window"], splits["song"]
-        lines += ["", f"**{name}** (`{entry['source']}`): random window split — {window['targets']:,} test windows "
+        lines += ["", f"**{name}** (`{_source_name(entry['source'])}`): random window split — "
+                      f"{window['targets']:,} test windows "
                       f"(the note after each 32-note window); song split — {song['targets']:,} events of "
                       f"{song['songs']} test songs.", "",
                   "| model | window split: pitch | duration | bits | song split: pitch | duration | bits |",
@@ -222,6 +229,11 @@ def markdown(results: dict) -> str:
                   "windows or training songs); the best n-gram has the lowest bits on the valid split. The majority "
                   "dummy's bits only reflect its smoothing.", ""]
     return "\n".join(lines)
+
+
+def _source_name(source: str) -> str:
+    """How a source is shown: ``music21:NAME`` as it is, a folder by its name (never a path of this machine)."""
+    return source if source.startswith("music21:") else Path(source).name
 
 
 def _pct(x) -> str:

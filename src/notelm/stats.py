@@ -38,13 +38,15 @@ from pathlib import Path
 
 import numpy as np
 
+from notelm.corpus import SPLITS
+from notelm.encoding.vocab import EOS
 from notelm.io import NotelmError, atomic_path, write_text
-from notelm.metrics import TIME_BIN_EDGES
-from notelm.render import NOTE_NAMES, pitch_name
+from notelm.metrics import TIME_BIN_EDGES, time_bin_counts
+from notelm.names import PITCH_CLASS_NAMES, pitch_name, plural
 
 NGRAM_ORDERS = (2, 3, 4, 5, 6)
+NGRAM_REPRESENTATION = "seed"  # the n-gram tables are the original's "EDA on n-grams": pitch and duration classes
 NGRAM_KINDS = {"pitch": "pitch classes", "duration": "duration classes", "pair": "(pitch class, duration class) pairs"}
-TOKEN_REPRESENTATIONS = ("seed", "events")
 POLYPHONY_CAP = 16  # polyphony and tracks-per-song histograms: the last bin holds this many and more
 TEMPO_EDGES = np.arange(20.0, 315.0, 10.0)  # qpm; slower / faster tempos go to the end bins
 GM_FAMILIES = ["piano", "chromatic perc.", "organ", "guitar", "bass", "strings", "ensemble", "brass", "reed", "pipe",
@@ -86,7 +88,6 @@ def size_tables(corpus) -> dict:
     split = np.asarray(songs["split"]).astype(str)
     n_notes = np.asarray(songs["n_notes"], np.int64)
     seconds = np.asarray(songs["duration_s"], np.float64)
-    from notelm.corpus import SPLITS
 
     def rows(keys):
         names, which = np.unique(keys, return_inverse=True) if len(keys) else (np.zeros(0, str), np.zeros(0, np.int64))
@@ -101,7 +102,8 @@ def size_tables(corpus) -> dict:
                         "hours": float(hours[i]), **{s: int(per_split[s][i]) for s in SPLITS}})
         return out
 
-    total = {"name": "total", "songs": len(collection), "notes": int(n_notes.sum()), "hours": float(seconds.sum() / 3600),
+    total = {"name": "total", "songs": len(collection), "notes": int(n_notes.sum()),
+             "hours": float(seconds.sum() / 3600),
              **{s: int(np.count_nonzero(split == s)) for s in SPLITS}}
     by_split = {r["name"]: r for r in rows(split)}
     return {"collections": rows(collection),
@@ -110,13 +112,6 @@ def size_tables(corpus) -> dict:
 
 
 # --------------------------------------------------------------------------- histograms
-
-def _time_bin_counts(quarters: np.ndarray) -> np.ndarray:
-    """Counts over ``metrics.TIME_BIN_EDGES`` (outliers in the end bins, as ``metrics.log_time_histogram``)."""
-    n_bins = len(TIME_BIN_EDGES) - 1
-    bins = np.clip(np.searchsorted(TIME_BIN_EDGES, np.asarray(quarters, np.float64), side="right") - 1, 0, n_bins - 1)
-    return np.bincount(bins, minlength=n_bins)
-
 
 def _time_labels() -> tuple[list[str], list[int]]:
     """Labels of the log-spaced time bins: whole powers of two as fractions, the bins between unlabeled."""
@@ -135,7 +130,7 @@ def _time_labels() -> tuple[list[str], list[int]]:
 
 
 def _quarters_text(q: float) -> str:
-    return "-" if not np.isfinite(q) else f"{q:.3g} quarters"
+    return "-" if not np.isfinite(q) else f"{q:.3g} quarter{'' if q == 1 else 's'}"
 
 
 def _capped(values: np.ndarray, first: int, cap: int) -> tuple[np.ndarray, list[str]]:
@@ -160,95 +155,110 @@ def note_histograms(corpus) -> dict[str, Histogram]:
     """Every histogram of the report, counted over the whole note table at once."""
     n = corpus.all_notes(["song", "onset_tick", "duration_tick", "duration", "pitch", "program", "is_drum"])
     songs = corpus.songs
-    n_songs = len(songs["song"])
     tpq = np.maximum(np.asarray(songs["tpq"], np.float64), 1.0)
-    song = np.asarray(n["song"], np.int64)
     pitched = ~np.asarray(n["is_drum"], bool)
-    all_pitched = bool(pitched.all())
-    sel = (lambda a: np.asarray(a)) if all_pitched else (lambda a: np.asarray(a)[pitched])
-    pitch = sel(n["pitch"]).astype(np.int64)
-    out: dict[str, Histogram] = {}
+    sel = (lambda a: np.asarray(a)) if pitched.all() else (lambda a: np.asarray(a)[pitched])
+    song = np.asarray(n["song"], np.int64)
+    onset_tick = np.asarray(n["onset_tick"], np.int64)
+    end_tick = onset_tick + np.asarray(n["duration_tick"], np.int64)
+    span = int(end_tick.max(initial=0)) + 1
+    if len(songs["song"]) * span >= _SPAN_LIMIT:
+        raise NotelmError(f"{corpus.path}: ticks too large for the statistics' int64 keys")
+    out = _pitch_histograms(sel(n["pitch"]).astype(np.int64))
+    out.update(_time_histograms(sel(n["duration"]).astype(np.float64), _song_keys(song, onset_tick, span), span, tpq))
+    out["polyphony"] = _polyphony_histogram(_song_keys(sel(song), sel(onset_tick), span),
+                                            _song_keys(sel(song), sel(end_tick), span))
+    out.update(_song_histograms(songs))
+    out["programs"] = _program_histogram(sel(n["program"]), np.count_nonzero(~pitched))
+    out.update(_tempo_histograms(corpus, tpq))
+    return out
 
-    # pitch and pitch class
+
+def _pitch_histograms(pitch: np.ndarray) -> dict[str, Histogram]:
+    """MIDI pitch and pitch class of the pitched notes."""
     counts = np.bincount(np.clip(pitch, 0, 127), minlength=128)
-    c_ticks = list(range(0, 128, 12))
     summary = {}
     if len(pitch):
         summary = {"lowest": pitch_name(int(pitch.min())), "highest": pitch_name(int(pitch.max())),
                    "median": pitch_name(int(np.median(pitch))), "most common": pitch_name(int(np.argmax(counts)))}
-    out["pitch"] = Histogram("pitch (pitched notes)", "MIDI pitch", counts, [pitch_name(p) for p in range(128)], c_ticks,
-                             summary=summary)
+    out = {"pitch": Histogram("pitch (pitched notes)", "MIDI pitch", counts, [pitch_name(p) for p in range(128)],
+                              list(range(0, 128, 12)), summary=summary)}
     counts = np.bincount(pitch % 12, minlength=12)
-    out["pitch_class"] = Histogram("pitch class (pitched notes)", "pitch class", counts, list(NOTE_NAMES),
-                                   summary={"most common": NOTE_NAMES[int(np.argmax(counts))]} if len(pitch) else {})
+    out["pitch_class"] = Histogram("pitch class (pitched notes)", "pitch class", counts, list(PITCH_CLASS_NAMES),
+                                   summary={"most common": PITCH_CLASS_NAMES[int(np.argmax(counts))]}
+                                   if len(pitch) else {})
+    return out
 
-    # durations and inter-onset intervals on the log-spaced time bins of metrics.py
+
+def _time_histograms(duration: np.ndarray, onset_keys: np.ndarray, span: int, tpq: np.ndarray) -> dict:
+    """Durations of pitched notes and inter-onset intervals of all notes, on the log-spaced time bins of
+    ``metrics.py``; ``onset_keys``: song * span + onset tick of every note."""
     labels, ticks = _time_labels()
-    duration = sel(n["duration"]).astype(np.float64)
-    out["duration"] = Histogram("note duration (pitched notes)", "quarter notes (log-spaced bins)",
-                                _time_bin_counts(duration), labels, ticks,
-                                summary={"median": _quarters_text(float(np.median(duration)) if len(duration) else np.nan)})
-    onset_tick = np.asarray(n["onset_tick"], np.int64)
-    end_tick = onset_tick + np.asarray(n["duration_tick"], np.int64)
-    span = int(end_tick.max(initial=0)) + 1
-    if n_songs * span >= _SPAN_LIMIT:
-        raise NotelmError(f"{corpus.path}: ticks too large for the statistics' int64 keys")
-    onsets = _sorted_unique(np.sort(_song_keys(song, onset_tick, span)))  # distinct onsets of every song, drums too
+    out = {"duration": Histogram("note duration (pitched notes)", "quarter notes (log-spaced bins)",
+                                 time_bin_counts(duration), labels, ticks,
+                                 summary={"median": _quarters_text(np.median(duration) if len(duration) else np.nan)})}
+    onsets = _sorted_unique(np.sort(onset_keys))  # distinct onsets of every song, drums too
     onset_song = onsets // span
     same = onset_song[1:] == onset_song[:-1]
     ioi = np.diff(onsets)[same] / tpq[onset_song[1:][same]]
     out["ioi"] = Histogram("inter-onset interval (distinct onsets within a song)", "quarter notes (log-spaced bins)",
-                           _time_bin_counts(ioi), labels, ticks, ylabel="intervals",
+                           time_bin_counts(ioi), labels, ticks, ylabel="intervals",
                            summary={"median": _quarters_text(float(np.median(ioi)) if len(ioi) else np.nan)})
+    return out
 
-    # polyphony: pitched notes sounding at each distinct pitched onset (on <= t < off)
-    p_song = sel(song)
-    on = np.sort(_song_keys(p_song, sel(onset_tick), span))
-    off = np.sort(_song_keys(p_song, sel(end_tick), span))
+
+def _polyphony_histogram(on_keys: np.ndarray, off_keys: np.ndarray) -> Histogram:
+    """Pitched notes sounding at each distinct pitched onset (on <= t < off), from song-and-tick keys."""
+    on, off = np.sort(on_keys), np.sort(off_keys)
     at = _sorted_unique(on)
     sounding = np.searchsorted(on, at, side="right") - np.searchsorted(off, at, side="right")
     counts, labels = _capped(sounding, 1, POLYPHONY_CAP)
-    out["polyphony"] = Histogram("polyphony: pitched notes sounding at each onset", "notes sounding", counts, labels,
-                                 ylabel="onsets", summary={"mean": f"{sounding.mean():.2f}" if len(sounding) else "-",
-                                                           "median": f"{np.median(sounding):g}" if len(sounding) else "-"})
+    return Histogram("polyphony: pitched notes sounding at each onset", "notes sounding", counts, labels,
+                     ylabel="onsets", summary={"mean": f"{sounding.mean():.2f}" if len(sounding) else "-",
+                                               "median": f"{np.median(sounding):g}" if len(sounding) else "-"})
 
-    # songs: notes per song (log2 bins) and tracks per song
+
+def _song_histograms(songs) -> dict[str, Histogram]:
+    """Notes per song (log2 bins) and tracks per song."""
     per_song = np.asarray(songs["n_notes"], np.int64)
     top = max(int(per_song.max(initial=1)), 1)
     n_bins = int(np.ceil(np.log2(top + 1)))
     edges = 2 ** np.arange(n_bins + 1)  # [1, 2), [2, 4), ...
-    counts = np.bincount(np.clip(np.searchsorted(edges, np.maximum(per_song, 1), side="right") - 1, 0, n_bins - 1),
-                         minlength=n_bins)
-    out["notes_per_song"] = Histogram("notes per song", "notes (bins from 2^k up to 2^(k+1), labelled by 2^k)", counts,
-                                      [f"{edges[i]:,}" for i in range(n_bins)], ylabel="songs",
-                                      summary={"median": f"{np.median(per_song):,.0f}" if len(per_song) else "-",
-                                               "largest": f"{per_song.max(initial=0):,}"})
+    bins = np.clip(np.searchsorted(edges, np.maximum(per_song, 1), side="right") - 1, 0, n_bins - 1)
+    out = {"notes_per_song": Histogram("notes per song", "notes (bins from 2^k up to 2^(k+1), labelled by 2^k)",
+                                       np.bincount(bins, minlength=n_bins), [f"{edges[i]:,}" for i in range(n_bins)],
+                                       ylabel="songs",
+                                       summary={"median": f"{np.median(per_song):,.0f}" if len(per_song) else "-",
+                                                "largest": f"{per_song.max(initial=0):,}"})}
     counts, labels = _capped(songs["n_tracks"], 0, POLYPHONY_CAP)
+    median = f"{np.median(songs['n_tracks']):g}" if len(per_song) else "-"
     out["tracks_per_song"] = Histogram("tracks per song", "tracks with notes", counts, labels, ylabel="songs",
-                                       summary={"median": f"{np.median(songs['n_tracks']):g}" if n_songs else "-"})
-
-    # programs: notes per General MIDI program (0-127), drums as a 129th bin
-    counts = np.bincount(sel(n["program"]).astype(np.int64).clip(0, 127), minlength=128)
-    counts = np.append(counts, np.count_nonzero(~pitched))
-    labels = [f"{p} {GM_FAMILIES[p // 8]}" for p in range(128)] + ["drums"]
-    used = np.flatnonzero(counts)
-    out["programs"] = Histogram("notes per General MIDI program (number, family)", "program", counts, labels,
-                                summary={"programs used": str(int(np.count_nonzero(counts[:128]))),
-                                         "drum notes": f"{int(counts[128]):,}",
-                                         "most common": labels[int(np.argmax(counts))] if len(used) else "-"})
-
-    # tempo weighted by time (quarter notes played at each tempo), and each song's first tempo
-    qpm, quarters = _tempo_spans(corpus, tpq)
-    tempo_axis = "quarter notes per minute (10-qpm bins, labelled by their lower edge)"
-    out["tempo"] = Histogram("tempo, weighted by time", tempo_axis,
-                             _tempo_counts(qpm, quarters), _tempo_labels(), list(range(0, len(TEMPO_EDGES) - 1, 2)),
-                             ylabel="quarter notes", summary={"weighted median": _weighted_median_text(qpm, quarters)})
-    first = np.asarray(songs["qpm"], np.float64)
-    out["first_tempo"] = Histogram("first tempo of each song", tempo_axis,
-                                   _tempo_counts(first, np.ones(len(first))), _tempo_labels(),
-                                   list(range(0, len(TEMPO_EDGES) - 1, 2)), ylabel="songs",
-                                   summary={"median": f"{np.median(first):.0f} qpm" if len(first) else "-"})
+                                       summary={"median": median})
     return out
+
+
+def _program_histogram(program: np.ndarray, drum_notes: int) -> Histogram:
+    """Notes per General MIDI program (0-127) of the pitched notes, drums as a 129th bin."""
+    counts = np.append(np.bincount(np.asarray(program).astype(np.int64).clip(0, 127), minlength=128), drum_notes)
+    labels = [f"{p} {GM_FAMILIES[p // 8]}" for p in range(128)] + ["drums"]
+    return Histogram("notes per General MIDI program (number, family)", "program", counts, labels,
+                     summary={"programs used": str(int(np.count_nonzero(counts[:128]))),
+                              "drum notes": f"{int(counts[128]):,}",
+                              "most common": labels[int(np.argmax(counts))] if counts.any() else "-"})
+
+
+def _tempo_histograms(corpus, tpq: np.ndarray) -> dict[str, Histogram]:
+    """Tempo weighted by time (quarter notes played at each tempo), and each song's first tempo."""
+    qpm, quarters = _tempo_spans(corpus, tpq)
+    axis = "quarter notes per minute (10-qpm bins, labelled by their lower edge)"
+    ticks = list(range(0, len(TEMPO_EDGES) - 1, 2))
+    first = np.asarray(corpus.songs["qpm"], np.float64)
+    return {"tempo": Histogram("tempo, weighted by time", axis, _tempo_counts(qpm, quarters), _tempo_labels(), ticks,
+                               ylabel="quarter notes",
+                               summary={"weighted median": _weighted_median_text(qpm, quarters)}),
+            "first_tempo": Histogram("first tempo of each song", axis, _tempo_counts(first, np.ones(len(first))),
+                                     _tempo_labels(), ticks, ylabel="songs",
+                                     summary={"median": f"{np.median(first):.0f} qpm" if len(first) else "-"})}
 
 
 def _tempo_counts(qpm: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -287,7 +297,7 @@ def _tempo_spans(corpus, tpq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     except (OSError, pa.ArrowInvalid) as e:
         raise NotelmError(f"{corpus.path / 'tempos.arrow'}: cannot read the tempo table: {e}") from None
     n_songs = len(tpq)
-    col = lambda name: table.column(name).to_numpy()  # noqa: E731
+    col = lambda name: table.column(name).to_numpy()
     song = np.concatenate([np.arange(n_songs), col("song").astype(np.int64)])
     tick = np.concatenate([np.zeros(n_songs), col("tick").astype(np.float64)])
     qpm = np.concatenate([np.full(n_songs, DEFAULT_QPM), col("qpm").astype(np.float64)])
@@ -304,17 +314,62 @@ def _tempo_spans(corpus, tpq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 # --------------------------------------------------------------------------- n-grams and tokens
 
-def _window_total(rows: np.ndarray, offsets: np.ndarray, n: int) -> int:
-    """How many n-grams ``top_ngrams`` counts in all: windows inside one song without PAD/BOS/EOS."""
-    from notelm.encoding.vocab import EOS
+def _ngram_starts(rows: np.ndarray, offsets, n: int) -> np.ndarray:
+    """Where the n-grams ``top_ngrams`` counts start: n events inside one song, none of them PAD/BOS/EOS.
 
+    ``rows``: ``[N, S]`` (one column per stream); ``offsets``: song boundaries, or None.
+    """
     n_windows = len(rows) - n + 1
     if n_windows <= 0:
-        return 0
-    irregular = np.concatenate([[0], np.cumsum(~np.all(rows > EOS, axis=1))])
+        return np.zeros(0, np.int64)
+    regular = np.all(rows > EOS, axis=1)
+    irregular = np.concatenate([[0], np.cumsum(~regular)])
     valid = irregular[n:] - irregular[:n_windows] == 0
-    song = np.repeat(np.arange(len(offsets) - 1), np.diff(np.asarray(offsets, np.int64)))
-    return int(np.count_nonzero(valid & (song[:n_windows] == song[n - 1:])))
+    if offsets is not None:
+        song = np.repeat(np.arange(len(offsets) - 1), np.diff(np.asarray(offsets, np.int64)))
+        valid &= song[:n_windows] == song[n - 1:]
+    return np.flatnonzero(valid)
+
+
+def _packed_ranks(columns: list[np.ndarray], width: int | None = None) -> tuple[np.ndarray, int]:
+    """One int64 key per row of ``columns`` that sorts like the rows (lexicographically).
+
+    Columns are packed base ``width`` (default: each column's max + 1); whenever the next
+    column would overflow int64 the keys so far are replaced by their ranks (``np.unique``),
+    so any number of columns works.  Returns ``(keys, bound)`` with every key < bound.
+    """
+    keys, bound = np.zeros(len(columns[0]), np.int64), 1
+    for column in columns:
+        base = int(column.max(initial=0)) + 1 if width is None else width
+        if bound * base >= 2 ** 62:
+            keys = np.unique(keys, return_inverse=True)[1].reshape(-1)
+            bound = int(keys.max(initial=0)) + 1
+        keys, bound = keys * base + column, bound * base
+    return keys, bound
+
+
+def top_ngrams(tokens: np.ndarray, offsets=None, n: int = 2, k: int = 20) -> list[tuple[tuple, int]]:
+    """The ``k`` most frequent n-grams with their counts, most frequent first (ties: smallest first).
+
+    ``tokens``: one stream ``[N]``, or stacked streams ``[N, S]`` to count whole events
+    (then each n-gram item is a tuple of stream values).  N-grams never cross a song
+    boundary (``offsets``) and never contain PAD, BOS or EOS.
+    """
+    if n < 1 or k < 1:
+        raise NotelmError(f"top_ngrams needs n >= 1 and k >= 1, got n={n}, k={k}")
+    tokens = np.asarray(tokens)
+    if tokens.ndim not in (1, 2):
+        raise NotelmError("top_ngrams: tokens must be [N] or [N, streams]")
+    rows = tokens.reshape(len(tokens), -1).astype(np.int64)
+    starts = _ngram_starts(rows, offsets, n)
+    if len(starts) == 0:
+        return []
+    event, n_events = _packed_ranks([rows[:, s] for s in range(rows.shape[1])])
+    gram, _ = _packed_ranks([event[starts + j] for j in range(n)], n_events)
+    _, first, counts = np.unique(gram, return_index=True, return_counts=True)
+    best = np.lexsort((np.arange(len(counts)), -counts))[:k]  # ranks keep lexicographic order: ties by n-gram
+    item = (lambda r: int(r[0])) if tokens.ndim == 1 else (lambda r: tuple(int(x) for x in r))
+    return [(tuple(item(rows[starts[first[g]] + j]) for j in range(n)), int(counts[g])) for g in best]
 
 
 def ngram_tables(encoded, ns=NGRAM_ORDERS, top: int = 10, progress: bool = False) -> dict:
@@ -325,8 +380,6 @@ def ngram_tables(encoded, ns=NGRAM_ORDERS, top: int = 10, progress: bool = False
     count over all n-grams of that length (n-grams never cross a song boundary).
     """
     from tqdm import tqdm
-
-    from notelm.models.ngram import top_ngrams
 
     pitch_stream, duration_stream = encoded.vocab.stream("pitch"), encoded.vocab.stream("duration")
     pitch = np.asarray(encoded.streams["pitch"])
@@ -340,7 +393,7 @@ def ngram_tables(encoded, ns=NGRAM_ORDERS, top: int = 10, progress: bool = False
     jobs = [(kind, n) for n in ns for kind in NGRAM_KINDS]
     for kind, n in tqdm(jobs, desc="n-grams", unit="table", disable=not progress, dynamic_ncols=True, leave=False):
         if n not in out["totals"]:
-            out["totals"][n] = _window_total(pairs, encoded.offsets, n)
+            out["totals"][n] = len(_ngram_starts(pairs, encoded.offsets, n))
         total = max(out["totals"][n], 1)
         found = top_ngrams(tokens[kind], encoded.offsets, n=n, k=top)
         out[kind][n] = [(" ".join(name[kind](t) for t in gram), count, count / total) for gram, count in found]
@@ -463,20 +516,17 @@ def _md_table(header: list[str], rows: list[list], align: str | None = None) -> 
 
 
 def _size_rows(rows: list[dict], splits: bool) -> list[list]:
-    from notelm.corpus import SPLITS
-
     return [[f"**{r['name']}**" if r["name"] == "total" else r["name"], f"{r['songs']:,}", f"{r['notes']:,}",
              f"{r['hours']:.2f}", *([f"{r[s]:,}" for s in SPLITS] if splits else [])] for r in rows]
 
 
 def render_markdown(result: dict) -> str:
     """The report ``stats.md`` from what ``stats`` computed."""
-    from notelm.corpus import SPLITS
-
     t, h = result["tables"], result["histograms"]
     total = t["total"]
     out = [f"# Corpus statistics: {result['corpus']}", "",
-           f"{total['songs']:,} songs in {len(t['collections'])} collections, {total['notes']:,} notes "
+           f"{plural(total['songs'], 'song')} in {plural(len(t['collections']), 'collection')}, "
+           f"{plural(total['notes'], 'note')} "
            f"({result['pitched_notes']:,} pitched), {total['hours']:.2f} hours. Made by `notelm stats` in "
            f"{result['seconds']:.1f} s.", "",
            "## Songs, notes and hours", "", "### Per split", "",
@@ -489,10 +539,12 @@ def render_markdown(result: dict) -> str:
             "intervals use all notes. Durations and intervals use the log-spaced bins of `metrics.TIME_BIN_EDGES` "
             "(whole powers of two in quarter notes; dotted and triplet values fall in the bins between).", "",
             _md_table(["histogram", "counted", "key figures"],
-                      [[x.title, f"{x.total:,} {x.ylabel}" if x.ylabel != "quarter notes" else f"{x.total:,.0f} {x.ylabel}",
+                      [[x.title,
+                        f"{x.total:,} {x.ylabel}" if x.ylabel != "quarter notes" else f"{x.total:,.0f} {x.ylabel}",
                         ", ".join(f"{k} {v}" for k, v in x.summary.items())] for x in h.values()], "lrl"), "",
             "Share of pitched notes per pitch class:", "",
-            _md_table(list(NOTE_NAMES), [[f"{100 * c / max(h['pitch_class'].total, 1):.1f} %" for c in h["pitch_class"].counts]],
+            _md_table(list(PITCH_CLASS_NAMES),
+                      [[f"{100 * c / max(h['pitch_class'].total, 1):.1f} %" for c in h["pitch_class"].counts]],
                       "r" * 12), ""]
     for topic, caption in (("pitch", "pitch and pitch class"), ("time", "durations and inter-onset intervals"),
                            ("polyphony", "polyphony"), ("songs", "notes and tracks per song"),
@@ -501,9 +553,10 @@ def render_markdown(result: dict) -> str:
 
     ng = result["ngrams"]
     out += ["## Most frequent n-grams", "",
-            "From the `seed` representation (the original experiment: pitch class and duration class "
-            "16th/eighth/quarter/half/whole per event, chords reduced to their root, notes of other durations dropped, "
-            f"events in onset order; {result['encodings']['seed']['events']:,} events from {result['pitched_notes']:,} "
+            f"From the `{NGRAM_REPRESENTATION}` representation (the original experiment: pitch class and duration "
+            "class 16th/eighth/quarter/half/whole per event, chords reduced to their root, notes of other durations "
+            f"dropped, events in onset order; {result['encodings'][NGRAM_REPRESENTATION]['events']:,} events from "
+            f"{result['pitched_notes']:,} "
             "pitched notes). N-grams never cross a song boundary; the share is of all n-grams of that length "
             f"({', '.join(f'n={n}: {c:,}' for n, c in ng['totals'].items())}).", ""]
     for kind, title in NGRAM_KINDS.items():
@@ -533,66 +586,65 @@ def stats(corpus_path, out_dir=None, top: int = 10, progress: bool = True, log=p
     """``notelm stats``: compute everything, write ``stats.md`` and the PNGs, print a summary.
 
     Returns a dict with ``tables`` (``size_tables``), ``histograms`` (``note_histograms``),
-    ``ngrams`` (``ngram_tables``), ``tokens`` ({representation: ``token_tables``}),
-    ``files`` (paths written), ``out_dir``, ``seconds`` and the corpus totals.
+    ``ngrams`` (``ngram_tables``), ``tokens`` ({representation: ``token_tables``}, every
+    representation of ``encoding.REPRESENTATIONS``), ``files`` (paths written), ``out_dir``,
+    ``seconds`` and the corpus totals.
     """
     from tqdm import tqdm
 
     from notelm.corpus import Corpus
-    from notelm.encoding import load_or_encode
+    from notelm.encoding import REPRESENTATIONS
 
     if top < 1:
         raise NotelmError(f"--top {top}: must be at least 1")
     corpus_path = Path(corpus_path)
     if not corpus_path.is_dir():
-        raise NotelmError(f"{corpus_path}: no such corpus folder; make one with `notelm prepare SOURCE -o {corpus_path}`")
+        raise NotelmError(f"{corpus_path}: no such corpus folder; make one with "
+                          f"`notelm prepare SOURCE -o {corpus_path}`")
     started = time.perf_counter()
     corpus = Corpus(corpus_path)
     out_dir = Path(out_dir) if out_dir else corpus_path / "stats"
-    steps = ["tables", "histograms", "encode seed", "n-grams", "encode events", "plots", "report"]
-    bar = tqdm(total=len(steps), desc="stats", unit="step", disable=not progress, dynamic_ncols=True)
-
-    def step(name):
-        bar.set_postfix_str(name, refresh=True)
-
+    steps = ["tables", "histograms", *(f"encode {rep}" for rep in REPRESENTATIONS), "n-grams", "plots", "report"]
+    bar = tqdm(steps, desc="stats", unit="step", disable=not progress, dynamic_ncols=True)
     result: dict = {"corpus": str(corpus_path), "out_dir": out_dir}
-    step("tables")
-    result["tables"] = size_tables(corpus)
-    bar.update()
-    step("histograms")
-    result["histograms"] = hists = note_histograms(corpus)
-    result["pitched_notes"] = hists["pitch"].total
-    bar.update()
-    encoded, result["tokens"], result["encodings"] = {}, {}, {}
-    for rep in TOKEN_REPRESENTATIONS:
-        step(f"encode {rep}")
-        encoded[rep] = load_or_encode(corpus_path, rep, progress=progress, log=log)
-        result["tokens"][rep] = token_tables(encoded[rep], top)
-        result["encodings"][rep] = {"events": encoded[rep].n_events, "streams": len(encoded[rep].vocab.streams)}
-        bar.update()
-        if rep == "seed":
-            step("n-grams")
-            result["ngrams"] = ngram_tables(encoded[rep], NGRAM_ORDERS, top, progress=progress)
-            bar.update()
-    step("plots")
-    files = list(plot_histograms(hists, out_dir).values())
-    files += [plot_tokens(result["tokens"][rep], rep, out_dir / f"tokens_{rep}.png", encoded[rep].vocab.config)
-              for rep in TOKEN_REPRESENTATIONS]
-    bar.update()
-    step("report")
+    encoded: dict = {}
+    for step in bar:
+        bar.set_postfix_str(step, refresh=True)
+        if step == "tables":
+            result["tables"] = size_tables(corpus)
+        elif step == "histograms":
+            result["histograms"] = note_histograms(corpus)
+            result["pitched_notes"] = result["histograms"]["pitch"].total
+        elif step.startswith("encode "):
+            _encoding_tables(corpus_path, step.removeprefix("encode "), top, result, encoded, progress, log)
+        elif step == "n-grams":
+            result["ngrams"] = ngram_tables(encoded[NGRAM_REPRESENTATION], NGRAM_ORDERS, top, progress=progress)
+        elif step == "plots":
+            files = list(plot_histograms(result["histograms"], out_dir).values())
+            files += [plot_tokens(result["tokens"][rep], rep, out_dir / f"tokens_{rep}.png", encoded[rep].vocab.config)
+                      for rep in encoded]
+        else:  # the report
+            result["seconds"] = time.perf_counter() - started
+            report = out_dir / "stats.md"
+            write_text(report, render_markdown(result) + "\n")
+            result["files"] = [report, *files]
     result["seconds"] = time.perf_counter() - started
-    report = out_dir / "stats.md"
-    write_text(report, render_markdown(result) + "\n")
-    result["files"] = [report, *files]
-    bar.update()
-    bar.close()
-    result["seconds"] = time.perf_counter() - started
-
     log(summary_text(result))
     total = result["tables"]["total"]
-    log(f"stats: {total['songs']:,} songs, {total['notes']:,} notes, {total['hours']:.1f} h in "
+    log(f"stats: {plural(total['songs'], 'song')}, {plural(total['notes'], 'note')}, {total['hours']:.1f} h in "
         f"{result['seconds']:.1f} s -> {report} (+ {len(files)} PNGs)")
     return result
+
+
+def _encoding_tables(corpus_path, rep: str, top: int, result: dict, encoded: dict, progress: bool, log) -> None:
+    """Encode the corpus with ``rep`` (default settings) and count its tokens into ``result``."""
+    from notelm.encoding import load_or_encode
+
+    result.setdefault("tokens", {})
+    result.setdefault("encodings", {})
+    encoded[rep] = load_or_encode(corpus_path, rep, progress=progress, log=log)
+    result["tokens"][rep] = token_tables(encoded[rep], top)
+    result["encodings"][rep] = {"events": encoded[rep].n_events, "streams": len(encoded[rep].vocab.streams)}
 
 
 def summary_text(result: dict, shown: int = 3) -> str:
@@ -601,7 +653,7 @@ def summary_text(result: dict, shown: int = 3) -> str:
     lines = [f"{'split':<8}{'songs':>9}{'notes':>14}{'hours':>9}"]
     for r in t["splits"] + [t["total"]]:
         lines.append(f"{r['name']:<8}{r['songs']:>9,}{r['notes']:>14,}{r['hours']:>9.1f}")
-    lines.append(f"{len(t['collections'])} collections; pitch {h['pitch'].summary.get('lowest', '-')}.."
+    lines.append(f"{plural(len(t['collections']), 'collection')}; pitch {h['pitch'].summary.get('lowest', '-')}.."
                  f"{h['pitch'].summary.get('highest', '-')} (median {h['pitch'].summary.get('median', '-')}), "
                  f"median duration {h['duration'].summary['median']}, mean polyphony {h['polyphony'].summary['mean']}")
     for kind, title in NGRAM_KINDS.items():
