@@ -8,6 +8,8 @@ commands so that ``notelm --help`` stays instant.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import shlex
 import sys
 from pathlib import Path
 
@@ -30,19 +32,24 @@ exit status:
   2  the corpus was written but holds no song: every file failed (or none was found)
 """
 
+RESUME_HINTS = {"prepare": "; run the same command again to continue where it stopped",
+                "reproduce": "; run the same command again to continue where it stopped"}
+
 # --------------------------------------------------------------------------- verbs
+
 
 def cmd_demo(a):
     from notelm.demo import demo
 
-    demo(a.output, train=a.train, num=a.num, length=a.length, seed=a.seed, minutes=a.minutes)
+    demo(a.output, train=a.train, num=a.num, length=a.length, seed=a.seed, minutes=a.minutes, progress=not a.quiet)
 
 
 def cmd_prepare(a):
     from notelm.corpus import parse_shard, parse_split, prepare
 
-    manifest = prepare(a.sources, Path(a.output), workers=a.workers, shard=parse_shard(a.shard), split=parse_split(a.split),
-                       metadata_csv=a.metadata, max_file_mb=a.max_file_mb, force=a.force, progress=not a.quiet)
+    manifest = prepare(a.sources, Path(a.output), workers=a.workers, shard=parse_shard(a.shard),
+                       split=parse_split(a.split), metadata_csv=a.metadata, max_file_mb=a.max_file_mb, force=a.force,
+                       progress=not a.quiet)
     c = manifest["counts"]
     if not c["songs"]:  # exit status 2: see PREPARE_EXIT
         why = f"{c['failed']} of {c['files']} files failed" if c["files"] else "no music file found"
@@ -64,34 +71,42 @@ def cmd_stats(a):
 
 
 def cmd_encode(a):
-    from notelm.encoding.cache import encode_command
+    from notelm.encoding import encode
 
-    encode_command(a.corpus, a.repr, a.set, force=a.force, progress=not a.quiet)
+    encode(a.corpus, a.repr, a.set, force=a.force, progress=not a.quiet)
 
 
 def cmd_train(a):
-    from notelm.train import load_config, train
+    from notelm.config import load_config
+    from notelm.train import resume_config, train
 
-    if a.resume and (a.config or a.set):
-        from notelm.io import NotelmError
-
-        raise NotelmError("--resume continues with the run's saved configuration; drop --config/--set")
-    # with --init the model and encoding come from the checkpoint; --config/--set give the training settings
-    run = load_config(a.config, a.set or [])
-    train(a.corpus, run, a.output, resume=a.resume, init=a.init, progress=not a.quiet)
+    # --resume: the saved config, raising train.steps / train.time_limit at most;
+    # --init: the model and encoding come from that model, --config/--set give the training settings
+    run = resume_config(a.output, a.config, a.set or []) if a.resume else load_config(a.config, a.set or [])
+    try:
+        train(a.corpus, run, a.output, resume=a.resume, init=a.init, progress=not a.quiet)
+    except KeyboardInterrupt:
+        if (Path(a.output) / "checkpoint" / "config.json").exists():
+            again = f"notelm train {shlex.quote(a.corpus)} -o {shlex.quote(a.output)} --resume"
+            print(f"notelm train: interrupted; continue from the last checkpoint with: {again}", file=sys.stderr)
+        else:
+            print("notelm train: interrupted before the first checkpoint; run the same command again to start over",
+                  file=sys.stderr)
+        return 130
 
 
 def cmd_plot(a):
-    from notelm.train import plot
+    from notelm.plot import plot
 
     print(f"wrote {plot(a.run, a.output)}")
 
 
 def cmd_evaluate(a):
-    from notelm.evaluate import evaluate
+    from notelm.evaluate import EvalOptions, evaluate
 
-    evaluate(a.run, corpus=a.corpus, split=a.split, context=a.context, transpose_average=a.transpose_average,
-             generate=a.generate, generate_length=a.generate_length, out_dir=a.output, progress=not a.quiet)
+    options = EvalOptions(corpus=a.corpus, split=a.split, context=a.context, transpose_average=a.transpose_average,
+                          generate=a.generate, generate_length=a.generate_length)
+    evaluate(a.run, options, out_dir=a.output, progress=not a.quiet)
 
 
 def cmd_compare(a):
@@ -108,38 +123,31 @@ def cmd_reproduce(a):
 
 
 def cmd_generate(a):
-    from notelm.generate import SamplingConfig, generate
+    from notelm.config import SamplingConfig
+    from notelm.generate import OutputOptions, PieceOptions, PromptOptions, generate, parse_length
 
-    length, seconds = _length(a.length)
-    cfg = SamplingConfig(temperature=a.temperature, top_k=a.top_k, top_p=a.top_p, repetition_penalty=a.repetition_penalty,
-                         max_repeat=a.max_repeat, seed=a.seed)
-    generate(a.model, a.output, n=a.num, length=length, seconds=seconds, prompt_file=a.prompt, prompt_events=a.prompt_events,
-             prompt_bars=a.prompt_bars, prompt_from_test=a.prompt_from_test, corpus=a.corpus, condition=a.condition,
-             cfg=cfg, wav=a.wav, png=a.png, qpm=a.qpm, soundfont=a.soundfont)
-
-
-def _length(text: str) -> tuple[int, float | None]:
-    """'256' -> 256 events; '30s' -> 30 seconds."""
-    from notelm.io import NotelmError
-
-    try:
-        if text.endswith("s"):
-            return 0, float(text[:-1])
-        return int(text), None
-    except ValueError:
-        raise NotelmError(f"--length {text!r}: a number of events (e.g. 256) or of seconds (e.g. 30s)") from None
+    if a.run:
+        raise NotelmError(f"the model is given with --model: notelm generate --model {shlex.quote(a.run)} ...")
+    length, seconds = parse_length(a.length)
+    pieces = PieceOptions(num=a.num, length=length, seconds=seconds, condition=a.condition)
+    prompt = PromptOptions(prompt=a.prompt, prompt_events=a.prompt_events, prompt_bars=a.prompt_bars,
+                           prompt_from_test=a.prompt_from_test, corpus=a.corpus)
+    sampling = SamplingConfig(**{f.name: getattr(a, f.name) for f in dataclasses.fields(SamplingConfig)})
+    output = OutputOptions(wav=a.wav, png=a.png, qpm=a.qpm, soundfont=a.soundfont)
+    generate(a.model, a.output, pieces, prompt, sampling, output)
 
 
 def cmd_render(a):
     from notelm.render import render_file
 
+    log = print
     written = render_file(Path(a.midi), out_dir=a.output, wav=a.wav, png=a.png, soundfont=a.soundfont)
     if "wav" in written:
         w = written["wav"]
-        print(f"wrote {w['path']} ({w['path'].stat().st_size / 1e6:.1f} MB, {w['seconds']:.1f} s, "
-              f"RMS {w['rms']:.3f}, peak {w['peak']:.2f})")
+        log(f"wrote {w['path']} ({w['path'].stat().st_size / 1e6:.1f} MB, {w['seconds']:.1f} s, "
+            f"RMS {w['rms']:.3f}, peak {w['peak']:.2f})")
     if "png" in written:
-        print(f"wrote {written['png']} ({written['png'].stat().st_size / 1e3:.0f} kB piano roll)")
+        log(f"wrote {written['png']} ({written['png'].stat().st_size / 1e3:.0f} kB piano roll)")
 
 
 def cmd_serve(a):
@@ -150,159 +158,229 @@ def cmd_serve(a):
 
 # --------------------------------------------------------------------------- parser
 
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="notelm", description="Learn music from symbolic scores and write new music.",
                                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=f"notelm {_version()}")
     sub = p.add_subparsers(dest="verb", metavar="VERB")
+    for add in (_demo_parser, _prepare_parser, _merge_parser, _stats_parser, _encode_parser, _train_parser,
+                _plot_parser, _evaluate_parser, _compare_parser, _reproduce_parser, _generate_parser, _render_parser,
+                _serve_parser):
+        s = add(sub)
+        s.add_argument("-q", "--quiet", action="store_true", help="no progress bars (summaries and errors still print)")
+    return p
 
+
+def _demo_parser(sub):
     s = sub.add_parser("demo", help="hear it now: pieces from the shipped model as MIDI + WAV + piano roll",
-                       description="Generate a few pieces with the model shipped in the package and render them as MIDI, "
-                                   "WAV and piano-roll PNG. With --train, run the whole path on music21's Bach chorales "
-                                   "first: prepare -> train (a few minutes) -> evaluate -> generate.")
+                       description="Generate a few pieces with the model shipped in the package and render them as "
+                                   "MIDI, WAV and piano-roll PNG. With --train, run the whole path on music21's Bach "
+                                   "chorales first: prepare -> train (a few minutes) -> evaluate -> generate.")
     s.add_argument("-o", "--output", default="demo", metavar="DIR", help="where everything goes (default: demo)")
-    s.add_argument("--train", action="store_true", help="train a model on the built-in corpus instead of using the shipped one")
+    s.add_argument("--train", action="store_true",
+                   help="train a model on the built-in corpus instead of using the shipped one")
     s.add_argument("--minutes", type=float, default=3.0, help="training time for --train (default 3)")
     s.add_argument("--num", type=int, default=3, help="pieces to write (default 3)")
     s.add_argument("--length", default="20s", help="per piece: events (e.g. 256) or seconds (e.g. 20s); default 20s")
     s.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     s.set_defaults(func=cmd_demo)
+    return s
 
+
+def _prepare_parser(sub):
     s = sub.add_parser("prepare", help="read MIDI / MusicXML / kern / ABC files into a corpus",
                        description="Read music files into a corpus directory (note table, song table, splits).\n"
-                                   "A SOURCE is a file, a folder (recursive), a glob in quotes, or music21:NAME for a\n"
-                                   "collection of music21's bundled corpus (e.g. music21:bach). A killed prepare resumes\n"
-                                   "when run again.", epilog=PREPARE_EXIT, formatter_class=argparse.RawDescriptionHelpFormatter)
+                                   "A SOURCE is a file, a folder (recursive), a glob in quotes, or music21:NAME for "
+                                   "a\ncollection of music21's bundled corpus (e.g. music21:bach). A killed prepare "
+                                   "resumes\nwhen run again.", epilog=PREPARE_EXIT,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     s.add_argument("sources", nargs="+", metavar="SOURCE")
     s.add_argument("-o", "--output", required=True, metavar="CORPUS_DIR")
     s.add_argument("--workers", type=int, default=None, help="worker processes (default: number of cores)")
-    s.add_argument("--shard", metavar="K/N", help="process only the K-th of N interleaved slices of the sorted file list")
-    s.add_argument("--split", default="80/10/10", metavar="TRAIN/VALID/TEST", help="song-level split fractions (default 80/10/10)")
-    s.add_argument("--metadata", metavar="CSV", help="CSV with columns path,collection overriding the folder-derived collection")
+    s.add_argument("--shard", metavar="K/N", help="process only the K-th of N interleaved slices of the sorted files")
+    s.add_argument("--split", default="80/10/10", metavar="TRAIN/VALID/TEST",
+                   help="song-level split fractions (default 80/10/10)")
+    s.add_argument("--metadata", metavar="CSV",
+                   help="CSV with columns path,collection overriding the folder-derived collection")
     s.add_argument("--max-file-mb", type=float, default=64.0, help="skip files larger than this (default 64)")
     s.add_argument("--force", action="store_true", help="rebuild an existing corpus")
-    s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_prepare)
+    return s
 
+
+def _merge_parser(sub):
     s = sub.add_parser("merge", help="join corpora (e.g. shards from --shard) into one",
                        description="Join several corpora into one; identical songs are kept once.")
     s.add_argument("corpora", nargs="+", metavar="CORPUS_DIR")
     s.add_argument("-o", "--output", required=True, metavar="CORPUS_DIR")
     s.add_argument("--force", action="store_true", help="replace an existing output corpus")
     s.set_defaults(func=cmd_merge)
+    return s
 
+
+def _stats_parser(sub):
     s = sub.add_parser("stats", help="what is in a corpus: sizes, histograms, most frequent n-grams, token counts",
-                       description="Write CORPUS_DIR/stats/stats.md (or -o DIR) with PNG plots: songs, notes and hours per "
-                                   "collection and split; histograms of pitch, pitch class, duration, inter-onset interval, "
-                                   "polyphony, notes and tracks per song, programs and tempo; the most frequent n-grams "
-                                   "(n = 2..6) of pitch classes, durations and (pitch class, duration) pairs of the seed "
-                                   "representation; token counts per stream of the seed and events representations.")
+                       description="Write CORPUS_DIR/stats/stats.md (or -o DIR) with PNG plots: songs, notes and "
+                                   "hours per collection and split; histograms of pitch, pitch class, duration, "
+                                   "inter-onset interval, polyphony, notes and tracks per song, programs and tempo; "
+                                   "the most frequent n-grams (n = 2..6) of pitch classes, durations and (pitch "
+                                   "class, duration) pairs of the seed representation; token counts per stream of "
+                                   "every representation.")
     s.add_argument("corpus", metavar="CORPUS_DIR")
     s.add_argument("-o", "--output", metavar="DIR", help="report folder (default: CORPUS_DIR/stats)")
     s.add_argument("--top", type=int, default=10, metavar="K", help="n-grams and tokens listed per table (default 10)")
-    s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_stats)
+    return s
 
+
+def _encode_parser(sub):
+    from notelm.encoding import REPRESENTATIONS
+
+    names = ", ".join(REPRESENTATIONS)
+    settings = "; ".join(f"{name}: {', '.join(f.name for f in dataclasses.fields(cls.settings_class))}"
+                         for name, cls in REPRESENTATIONS.items())
     s = sub.add_parser("encode", help="turn a corpus into event streams (cached next to the corpus)",
                        description="Encode every song of a corpus as integer event streams and cache them in "
-                                   "CORPUS_DIR/encoded/REPR-HASH/ (memory-mapped .npy files). The same settings reuse the "
-                                   "cache. Representations: seed (the original experiment: pitch class + 5 durations; "
-                                   "settings durations=drop|nearest, order=onset|parts) and events (time shift, pitch, "
-                                   "duration, optional velocity and program; settings steps_per_quarter, max_shift, "
-                                   "linear_durations, max_duration, durations_per_octave, velocity_bins, program, drums).")
+                                   "CORPUS_DIR/encoded/REPR-HASH/ (memory-mapped .npy files). The same settings "
+                                   f"reuse the cache. Representations: {names}. Their settings: {settings}.")
     s.add_argument("corpus", metavar="CORPUS_DIR")
-    s.add_argument("--repr", default="events", metavar="NAME", help="seed or events (default events)")
-    s.add_argument("--set", action="append", metavar="KEY=VALUE", help="an encoder setting, e.g. velocity_bins=8 (repeatable)")
+    s.add_argument("--repr", default="events", metavar="NAME", help=f"the representation: {names} (default events)")
+    s.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="an encoder setting, e.g. velocity_bins=8 (repeatable)")
     s.add_argument("--force", action="store_true", help="encode again even if a cache exists")
-    s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_encode)
+    return s
 
+
+def _train_parser(sub):
+    presets = ", ".join(sorted(p.stem for p in (Path(__file__).parent / "configs").glob("*.toml")))
     s = sub.add_parser("train", help="train a model on a corpus (LSTM or transformer; presets in configs/)",
-                       description="Train on the corpus's train split with random crops and the loss at every position, "
-                                   "stop early on the valid split, write checkpoints to RUN_DIR. Presets: seed (the original "
-                                   "experiment), seed_fullseq, lstm, transformer, default (the shipped model).")
+                       description="Train on the corpus's train split with random crops and the loss at every "
+                                   "position, stop early on the valid split, write checkpoints to RUN_DIR. "
+                                   f"Presets: {presets}.")
     s.add_argument("corpus", metavar="CORPUS_DIR")
     s.add_argument("-o", "--output", required=True, metavar="RUN_DIR")
-    s.add_argument("--config", metavar="NAME_OR_TOML", help="a preset name (seed, seed_fullseq, lstm, transformer, default) or a TOML file")
-    s.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config value, e.g. train.steps=500 (repeatable)")
-    s.add_argument("--resume", action="store_true", help="continue a killed run from its last checkpoint")
-    s.add_argument("--init", metavar="RUN_OR_MODEL", help="fine-tune: start from this trained model (its representation and vocabulary); "
-                                                             "`default` is the model shipped with notelm")
-    s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    s.add_argument("--config", metavar="NAME_OR_TOML", help=f"a preset name ({presets}) or a TOML file")
+    s.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
+                   help="override a config value, e.g. train.steps=500 (repeatable)")
+    s.add_argument("--resume", action="store_true",
+                   help="continue a killed or finished run from its last checkpoint; --set may raise train.steps "
+                        "and train.time_limit")
+    s.add_argument("--init", metavar="RUN_OR_MODEL", help="fine-tune: start from this trained model (its "
+                                                           "representation and vocabulary); `default` is the model "
+                                                           "shipped with notelm")
     s.set_defaults(func=cmd_train)
+    return s
 
-    s = sub.add_parser("plot", help="draw a run's learning curves to PNG")
+
+def _plot_parser(sub):
+    s = sub.add_parser("plot", help="draw a run's learning curves to PNG",
+                       description="Draw the learning curves of a run (bits per event and accuracy per stream, "
+                                   "train and valid) from its metrics.jsonl.")
     s.add_argument("run", metavar="RUN_DIR")
     s.add_argument("-o", "--output", metavar="PNG", help="default: RUN_DIR/learning_curves.png")
     s.set_defaults(func=cmd_plot)
+    return s
+
+
+def _evaluate_parser(sub):
+    from notelm.corpus import SPLITS
 
     s = sub.add_parser("evaluate", help="held-out accuracy, bits per event and perplexity beside the baselines",
                        description="Score a trained run on the songs of a split (every event after BOS): per stream "
-                                   "accuracy, bits per event and perplexity, beside the majority and stratified dummies and "
-                                   "n-grams of orders 2-5 (per stream and joint) fitted on the train split, the best n-gram "
-                                   "chosen on the valid split. Writes evaluation.md, .json and .png to RUN_DIR/eval (or -o). "
-                                   "A run trained on the random window split is scored on its test windows.")
+                                   "accuracy, bits per event and perplexity, beside the majority and stratified "
+                                   "dummies and n-grams of orders 2-5 (per stream and joint) fitted on the train "
+                                   "split, the best n-gram chosen on the valid split. Writes evaluation.md, .json and "
+                                   ".png to RUN_DIR/eval (or -o). A run trained on the random window split is scored "
+                                   "on its test windows.")
     s.add_argument("run", metavar="RUN_DIR")
     s.add_argument("--corpus", metavar="CORPUS_DIR", help="corpus to score on (default: the run's own, from run.json)")
-    s.add_argument("--split", default="test", choices=["train", "valid", "test", "all"],
-                   help="songs to score (default test; all for a corpus the model never saw)")
-    s.add_argument("--context", type=int, metavar="N", help="each prediction sees at most N previous events (default: the whole song)")
+    s.add_argument("--split", default="test", metavar="SPLIT",
+                   help=f"songs to score: {', '.join(SPLITS)} or all (all: for a corpus the model never saw); "
+                        "default test")
+    s.add_argument("--context", type=int, metavar="N",
+                   help="each prediction sees at most N previous events (default: the whole song)")
     s.add_argument("--transpose-average", action="store_true",
                    help="average the predictions of the 12 transpositions of the input (where they fit)")
     s.add_argument("--generate", type=int, default=0, metavar="N",
-                   help="also sample N pieces (and N from the best n-gram) and compare their music metrics with real songs")
-    s.add_argument("--generate-length", type=int, default=256, metavar="EVENTS", help="events per sampled piece (default 256)")
+                   help="also sample N pieces (and N from the best n-gram) and compare their music metrics with "
+                        "real songs")
+    s.add_argument("--generate-length", type=int, default=256, metavar="EVENTS",
+                   help="events per sampled piece (default 256)")
     s.add_argument("-o", "--output", metavar="DIR", help="report folder (default: RUN_DIR/eval)")
-    s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_evaluate)
+    return s
 
+
+def _compare_parser(sub):
     s = sub.add_parser("compare", help="several runs' evaluations side by side",
-                       description="A Markdown table of the evaluations (notelm evaluate) of several runs, printed and "
-                                   "written to -o (default comparison.md).")
-    s.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories (or eval folders, or evaluation.json files)")
+                       description="A Markdown table of the evaluations (notelm evaluate) of several runs, printed "
+                                   "and written to -o (default comparison.md).")
+    s.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories (or eval folders, or evaluation.json)")
     s.add_argument("-o", "--output", metavar="FILE.md", help="where the table goes (default: comparison.md)")
     s.set_defaults(func=cmd_compare)
+    return s
 
-    s = sub.add_parser("reproduce", help="reproduce the original experiment (seed representation, Bach + piano-midi.de)",
-                       description="Prepare music21:bach and piano_midi_de, then for the original's random window split and "
-                                   "a song-level split train the original LSTM (configs/seed.toml) and notelm's best seed model "
-                                   "(configs/seed_fullseq.toml), evaluate them beside the stratified and majority dummies and "
-                                   "the best n-gram, and write a Markdown table + JSON. The same as benchmarks/reproduce.py.")
-    s.add_argument("--work", default="work/reproduce", metavar="DIR", help="corpora, runs and results go here (default work/reproduce)")
-    s.add_argument("--quick", action="store_true", help="a few files and tiny training budgets: a smoke test in minutes")
+
+def _reproduce_parser(sub):
+    s = sub.add_parser("reproduce", help="reproduce the original experiment (seed representation, Bach + "
+                                         "piano-midi.de)",
+                       description="Prepare music21:bach and piano_midi_de, then for the original's random window "
+                                   "split and a song-level split train the original LSTM (configs/seed.toml) and "
+                                   "notelm's best seed model (configs/seed_fullseq.toml), evaluate them beside the "
+                                   "stratified and majority dummies and the best n-gram, and write a Markdown table "
+                                   "+ JSON. The same as benchmarks/reproduce.py.")
+    s.add_argument("--work", default="work/reproduce", metavar="DIR",
+                   help="corpora, runs and results go here (default work/reproduce)")
+    s.add_argument("--quick", action="store_true", help="a few files and tiny training budgets: a smoke test")
     s.add_argument("--steps", type=int, help="training steps per model (default: the presets')")
     s.add_argument("--time-limit", type=float, help="seconds of training per model (default 600; quick 20)")
     s.add_argument("--bach", default="music21:bach", metavar="SOURCE", help="the Bach source (default music21:bach)")
-    s.add_argument("--piano", default=None, metavar="FOLDER", help="the piano_midi_de folder (default ../shared/data/piano_midi_de)")
-    s.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    s.add_argument("--piano", default=None, metavar="FOLDER",
+                   help="the piano_midi_de folder (default ../shared/data/piano_midi_de)")
     s.set_defaults(func=cmd_reproduce)
+    return s
 
-    s = sub.add_parser("generate", help="write new pieces with a trained model (MIDI, and WAV / piano roll on request)",
-                       description="Sample new pieces from a model (the shipped default model if --model is not given), "
-                                   "all pieces as one batch. Continue a MIDI file with --prompt, or an excerpt of a held-out "
-                                   "song with --prompt-from-test.")
-    s.add_argument("--model", metavar="RUN_OR_MODEL", help="a run directory or model directory (default: the shipped model)")
+
+def _generate_parser(sub):
+    s = sub.add_parser("generate", help="write new pieces with a trained model (MIDI, and WAV / piano roll on "
+                                        "request)",
+                       description="Sample new pieces from a model (the shipped default model if --model is not "
+                                   "given), all pieces as one batch. Continue a MIDI file with --prompt, or an "
+                                   "excerpt of a held-out song with --prompt-from-test.")
+    s.add_argument("run", nargs="?", help=argparse.SUPPRESS)  # a model given without --model: answered with a hint
+    s.add_argument("--model", metavar="RUN_OR_MODEL", help="a run directory or model directory (default: the "
+                                                            "shipped model)")
     s.add_argument("-o", "--output", default="out", metavar="OUT_DIR", help="where the files go (default: out)")
     s.add_argument("--num", type=int, default=4, help="pieces to write (default 4)")
     s.add_argument("--length", default="256", help="events per piece (e.g. 256) or seconds (e.g. 30s); default 256")
-    s.add_argument("--temperature", type=float, default=1.0, help="below 1: safer; above 1: wilder (default 1.0)")
-    s.add_argument("--top-k", type=int, default=0, help="sample only among the k likeliest values (0 = off)")
-    s.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold (1.0 = off)")
-    s.add_argument("--repetition-penalty", type=float, default=1.0, help="divide the odds of recently used pitches (1.0 = off)")
-    s.add_argument("--max-repeat", type=int, default=0, help="never the same pitch more than N times in a row (0 = off)")
-    s.add_argument("--seed", type=int, default=0, help="random seed: the same seed gives the same pieces")
+    _sampling_flags(s)
     s.add_argument("--prompt", metavar="FILE.mid", help="continue this MIDI file")
     s.add_argument("--prompt-events", type=int, help="take only the first N events of the prompt")
     s.add_argument("--prompt-bars", type=float, help="take only the first N bars of the prompt")
-    s.add_argument("--prompt-from-test", type=int, metavar="K", help="continue an excerpt of the K-th held-out (test) song")
-    s.add_argument("--corpus", metavar="CORPUS_DIR", help="the corpus for --prompt-from-test (default: the run's corpus)")
-    s.add_argument("--condition", metavar="collection=NAME", help="write in the style of a collection the model was trained on")
+    s.add_argument("--prompt-from-test", type=int, metavar="K", help="continue an excerpt of the K-th held-out song")
+    s.add_argument("--corpus", metavar="CORPUS_DIR", help="the corpus for --prompt-from-test (default: the run's)")
+    s.add_argument("--condition", metavar="collection=NAME",
+                   help="write in the style of a collection the model was trained on")
     s.add_argument("--qpm", type=float, help="tempo of the output (default: the prompt's, else 120)")
     s.add_argument("--wav", action="store_true", help="also render audio through a General MIDI SoundFont")
     s.add_argument("--png", action="store_true", help="also draw a piano roll")
     s.add_argument("--soundfont", metavar="SF2", help="SoundFont for --wav (default: the one installed with notelm)")
     s.set_defaults(func=cmd_generate)
+    return s
 
+
+def _sampling_flags(s) -> None:
+    """The flags of ``config.SamplingConfig``: one per setting, with its documentation and default."""
+    from notelm.config import SamplingConfig
+
+    for f in dataclasses.fields(SamplingConfig):
+        s.add_argument(SamplingConfig.label(f.name), type=f.metadata["kind"], default=f.default,
+                       help=f"{f.metadata['doc']} (default {f.default})")
+
+
+def _render_parser(sub):
     s = sub.add_parser("render", help="render a MIDI file to WAV (SoundFont synthesizer) and/or a piano-roll PNG",
                        description="Render a MIDI file to FILE.wav (General MIDI SoundFont) and/or FILE.png (piano "
                                    "roll), beside the file or in -o DIR. With neither --wav nor --png, both.")
@@ -313,19 +391,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--soundfont", metavar="SF2", help="SoundFont (.sf2/.sf3); default $NOTELM_SOUNDFONT, then the "
                                                       "venv's share/notelm, then /usr/share/sounds/sf2")
     s.set_defaults(func=cmd_render)
+    return s
 
+
+def _serve_parser(sub):
     s = sub.add_parser("serve", help="a local web page: generate, listen, look, download",
-                       description="Serve a web page to generate music in the browser: pick a model and a collection, "
-                                   "set temperature / top-k / top-p / length / seed, optionally upload a MIDI prompt, "
-                                   "then see the piano roll, play the audio and download MIDI and WAV. Listens on "
-                                   "127.0.0.1 only unless --host says otherwise.")
+                       description="Serve a web page to generate music in the browser: pick a model and a "
+                                   "collection, set temperature / top-k / top-p / length / seed, optionally upload a "
+                                   "MIDI prompt, then see the piano roll, play the audio and download MIDI and WAV. "
+                                   "Listens on 127.0.0.1 only unless --host says otherwise.")
     s.add_argument("--model", action="append", metavar="RUN_OR_MODEL",
                    help="a run or model directory to offer (repeatable; the shipped default model is offered too)")
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this computer only)")
     s.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
     s.set_defaults(func=cmd_serve)
-
-    return p
+    return s
 
 
 def _version() -> str:
@@ -349,7 +429,8 @@ def main(argv=None) -> int:
         print(f"notelm {args.verb}: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(f"notelm {args.verb}: interrupted; run the same command again to resume", file=sys.stderr)
+        hint = RESUME_HINTS.get(args.verb, "")
+        print(f"notelm {args.verb}: interrupted{hint}", file=sys.stderr)
         return 130
     return int(result or 0)
 
