@@ -1,10 +1,34 @@
-"""Shared fixtures: small MIDI files written by the tests themselves (no binaries in git)."""
+"""Shared fixtures and helpers: small MIDI files and corpora made by the tests themselves (no binaries in git)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import symusic
+
+from notelm.corpus import prepare
+
+
+def quiet(*_):
+    """A ``log`` that prints nothing."""
+
+
+def prepare_quietly(source, out, **kw):
+    """``notelm prepare`` of one folder with one worker and no output: how the tests make a corpus."""
+    kw.setdefault("workers", 1)
+    return prepare([str(source)], out, progress=False, log=quiet, **kw)
+
+
+def melody_corpus(tmp_path_factory, n_songs: int, seed: int, melody, collections=("a", "b"), prefix="m", **kw):
+    """A corpus of ``n_songs`` one-track melodies, ``melody(rng)`` -> note rows (see ``write_midi``),
+    song ``i`` in ``collections[i % len(collections)]``; ``kw`` go to ``prepare``."""
+    root = tmp_path_factory.mktemp("music")
+    rng = np.random.default_rng(seed)
+    for i in range(n_songs):
+        write_midi(root / collections[i % len(collections)] / f"{prefix}{i:02d}.mid", [(0, False, melody(rng))])
+    out = tmp_path_factory.mktemp("corpus") / "c"
+    prepare_quietly(root, out, **kw)
+    return out
 
 
 def write_midi(path, tracks, tpq=480, qpm=120.0, time_signature=(4, 4)):

@@ -13,13 +13,13 @@ from hypothesis import strategies as st
 
 from notelm import notes as nt
 from notelm.cli import main
-from notelm.corpus import Corpus, prepare
+from notelm.corpus import Corpus
 from notelm.encoding import Events, Seed, encode_corpus, from_vocab, get_representation, load_or_encode, parse_settings
 from notelm.encoding.seed import chord_roots, music21_quantize
 from notelm.encoding.vocab import BOS, EOS, N_SPECIAL
 from notelm.io import NotelmError
 
-from conftest import write_midi
+from conftest import prepare_quietly, write_midi
 
 
 def read(path) -> nt.Notes:
@@ -133,8 +133,9 @@ def test_chord_roots_match_music21_for_close_voicings():
 
 
 def test_music21_quantization_rules():
-    q = lambda x, **kw: music21_quantize(np.array(x, float), **kw).tolist()  # noqa: E731  (twelfths)
-    assert q([0.0, 0.24, 0.3, 0.33, 0.125, 0.375, 1 / 6]) == [0, 3, 4, 4, 0, 4, 3]  # nearest of 1/4 and 1/3; halves go down
+    q = lambda x, **kw: music21_quantize(np.array(x, float), **kw).tolist()
+    # the nearest of 1/4 and 1/3; halves go down
+    assert q([0.0, 0.24, 0.3, 0.33, 0.125, 0.375, 1 / 6]) == [0, 3, 4, 4, 0, 4, 3]
     assert q([0.05], zero_allowed=False) == [3]  # a duration never snaps to 0
     # 0.3 is nearer 1/3, but with the next onset half a quarter away the 1/4 grid fills the gap exactly
     assert q([0.3], zero_allowed=False, gap=np.array([6])) == [3]
@@ -143,7 +144,7 @@ def test_music21_quantization_rules():
 
 def test_seed_decode_is_a_playable_melody():
     rep = Seed()
-    ids = lambda names, stream: np.array([BOS] + [rep.vocab().stream(stream).id_of(n) for n in names] + [EOS])  # noqa: E731
+    ids = lambda names, stream: np.array([BOS] + [rep.vocab().stream(stream).id_of(n) for n in names] + [EOS])
     notes = rep.decode({"pitch": ids(["C", "G", "C", "F#", "B"], "pitch"),
                         "duration": ids(["quarter", "eighth", "eighth", "half", "whole"], "duration")})
     assert notes["pitch"].tolist() == [60, 55, 60, 54, 59]  # nearest octave; a tritone goes down
@@ -281,7 +282,7 @@ def small_corpus(tmp_path, midi_folder):
     write_midi(midi_folder / "gamma" / "rich.mid", [(0, False, [(0, 1, 60, 90), (0, 1, 64, 90), (11, 9, 67, 40)]),
                                                     (0, True, [(0, 0.5, 36, 100)])])
     out = tmp_path / "corpus"
-    prepare([str(midi_folder)], out, workers=1, progress=False, log=lambda *_: None)
+    prepare_quietly(midi_folder, out)
     return out
 
 
@@ -328,16 +329,22 @@ def test_cache_is_reused_and_invalidated(small_corpus):
 def test_settings_are_checked():
     with pytest.raises(NotelmError, match="unknown representation 'remi'"):
         get_representation("remi")
-    with pytest.raises(NotelmError, match="unknown events setting 'velocity'"):
+    with pytest.raises(NotelmError, match=r"unknown events setting\(s\): velocity; valid settings: steps_per_quarter"):
         Events({"velocity": 8})
-    with pytest.raises(NotelmError, match="velocity_bins: expected an integer"):
+    with pytest.raises(NotelmError, match="events.velocity_bins = '8': expected an integer"):
         Events({"velocity_bins": "8"})
-    with pytest.raises(NotelmError, match="program: expected true or false"):
+    with pytest.raises(NotelmError, match="events.program = 1: expected true or false"):
         Events({"program": 1})
-    with pytest.raises(NotelmError, match="durations: 'round' is not one of drop, nearest"):
+    with pytest.raises(NotelmError, match="seed.durations = 'round': expected one of 'drop', 'nearest'"):
         Seed({"durations": "round"})
-    with pytest.raises(NotelmError, match="below the minimum"):
+    with pytest.raises(NotelmError, match=r"events.max_shift must be >= 1 \(got 0\)"):
         Events({"max_shift": 0})
+    with pytest.raises(NotelmError, match=r"events.velocity_bins must be <= 128 \(got 129\)"):
+        Events({"velocity_bins": 129})
+    with pytest.raises(NotelmError, match=r"events.max_duration must be >= events.linear_durations \(12 < 24\)"):
+        Events({"max_duration": 12})
+    with pytest.raises(NotelmError, match="events.program = 'maybe': expected true or false"):
+        parse_settings("events", ["program=maybe"])
     assert parse_settings("events", ["velocity_bins=8", "program=true", "drums=keep"]) == \
         {"velocity_bins": 8, "program": True, "drums": "keep"}
     assert Events().config["drums"] == "drop" and Events({"program": True}).config["drums"] == "keep"
@@ -352,4 +359,4 @@ def test_cli_encode(small_corpus, capsys):
     assert main(["encode", str(small_corpus), "--repr", "nope"]) == 1
     assert "unknown representation 'nope'" in capsys.readouterr().err
     assert main(["encode", str(small_corpus), "--set", "velocity_bins=many"]) == 1
-    assert "velocity_bins: expected an integer, got 'many'" in capsys.readouterr().err
+    assert "events.velocity_bins = 'many': expected an integer" in capsys.readouterr().err

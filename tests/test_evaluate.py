@@ -10,19 +10,27 @@ import pytest
 import torch
 
 from notelm.checkpoint import load_model
-from notelm.corpus import prepare
-from notelm.encoding import load_or_encode
+from notelm.config import load_config
+from notelm.data import CropSampler, window_splits
+from notelm.encoding import from_vocab, load_or_encode
 from notelm.encoding.vocab import EOS
-from notelm.evaluate import compare, evaluate, predict_rows, predict_rows_transposed, song_targets, window_targets
+from notelm.evaluate import (
+    EvalOptions,
+    compare,
+    evaluate,
+    predict_rows,
+    predict_rows_transposed,
+    song_targets,
+    window_targets,
+)
 from notelm.io import NotelmError
-from notelm.metrics import (PredictionScores, accuracy, bits_per_event, expected_accuracy, perplexity,
-                            prediction_table)
+from notelm.metrics import PredictionScores, accuracy, bits_per_event, expected_accuracy, perplexity, prediction_table
 from notelm.models.base import NextEventModel
 from notelm.models.baselines import MajorityModel, StratifiedModel
 from notelm.models.ngram import NGramModel
-from notelm.train import CropSampler, load_config, pitch_shift_tables, train, window_splits
+from notelm.train import train
 
-from conftest import write_midi
+from conftest import melody_corpus, quiet
 
 CONTEXT = 8
 TINY = ["model.hidden=16", "model.embed_dim=4", "train.batch_size=8", f"train.context={CONTEXT}", "train.steps=4",
@@ -30,26 +38,18 @@ TINY = ["model.hidden=16", "model.embed_dim=4", "train.batch_size=8", f"train.co
 LN2 = math.log(2)
 
 
-def quiet(*_):
-    pass
-
-
 # ---------------------------------------------------------------------------- fixtures: a tiny corpus, tiny runs
 
 @pytest.fixture(scope="session")
 def corpus(tmp_path_factory):
     """20 random melodies in two collections (durations the seed representation keeps), split 50/25/25."""
-    root = tmp_path_factory.mktemp("music")
-    rng = np.random.default_rng(7)
-    for i in range(20):
+    def melody(rng):
         n = int(rng.integers(12, 30))
         durations = rng.choice([0.25, 0.5, 1.0, 2.0], n)
         onsets = np.concatenate([[0], np.cumsum(durations)[:-1]])
-        notes = [(float(t), float(d), int(rng.integers(55, 75)), 80) for t, d in zip(onsets, durations)]
-        write_midi(root / ("a" if i % 2 else "b") / f"m{i:02d}.mid", [(0, False, notes)])
-    out = tmp_path_factory.mktemp("corpus") / "c"
-    prepare([str(root)], out, workers=1, split=(0.5, 0.25, 0.25), progress=False, log=quiet)
-    return out
+        return [(float(t), float(d), int(rng.integers(55, 75)), 80) for t, d in zip(onsets, durations)]
+
+    return melody_corpus(tmp_path_factory, 20, 7, melody, collections=("b", "a"), split=(0.5, 0.25, 0.25))
 
 
 @pytest.fixture(scope="session")
@@ -110,7 +110,8 @@ def test_prediction_scores_add_up_streams_and_chunks():
         assert result["targets"] == 4
         assert result["pitch"]["bits"] == pytest.approx(2.0) and result["duration"]["bits"] == pytest.approx(1.0)
         assert result["total"]["bits"] == pytest.approx(3.0) and result["total"]["perplexity"] == pytest.approx(8.0)
-        assert result["pitch"]["accuracy"] == pytest.approx(0.25) and result["duration"]["accuracy"] == pytest.approx(0.5)
+        assert result["pitch"]["accuracy"] == pytest.approx(0.25)
+        assert result["duration"]["accuracy"] == pytest.approx(0.5)
     table = prediction_table({"m": whole.result()}, ["pitch", "duration"], marks={"m": " ★"})
     assert "| m ★ | 0.250 | 2.000 | 4.00 | 0.500 | 1.000 | 2.00 | 3.000 | 8.00 |" in table
 
@@ -119,7 +120,7 @@ def test_prediction_scores_add_up_streams_and_chunks():
 
 
 def test_evaluate_equals_hand_computation_from_predict(runs, encoded, tmp_path):
-    report = evaluate(runs["song"], split="test", out_dir=tmp_path, progress=False, log=quiet)
+    report = evaluate(runs["song"], EvalOptions(split="test"), out_dir=tmp_path, progress=False, log=quiet)
     model = load_model(runs["song"])
     test = encoded.ids("test")
     correct, nll, n = {"pitch": 0, "duration": 0}, {"pitch": 0.0, "duration": 0.0}, 0
@@ -164,7 +165,8 @@ def test_context_one_equals_a_first_order_prediction(runs, encoded):
     windowed = predict_rows(model, song, 0, rows, context=1)
     tokens = torch.as_tensor(np.stack([song["pitch"], song["duration"]], -1))
     with torch.no_grad():  # every event alone, as a batch of one-event sequences
-        logits, _ = model.net.eval()(tokens[:-1, None], torch.zeros(len(rows), dtype=torch.long), targets=tokens[1:, None])
+        no_condition = torch.zeros(len(rows), dtype=torch.long)
+        logits, _ = model.net.eval()(tokens[:-1, None], no_condition, targets=tokens[1:, None])
     for name, lg in zip(("pitch", "duration"), logits):
         direct = torch.log_softmax(lg[:, 0].float(), -1).numpy()
         np.testing.assert_allclose(windowed[name], direct, atol=1e-5)
@@ -174,7 +176,7 @@ def test_context_one_equals_a_first_order_prediction(runs, encoded):
 
 
 def test_context_limits_the_ngrams_too(runs, tmp_path):
-    report = evaluate(runs["song"], context=1, out_dir=tmp_path, progress=False, log=quiet)
+    report = evaluate(runs["song"], EvalOptions(context=1), out_dir=tmp_path, progress=False, log=quiet)
     assert report["context"] == 1
     assert {name for name in report["results"] if name.startswith(("ngram", "joint"))} == {"ngram2", "joint2"}
 
@@ -204,7 +206,7 @@ def test_transpose_average_of_an_equivariant_model_is_its_plain_prediction(encod
     model = RotatingModel(encoded.vocab)
     song = song_of(encoded, encoded.ids("test")[0])
     rows = np.arange(len(song["pitch"]) - 1)
-    tables = pitch_shift_tables(encoded.vocab)
+    tables = from_vocab(encoded.vocab).transpositions()
     averaged, used = predict_rows_transposed(model, song, 0, rows, None, tables)
     plain = predict_rows(model, song, 0, rows)
     assert used == 12
@@ -215,7 +217,8 @@ def test_transpose_average_of_an_equivariant_model_is_its_plain_prediction(encod
 def test_transpose_average_of_a_prior_spreads_it_over_pitch_classes(encoded):
     prior = StratifiedModel(encoded.vocab).fit(encoded.streams, encoded.offsets, encoded.ids("train"))
     song = song_of(encoded, encoded.ids("test")[0])
-    averaged, _ = predict_rows_transposed(prior, song, 0, np.arange(3), None, pitch_shift_tables(encoded.vocab))
+    tables = from_vocab(encoded.vocab).transpositions()
+    averaged, _ = predict_rows_transposed(prior, song, 0, np.arange(3), None, tables)
     p = prior.prior("pitch")
     expected = np.concatenate([[0, 0, p[EOS]], np.full(12, p[3:].mean())])  # every rotation of the prior, averaged
     np.testing.assert_allclose(np.exp(averaged["pitch"][0]), expected, atol=1e-6)
@@ -226,7 +229,8 @@ def test_window_split_scores_only_the_test_windows(runs, encoded, tmp_path):
     assert report["split_kind"] == "window" and report["context"] == CONTEXT
     # the same windows, found one by one: every start of every song, crops of CONTEXT + 1
     offsets = encoded.offsets
-    windows = [(s, first) for s in range(len(encoded)) for first in range(offsets[s], max(offsets[s + 1] - CONTEXT, offsets[s] + 1))]
+    windows = [(s, first) for s in range(len(encoded))
+               for first in range(offsets[s], max(offsets[s + 1] - CONTEXT, offsets[s] + 1))]
     streams = [encoded.streams[n] for n in encoded.vocab.names]
     assert len(windows) == CropSampler(streams, offsets, encoded.ids("all"), CONTEXT + 1).n_windows
     split = window_splits(len(windows))
@@ -237,7 +241,7 @@ def test_window_split_scores_only_the_test_windows(runs, encoded, tmp_path):
     train_targets = set(window_targets(encoded, "train", CONTEXT).positions(offsets).tolist())
     assert not train_targets & wanted
     with pytest.raises(NotelmError, match="window"):
-        evaluate(runs["window"], context=3, out_dir=tmp_path, progress=False, log=quiet)
+        evaluate(runs["window"], EvalOptions(context=3), out_dir=tmp_path, progress=False, log=quiet)
 
 
 def test_window_baselines_are_fitted_on_the_training_windows_only(encoded):
@@ -254,8 +258,8 @@ def test_window_baselines_are_fitted_on_the_training_windows_only(encoded):
 
 
 def test_generation_report_and_compare(runs, tmp_path):
-    report = evaluate(runs["ordered"], transpose_average=True, generate=2, generate_length=12, out_dir=tmp_path / "ev",
-                      progress=False, log=quiet)
+    report = evaluate(runs["ordered"], EvalOptions(transpose_average=True, generate=2, generate_length=12),
+                      out_dir=tmp_path / "ev", progress=False, log=quiet)
     generation = report["generation"]
     assert len(generation["metrics"]) == 3 and "pitch_class_histogram" in next(iter(generation["metrics"].values()))
     assert len(generation["copy"]["model"]["per_piece"]) == 2
@@ -270,8 +274,10 @@ def test_generation_report_and_compare(runs, tmp_path):
 
 
 def test_unknown_split_and_missing_corpus_are_clear_errors(runs, tmp_path):
-    with pytest.raises(NotelmError, match="--split"):
-        evaluate(runs["song"], split="dev", progress=False, log=quiet)
+    with pytest.raises(NotelmError, match="--split = 'dev': expected one of 'train', 'valid', 'test', 'all'"):
+        evaluate(runs["song"], EvalOptions(split="dev"), progress=False, log=quiet)
+    with pytest.raises(NotelmError, match=r"--context must be >= 1 \(got 0\)"):
+        evaluate(runs["song"], EvalOptions(context=0), progress=False, log=quiet)
     shutil.copytree(runs["song"] / "best", tmp_path / "model")
     with pytest.raises(NotelmError, match="--corpus"):
         evaluate(tmp_path / "model", progress=False, log=quiet)  # a model folder alone names no corpus

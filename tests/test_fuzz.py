@@ -101,7 +101,8 @@ def structured_midi(draw) -> bytes:
     bodies = draw(st.lists(track_body(), max_size=3))
     fmt = draw(st.sampled_from([0, 1, 1, 1, 1, 1, 2, 3]))
     n_tracks = len(bodies) if draw(st.integers(0, 19)) else draw(st.integers(0, 5))
-    division = draw(st.sampled_from([1, 24, 96, 480, 960, 32767])) if draw(st.integers(0, 9)) else draw(st.integers(0, 0xFFFF))
+    usual = draw(st.integers(0, 9))
+    division = draw(st.sampled_from([1, 24, 96, 480, 960, 32767])) if usual else draw(st.integers(0, 0xFFFF))
     data = header(fmt, n_tracks, division)
     for body in bodies:
         length = len(body) if draw(st.integers(0, 19)) else draw(st.integers(0, len(body) + 10))

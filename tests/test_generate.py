@@ -7,13 +7,18 @@ import pytest
 import torch
 
 from notelm import notes as nt
+from notelm.checkpoint import save_model
 from notelm.cli import main
+from notelm.config import SamplingConfig
 from notelm.encoding import get_representation
 from notelm.encoding.vocab import BOS
-from notelm.generate import SamplingConfig, default_model_path, draw, filter_logprobs, generate, prompt_from_notes, sample
+from notelm.generate import PieceOptions, PromptOptions, default_model_path, generate, prompt_from_notes, sample
 from notelm.io import NotelmError
-from notelm.models.neural import ModelConfig, NeuralModel
+from notelm.models import build_model
+from notelm.models.lstm import LSTMConfig
 from notelm.models.ngram import NGramModel
+from notelm.models.transformer import TransformerConfig
+from notelm.sampling import TopK, TopP, apply_processors, build_processors, draw
 
 from conftest import scale_tune, write_midi
 
@@ -21,7 +26,14 @@ from conftest import scale_tune, write_midi
 def events_model(family="lstm", heads="ordered", conditions=("folk", "jigs")):
     vocab = get_representation("events", {"velocity_bins": 4}).vocab(list(conditions))
     torch.manual_seed(0)
-    return NeuralModel(vocab, ModelConfig(family=family, heads=heads, hidden=32, embed_dim=8, layers=2, n_heads=2, context=64))
+    small = {"heads": heads, "hidden": 32, "embed_dim": 8, "layers": 2}
+    cfg = TransformerConfig(n_heads=2, context=64, **small) if family == "transformer" else LSTMConfig(**small)
+    return build_model(vocab, cfg)
+
+
+def filtered(lp, cfg):
+    """The sampling chain of ``cfg`` applied to log-probabilities (no history)."""
+    return apply_processors(build_processors(cfg), lp.copy(), np.zeros((len(lp), 0), np.int64), np.zeros(0, np.int64))
 
 
 def random_song(vocab, length, rng):
@@ -64,18 +76,28 @@ def test_same_seed_same_pieces_and_batch_of_distinct_pieces():
         assert all((v[1:] >= 3).all() for v in piece.streams.values())
 
 
-def test_top_k_top_p_and_temperature_filters():
-    lp = np.log(np.array([[0.5, 0.3, 0.15, 0.05]]))
-    assert np.isfinite(filter_logprobs(lp, SamplingConfig(top_k=2))).tolist() == [[True, True, False, False]]
-    assert np.isfinite(filter_logprobs(lp, SamplingConfig(top_p=0.7))).tolist() == [[True, True, False, False]]
-    assert np.isfinite(filter_logprobs(lp, SamplingConfig(top_p=0.5))).tolist() == [[True, False, False, False]]
-    cold = filter_logprobs(lp, SamplingConfig(temperature=0.01))
+def test_top_k_top_p_and_temperature_processors():
+    lp = np.log(np.array([[1e-9, 1e-9, 1e-9, 0.5, 0.3, 0.15, 0.05]]))  # PAD, BOS, EOS, then four values
+    assert np.isfinite(filtered(lp, SamplingConfig(top_k=2))).tolist() == [[False] * 3 + [True, True, False, False]]
+    assert np.isfinite(filtered(lp, SamplingConfig(top_p=0.7))).tolist() == [[False] * 3 + [True, True, False, False]]
+    assert np.isfinite(filtered(lp, SamplingConfig(top_p=0.5))).tolist() == [[False] * 3 + [True, False, False, False]]
+    assert [type(p).__name__ for p in build_processors(SamplingConfig(top_k=2, top_p=0.5, max_repeat=2))] == \
+        ["SuppressSpecials", "MaxRepeat", "TopK", "TopP"]  # only the processors that change something, in order
+    cold = filtered(lp, SamplingConfig(temperature=0.01))
     rng = np.random.default_rng(0)
-    assert set(draw(np.repeat(cold, 200, 0), rng).tolist()) == {0}
-    counts = np.bincount(draw(np.repeat(lp, 20000, 0), rng), minlength=4) / 20000
-    np.testing.assert_allclose(counts, [0.5, 0.3, 0.15, 0.05], atol=0.02)
+    assert set(draw(np.repeat(cold, 200, 0), rng).tolist()) == {3}
+    counts = np.bincount(draw(np.repeat(filtered(lp, SamplingConfig()), 20000, 0), rng), minlength=7) / 20000
+    np.testing.assert_allclose(counts, [0, 0, 0, 0.5, 0.3, 0.15, 0.05], atol=0.02)
+    for bad, message in ((dict(top_p=0), "--top-p must be in (0, 1]"), (dict(top_k=-1), "--top-k must be >= 0"),
+                         (dict(temperature=0.0), "--temperature must be > 0"), (dict(max_repeat=-2), "--max-repeat"),
+                         (dict(repetition_penalty=0.5), "--repetition-penalty must be >= 1"),
+                         (dict(top_k="3"), "--top-k = '3': expected an integer")):
+        with pytest.raises(NotelmError) as error:
+            SamplingConfig(**bad).validate()
+        assert message in str(error.value)
     with pytest.raises(NotelmError, match="top-p"):
-        SamplingConfig(top_p=0).validate()
+        TopP(1.5)
+    assert TopK(10)(lp.copy(), None, None).tolist() == lp.tolist()  # k beyond the vocabulary: nothing cut
 
 
 def test_max_repeat_forbids_a_note_repeated_forever():
@@ -98,26 +120,27 @@ def test_prompt_continuation_keeps_the_prompt_notes_exactly(tmp_path):
     notes, _ = nt.read_midi(prompt_file)
     rep = get_representation("events", model.vocab.config)
     expected = rep.quantize(notes)
-    report = generate_with(model, tmp_path, prompt_file=str(prompt_file), length=30, n=2)
+    report = generate_with(model, tmp_path, prompt={"prompt": str(prompt_file)}, length=30, num=2)
     for row in report["pieces"]:
         out, _ = nt.read_midi(row["midi"])
         out = rep.quantize(out)
         first = nt.take(out, np.argsort(out["onset"], kind="stable")[: nt.num_notes(expected)])
-        key = lambda t: sorted(zip(t["onset"].round(6), t["pitch"], np.round(t["duration"], 6)))  # noqa: E731
+        key = lambda t: sorted(zip(t["onset"].round(6), t["pitch"], np.round(t["duration"], 6)))
         assert key(first) == key(expected)
         assert row["prompt_events"] == len(rep.encode_song(notes)["pitch"]) - 2
     short = prompt_from_notes(model.vocab, notes, events=5)
     assert len(short["pitch"]) == 6 and short["pitch"][0] == BOS
 
 
-def generate_with(model, tmp_path, **kw):
-    model.save(tmp_path / "model")
-    return generate(tmp_path / "model", tmp_path / "out", cfg=SamplingConfig(seed=1), log=lambda *_: None, **kw)
+def generate_with(model, tmp_path, prompt=None, **pieces):
+    save_model(model, tmp_path / "model")
+    return generate(tmp_path / "model", tmp_path / "out", PieceOptions(**pieces), PromptOptions(**(prompt or {})),
+                    SamplingConfig(seed=1), log=lambda *_: None)
 
 
 def test_conditions_limits_and_files(tmp_path):
     model = events_model()
-    report = generate_with(model, tmp_path, n=2, length=20, condition="collection=jigs")
+    report = generate_with(model, tmp_path, num=2, length=20, condition="collection=jigs")
     assert report["condition"] == "collection=jigs" and len(report["pieces"]) == 2
     for row in report["pieces"]:
         notes, _ = nt.read_midi(row["midi"])
@@ -129,7 +152,7 @@ def test_conditions_limits_and_files(tmp_path):
         sample(model, 1000, 10)
     with pytest.raises(NotelmError, match="between 1 and"):
         sample(model, 1, 10**6)
-    report = generate_with(model, tmp_path, n=1, seconds=3.0)
+    report = generate_with(model, tmp_path, num=1, seconds=3.0)
     assert 0 < report["pieces"][0]["seconds"] <= 3.0
 
 
@@ -150,7 +173,11 @@ def test_default_model_generates_from_the_cli(tmp_path, capsys):
         pytest.fail("the default model must ship in the package")
     assert main(["generate", "-o", str(tmp_path), "--num", "2", "--length", "32", "--png", "--seed", "3"]) == 0
     out = capsys.readouterr().out
-    assert "piece_00" in out and "repeated pitches" in out
+    assert "piece_00" in out and "repeated notes" in out and "generated 2 pieces" in out
     assert (tmp_path / "piece_01.mid").exists() and (tmp_path / "piece_01.png").exists()
     assert main(["generate", "-o", str(tmp_path), "--length", "lots"]) == 1
     assert "--length 'lots'" in capsys.readouterr().err
+    assert main(["generate", "-o", str(tmp_path), "--num", "1", "--length", "8", "-q"]) == 0
+    assert "generated 1 piece " in capsys.readouterr().out
+    assert main(["generate", "runs/mine", "-o", str(tmp_path)]) == 1  # the model given without --model
+    assert "notelm generate --model runs/mine" in capsys.readouterr().err

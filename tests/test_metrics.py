@@ -121,7 +121,7 @@ def test_polyphony_ignores_float32_noise_at_touching_notes():
 
 
 def test_time_bins_put_straight_dotted_and_triplet_values_in_their_own_bins():
-    bin_of = lambda q: int(np.flatnonzero(log_time_histogram([q]))[0])  # noqa: E731
+    bin_of = lambda q: int(np.flatnonzero(log_time_histogram([q]))[0])
     quarter, eighth, dotted_quarter, triplet_quarter = bin_of(1.0), bin_of(0.5), bin_of(1.5), bin_of(2 / 3)
     assert eighth < triplet_quarter < quarter < dotted_quarter
     assert TIME_BIN_EDGES[quarter] < 1.0 < TIME_BIN_EDGES[quarter + 1]

@@ -10,10 +10,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from notelm.checkpoint import load_model, save_model
 from notelm.encoding.vocab import BOS, EOS, Stream, Vocab
+from notelm.evaluate import fit_models
 from notelm.io import NotelmError
 from notelm.models.baselines import MajorityModel, StratifiedModel
-from notelm.models.ngram import NGramModel, _kn_discounts, fit_models, top_ngrams
+from notelm.models.ngram import NGramModel, _kn_discounts
+from notelm.stats import top_ngrams
 
 SEED_VOCAB = Vocab("seed", {}, [Stream("pitch", [str(i) for i in range(12)]),
                                 Stream("duration", ["16th", "8th", "q", "h", "w"])])
@@ -25,7 +28,8 @@ def corpus(songs):
     pitch = [np.concatenate([[BOS], p, [EOS]]) for p, _ in songs]
     duration = [np.concatenate([[BOS], d, [EOS]]) for _, d in songs]
     offsets = np.concatenate([[0], np.cumsum([len(p) for p in pitch])]).astype(np.int64)
-    return {"pitch": np.concatenate(pitch).astype(np.uint8), "duration": np.concatenate(duration).astype(np.uint8)}, offsets
+    streams = {"pitch": np.concatenate(pitch).astype(np.uint8), "duration": np.concatenate(duration).astype(np.uint8)}
+    return streams, offsets
 
 
 def song(streams, offsets, i):
@@ -132,7 +136,7 @@ def test_distributions_are_normalized(songs, order, joint, smoothing, query, see
     model = NGramModel(SEED_VOCAB, order=order, joint=joint, smoothing=smoothing, k_add=0.3).fit(streams, offsets)
     # a query song of arbitrary (often unseen) values, BOS-started: every row of every stream sums to 1
     test = {"pitch": np.array([BOS] + query), "duration": np.r_[BOS, rng.integers(1, D_SIZE, len(query))]}
-    for name, logprobs in model.predict(test).items():
+    for logprobs in model.predict(test).values():
         p = probs_of(logprobs)
         np.testing.assert_allclose(p.sum(axis=1), 1.0, atol=1e-5)
         assert np.all(p[:, :2] == 0) and np.all(p[:, 2:] > 0)  # every predictable id keeps some mass
@@ -152,7 +156,7 @@ def test_bigram_learns_a_cycle_and_beats_the_unigram():
         regular = target > EOS
         lp2, lp1 = bigram.predict(test)[name], unigram.predict(test)[name]
         assert np.all(lp2.argmax(1)[regular] == target[regular])
-        nll = lambda lp: -np.take_along_axis(lp, target[:, None], 1).mean()
+        nll = lambda lp, target=target: -np.take_along_axis(lp, target[:, None], 1).mean()
         assert nll(lp2) < nll(lp1) - 0.5
 
 
@@ -261,22 +265,39 @@ def test_save_load_round_trip(tmp_path, make):
     rng = np.random.default_rng(6)
     streams, offsets = corpus(random_songs(rng, 20))
     model = make().fit(streams, offsets, np.arange(15))
-    model.save(tmp_path / "m")
+    save_model(model, tmp_path / "m")
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["config.json", "model.safetensors"]
-    loaded = type(model).load(tmp_path / "m")
+    loaded = load_model(tmp_path / "m")
+    assert type(loaded) is type(model) and loaded.cfg == model.cfg
     for i in (0, 18):
         want, got = model.predict(song(streams, offsets, i)), loaded.predict(song(streams, offsets, i))
         for name in SEED_VOCAB.names:
             np.testing.assert_array_equal(got[name], want[name])
 
 
-def test_loading_the_wrong_family_fails(tmp_path):
+def test_a_saved_model_missing_its_tables_or_folder_fails_clearly(tmp_path):
+    from safetensors.numpy import save_file
+
     streams, offsets = corpus(random_songs(np.random.default_rng(0), 3))
-    MajorityModel(SEED_VOCAB).fit(streams, offsets).save(tmp_path / "m")
-    with pytest.raises(NotelmError, match="majority"):
-        NGramModel.load(tmp_path / "m")
-    with pytest.raises(NotelmError, match="not a saved model"):
-        NGramModel.load(tmp_path / "nothing")
+    save_model(NGramModel(SEED_VOCAB, order=2).fit(streams, offsets), tmp_path / "m")
+    save_file({"pitch/context1": np.zeros(3, np.int64)}, str(tmp_path / "m" / "model.safetensors"))
+    with pytest.raises(NotelmError, match="m: n-gram model file lacks the table .pitch/ngram_keys."):
+        load_model(tmp_path / "m")
+    with pytest.raises(NotelmError, match="no such model or run directory"):
+        load_model(tmp_path / "nothing")
+
+
+def test_n_gram_models_saved_by_older_notelm_still_load(tmp_path):
+    """Older notelm wrote n-gram and dummy settings at the top of config.json, not under "model"."""
+    import json
+
+    streams, offsets = corpus(random_songs(np.random.default_rng(0), 3))
+    model = NGramModel(SEED_VOCAB, order=2, smoothing="addk", k_add=0.5).fit(streams, offsets)
+    save_model(model, tmp_path / "m")
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    flat = {"family": "ngram", **{k: v for k, v in config["model"].items() if k != "family"}, "vocab": config["vocab"]}
+    (tmp_path / "m" / "config.json").write_text(json.dumps(flat))
+    assert load_model(tmp_path / "m").cfg == model.cfg
 
 
 # ---------------------------------------------------------------------------- baselines
@@ -292,8 +313,10 @@ def test_majority_and_stratified_baselines():
     assert np.all(p.argmax(1) == 3) and p[0, 3] == pytest.approx(1 - majority.eps)
     stratified = StratifiedModel(SEED_VOCAB, alpha=0.0).fit(streams, offsets)
     assert stratified.expected_accuracy()["pitch"] == pytest.approx(0.6 ** 2 + 0.2 ** 2 + 0.2 ** 2)
-    assert stratified.expected_accuracy(streams, offsets, [0])["pitch"] == pytest.approx(0.6 * 0.6 + 0.2 * 0.2 + 0.2 * 0.2)
-    np.testing.assert_allclose(probs_of(stratified.predict(song(streams, offsets, 0))["pitch"])[0, [2, 3, 4]], [.2, .6, .2], rtol=1e-6)
+    expected = 0.6 * 0.6 + 0.2 * 0.2 + 0.2 * 0.2
+    assert stratified.expected_accuracy(streams, offsets, [0])["pitch"] == pytest.approx(expected)
+    prior = probs_of(stratified.predict(song(streams, offsets, 0))["pitch"])[0, [2, 3, 4]]
+    np.testing.assert_allclose(prior, [.2, .6, .2], rtol=1e-6)
 
 
 def test_fit_models_names():
@@ -307,10 +330,14 @@ def test_fit_models_names():
 
 def test_bad_input_is_a_clear_error():
     streams, offsets = corpus(random_songs(np.random.default_rng(0), 3))
-    with pytest.raises(NotelmError, match="order"):
+    with pytest.raises(NotelmError, match=r"model.order must be >= 1 \(got 0\)"):
         NGramModel(SEED_VOCAB, order=0)
-    with pytest.raises(NotelmError, match="smoothing"):
+    with pytest.raises(NotelmError, match="model.order = 2.5: expected an integer"):
+        NGramModel(SEED_VOCAB, order=2.5)
+    with pytest.raises(NotelmError, match="model.smoothing = 'witten-bell': expected one of 'kn', 'addk'"):
         NGramModel(SEED_VOCAB, smoothing="witten-bell")
+    with pytest.raises(NotelmError, match="model.eps must be < 1.0"):
+        MajorityModel(SEED_VOCAB, eps=1.0)
     with pytest.raises(NotelmError, match="streams"):
         NGramModel(SEED_VOCAB).fit({"pitch": streams["pitch"]}, offsets)
     with pytest.raises(NotelmError, match="offsets"):

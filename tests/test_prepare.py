@@ -16,11 +16,7 @@ from notelm.corpus import Corpus, assign_split, merge, parse_shard, parse_split,
 from notelm.io import NotelmError, content_hash
 from notelm.sources import iter_files, read_sidecar
 
-from conftest import scale_tune, write_midi
-
-
-def quiet(*_):
-    pass
+from conftest import quiet, scale_tune, write_midi
 
 
 def build(sources, out, **kw):
@@ -44,7 +40,8 @@ def test_prepare_keeps_valid_files_with_exact_counts(midi_folder, tmp_path):
     corpus = Corpus(tmp_path / "c")
     by_name = {os.path.basename(p): i for i, p in enumerate(corpus.songs["path"])}
     assert set(by_name) == {"a1.mid", "a2.mid", "b1.mid", "b2.mid"}
-    assert [int(corpus.songs["n_notes"][by_name[k]]) for k in ("a1.mid", "a2.mid", "b1.mid", "b2.mid")] == [8, 18, 16, 5]
+    counts = [int(corpus.songs["n_notes"][by_name[k]]) for k in ("a1.mid", "a2.mid", "b1.mid", "b2.mid")]
+    assert counts == [8, 18, 16, 5]
     assert corpus.num_notes == 8 + 18 + 16 + 5
     # the corrupt file and the text file are reported with a reason; the .txt is not a music file
     reasons = {os.path.basename(f["path"]): f["reason"] for f in manifest["failures"]}
@@ -183,7 +180,7 @@ def test_shards_merge_to_the_full_corpus(midi_folder, tmp_path):
         build([midi_folder], tmp_path / f"s{k}", shard=parse_shard(f"{k}/3"))
     merge([tmp_path / f"s{k}" for k in (1, 2, 3)], tmp_path / "merged", log=quiet)
     full, merged = Corpus(tmp_path / "full"), Corpus(tmp_path / "merged")
-    key = lambda c: sorted(zip(c.songs["sha"], c.songs["n_notes"], c.songs["split"], c.songs["collection"]))  # noqa: E731
+    key = lambda c: sorted(zip(c.songs["sha"], c.songs["n_notes"], c.songs["split"], c.songs["collection"]))
     assert key(full) == key(merged)
     assert full.num_notes == merged.num_notes
     assert merged.manifest["counts"]["failed"] == 2

@@ -48,10 +48,6 @@ REST_ONLY_MUSICXML = b"""<?xml version="1.0" encoding="UTF-8"?>
 WRAP = [(0x0FFFFFFF, [0xFF, 0x01, 0x00])] * 9  # 9 x 2**28 ticks: past what symusic's int32 times hold
 
 
-def quiet(*_):
-    pass
-
-
 @pytest.fixture(autouse=True, scope="module")
 def no_core_files():
     """The crashes these tests cause on purpose must not leave core dumps (workers inherit the limit)."""
@@ -129,7 +125,8 @@ def make_bad_input_folder(root: Path) -> tuple[dict[str, int], dict[Path, tuple[
     put(good / "far_future.mid", smf([melody([60]) + [(0x0FFFFFFF, note_on(62)), (1, note_off(62))]], division=1))
     kept["far_future.mid"] = 1
     n = 100_000  # simultaneous notes, on all 16 channels
-    put(good / "many_at_once.mid", smf([[(0, note_on(k % 128, 64, k // 128 % 16)) for k in range(n)] + [(480, [0xFF, 0x01, 0])]
+    put(good / "many_at_once.mid", smf([[(0, note_on(k % 128, 64, k // 128 % 16)) for k in range(n)]
+                                        + [(480, [0xFF, 0x01, 0])]
                                         + [(0, note_off(k % 128, k // 128 % 16)) for k in range(n)]]))
     kept["many_at_once.mid"] = n
     put(good / "extreme_pitches.mid", smf([melody([0, 127, 64])]))
@@ -212,7 +209,8 @@ def bad_input_run(tmp_path_factory):
     was_on = faulthandler.is_enabled()
     faulthandler.disable()  # the worker symusic crashes would print a fatal-error traceback into the test log
     try:
-        with locked_folder(root / "bad" / "locked"), contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        with (locked_folder(root / "bad" / "locked"), contextlib.redirect_stdout(stdout),
+              contextlib.redirect_stderr(stderr)):
             rc = main(["prepare", str(root), "-o", str(out), "-q", "--workers", "2", "--max-file-mb", "2"])
     finally:
         if was_on:
@@ -280,8 +278,8 @@ def test_absurd_values_are_read_as_the_file_means_them(bad_input_run):
 
 
 def test_transposition_never_takes_a_pitch_out_of_0_127(bad_input_run):
+    from notelm.data import transpose_batch
     from notelm.encoding import get_representation
-    from notelm.train import pitch_shift_tables, transpose_batch
 
     corpus = Corpus(bad_input_run[-1])
     rep = get_representation("events")
@@ -289,7 +287,7 @@ def test_transposition_never_takes_a_pitch_out_of_0_127(bad_input_run):
     song = corpus.song_index("extreme_pitches.mid")
     pitch = rep.encode_song(corpus.notes(song))["pitch"].astype(np.int64)
     low_only = rep.encode_song(nt.make_notes([0.0, 1.0], 1.0, [0, 5]))["pitch"].astype(np.int64)
-    tables = pitch_shift_tables(vocab)
+    tables = rep.transpositions()
     k = vocab.names.index("pitch")
     rng = np.random.default_rng(0)
     for crop in (pitch, low_only):
@@ -389,7 +387,8 @@ def test_a_parser_that_kills_its_process_costs_one_file(tmp_path, monkeypatch, d
     manifest = prepare([str(root)], tmp_path / "c", workers=2, progress=False, log=lines.append)
     corpus = Corpus(tmp_path / "c")
     assert {os.path.basename(p): int(n) for p, n in zip(corpus.songs["path"], corpus.songs["n_notes"])} == counts
-    assert manifest["failures"] == [{"path": str(root / "crash_me.mid"), "reason": "the parser crashed its process on this file"}]
+    crashed = {"path": str(root / "crash_me.mid"), "reason": "the parser crashed its process on this file"}
+    assert manifest["failures"] == [crashed]
     assert "(1 failed" in lines[-1]
 
 
@@ -428,13 +427,15 @@ def test_prepare_killed_at_random_moments_resumes_to_the_same_corpus(tmp_path):
         out = tmp_path / f"run{seed}"
         parts = tmp_path / f"run{seed}.partial" / "parts"
         for attempt in range(2):
-            proc = subprocess.Popen(command(out), stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+            proc = subprocess.Popen(command(out), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    start_new_session=True)
             if attempt and rng.random() < 0.5:  # anywhere in the run, start-up included
                 time.sleep(rng.uniform(0, full))
             else:  # in the thick of it: after some of the 13 chunks are saved
                 wanted = rng.randint(1, 10)
                 deadline = time.perf_counter() + 60
-                while proc.poll() is None and time.perf_counter() < deadline and len(list(parts.glob("*.json"))) < wanted:
+                while (proc.poll() is None and time.perf_counter() < deadline
+                       and len(list(parts.glob("*.json"))) < wanted):
                     time.sleep(0.005)
                 time.sleep(rng.uniform(0, 0.03))
             proc.kill()  # SIGKILL: no clean-up code runs
@@ -461,7 +462,8 @@ def test_a_writer_killed_mid_write_leaves_nothing_behind_once_rewritten(tmp_path
     code = ("import os, sys, time\nfrom notelm.io import atomic_dir\n"
             "with atomic_dir(sys.argv[1]) as tmp:\n    (tmp / 'model.safetensors').write_bytes(b'x' * 100)\n"
             "    print('writing', flush=True)\n    time.sleep(float(sys.argv[2]))\n")
-    killed = subprocess.run([sys.executable, "-c", code + "    os.kill(os.getpid(), 9)\n", str(target), "0"], timeout=60)
+    killed = subprocess.run([sys.executable, "-c", code + "    os.kill(os.getpid(), 9)\n", str(target), "0"],
+                            timeout=60)
     assert killed.returncode == -9
     assert not target.exists() and len(leftovers(tmp_path)) == 1  # what kill -9 leaves: a hidden temporary
     # a writer that is still running keeps its temporary; the one of the killed writer goes
@@ -496,11 +498,13 @@ class _Bait:
 @pytest.fixture
 def model_dir(tmp_path):
     """A small saved LSTM model (no training needed to test loading)."""
+    from notelm.checkpoint import save_model
     from notelm.encoding import get_representation
-    from notelm.models.neural import ModelConfig, NeuralModel
+    from notelm.models import build_model
+    from notelm.models.lstm import LSTMConfig
 
     vocab = get_representation("seed").vocab(["folk"])
-    NeuralModel(vocab, ModelConfig(family="lstm", hidden=16, embed_dim=4, cond_dim=4)).save(tmp_path / "model")
+    save_model(build_model(vocab, LSTMConfig(hidden=16, embed_dim=4, cond_dim=4)), tmp_path / "model")
     return tmp_path / "model"
 
 
@@ -513,15 +517,16 @@ def _edit_config(directory: Path, edit) -> None:
 @pytest.mark.parametrize("tamper,message", [
     (lambda c: c.clear() or c.update(family="gru"), "unknown model family 'gru'"),
     (lambda c: c.pop("model"), "needs 'model' and 'vocab' objects"),
-    (lambda c: c["model"].update(hidden="big"), r"\[model\] hidden = 'big': expected int"),
-    (lambda c: c["model"].update(hidden=True), r"\[model\] hidden = True: expected int"),
-    (lambda c: c["model"].update(activation="gelu"), r"unknown key\(s\) in \[model\]: activation"),
-    (lambda c: c["model"].update(hidden=-1), "model.hidden must be >= 1"),
+    (lambda c: c["model"].update(hidden="big"), r"model.hidden = 'big': expected an integer"),
+    (lambda c: c["model"].update(hidden=True), r"model.hidden = True: expected an integer"),
+    (lambda c: c["model"].update(activation="gelu"), r"unknown model setting\(s\): activation"),
+    (lambda c: c["model"].update(hidden=-1), r"model.hidden must be >= 1 \(got -1\)"),
     (lambda c: c["model"].update(family="transformer"), "family 'lstm' but model.family 'transformer'"),
     (lambda c: c["vocab"].update(streams=5), "malformed vocabulary"),
     (lambda c: c["vocab"].update(representation="remi"), "unknown representation 'remi'"),
-    (lambda c: c["vocab"]["config"].update(order="backwards"), "seed setting order: 'backwards' is not one of"),
-    (lambda c: c["vocab"]["streams"][0]["tokens"].append("H"), r"weights do not match the config: .*shape \(15, 4\) != \(16, 4\)"),
+    (lambda c: c["vocab"]["config"].update(order="backwards"), "seed.order = 'backwards': expected one of 'onset'"),
+    (lambda c: c["vocab"]["streams"][0]["tokens"].append("H"),
+     r"weights do not match the config: .*shape \(15, 4\) != \(16, 4\)"),
 ])
 def test_tampered_config_is_refused_with_a_clear_error(model_dir, tamper, message):
     from notelm.checkpoint import load_model
@@ -529,6 +534,16 @@ def test_tampered_config_is_refused_with_a_clear_error(model_dir, tamper, messag
     _edit_config(model_dir, tamper)
     with pytest.raises(NotelmError, match=message):
         load_model(model_dir)
+
+
+def test_a_model_saved_by_older_notelm_still_loads(model_dir):
+    """Older notelm saved one flat model config for every family, transformer settings included for an LSTM
+    (the shipped default model is such a file); they meant nothing to an LSTM and are dropped."""
+    from notelm.checkpoint import load_model
+
+    before = load_model(model_dir).cfg
+    _edit_config(model_dir, lambda c: c["model"].update(n_heads=4, context=256, positions="rope", ff_mult=4))
+    assert load_model(model_dir).cfg == before
 
 
 def test_invalid_json_config_is_refused(model_dir):
@@ -592,9 +607,10 @@ def test_pickle_files_are_never_unpickled(model_dir, tmp_path):
     with pytest.raises(NotelmError, match="not a readable safetensors file"):
         load_model(model_dir)
     ngram = tmp_path / "ngram"
+    vocab = json.loads((model_dir / "config.json").read_text())["vocab"]
     put(ngram / "model.safetensors", bait)
-    (ngram / "config.json").write_text(json.dumps({"family": "ngram"}))
-    with pytest.raises(NotelmError, match="unreadable model files"):
+    (ngram / "config.json").write_text(json.dumps({"family": "ngram", "model": {"order": 2}, "vocab": vocab}))
+    with pytest.raises(NotelmError, match="not a readable safetensors file"):
         load_model(ngram)
     assert not marker.exists(), "notelm ran code from a pickle"
     pickle.loads(bait)  # the bait is live: unpickling it does run code
@@ -603,21 +619,25 @@ def test_pickle_files_are_never_unpickled(model_dir, tmp_path):
 
 @pytest.mark.parametrize("toml,message", [
     ("[optimizer]\nlr = 0.1\n", r"unknown config section\(s\): optimizer"),
-    ("[train]\nlerning_rate = 0.1\n", r"unknown key\(s\) in \[train\]: lerning_rate"),
-    ("[train]\nsteps = 'many'\n", r"\[train\] steps = 'many': expected int"),
-    ("[train]\nsteps = 2.5\n", r"\[train\] steps = 2.5: expected int"),
-    ("[train]\nsteps = true\n", r"\[train\] steps = True: expected int"),
-    ("[train]\ntranspose = 1\n", r"\[train\] transpose = 1: expected bool"),
-    ("[model]\ndropout = 'high'\n", r"\[model\] dropout = 'high': expected float"),
-    ("[model]\nhidden = -3\n", "model.hidden must be >= 1"),
-    ("[data]\nrepresentation = 'midi'\n", "expected 'seed' or 'events'"),
-    ("[data]\ntokens = 3\n", r"unknown key\(s\) in \[data\]: tokens"),
-    ("[data.encoding]\nvelocity_bins = 'x'\n", "events setting velocity_bins: expected an integer"),
-    ("[data.encoding]\ncolour = 3\n", "unknown events setting 'colour'"),
+    ("[train]\nlerning_rate = 0.1\n", r"unknown train setting\(s\): lerning_rate; valid settings: objective"),
+    ("[train]\nsteps = 'many'\n", r"train.steps = 'many': expected an integer"),
+    ("[train]\nsteps = 2.5\n", r"train.steps = 2.5: expected an integer"),
+    ("[train]\nsteps = true\n", r"train.steps = True: expected an integer"),
+    ("[train]\nsteps = 0\n", r"train.steps must be >= 1 \(got 0\)"),
+    ("[train]\ntranspose = 1\n", r"train.transpose = 1: expected true or false"),
+    ("[train]\nsplit = 'random'\n", r"train.split = 'random': expected one of 'song', 'window'"),
+    ("[model]\ndropout = 'high'\n", r"model.dropout = 'high': expected a number"),
+    ("[model]\ndropout = 1.0\n", r"model.dropout must be < 1.0 \(got 1.0\)"),
+    ("[model]\nhidden = -3\n", r"model.hidden must be >= 1 \(got -3\)"),
+    ("[model]\nfamily = 'transformer'\nhidden = 30\nn_heads = 4\n", r"model.hidden \(30\) must be divisible"),
+    ("[data]\nrepresentation = 'midi'\n", "unknown representation 'midi'; choose one of seed, events"),
+    ("[data]\ntokens = 3\n", r"unknown data setting\(s\): tokens"),
+    ("[data.encoding]\nvelocity_bins = 'x'\n", "events.velocity_bins = 'x': expected an integer"),
+    ("[data.encoding]\ncolour = 3\n", r"unknown events setting\(s\): colour"),
     ("[train\nsteps = 3\n", "invalid TOML"),
 ])
 def test_config_files_are_validated_with_clear_messages(tmp_path, toml, message):
-    from notelm.train import load_config
+    from notelm.config import load_config
 
     path = put(tmp_path / "run.toml", toml.encode())
     with pytest.raises(NotelmError, match=message):
@@ -629,6 +649,7 @@ def test_config_files_are_validated_with_clear_messages(tmp_path, toml, message)
 @pytest.fixture(scope="module")
 def ngram_dir(tmp_path_factory):
     """A saved bigram model: the cheapest model generation can drive."""
+    from notelm.checkpoint import save_model
     from notelm.encoding import get_representation
     from notelm.models.ngram import NGramModel
 
@@ -637,17 +658,19 @@ def ngram_dir(tmp_path_factory):
     streams = rep.encode_song(notes)
     model = NGramModel(rep.vocab(), order=2).fit(streams, np.array([0, len(streams["pitch"])]))
     out = tmp_path_factory.mktemp("ngram") / "model"
-    model.save(out)
+    save_model(model, out)
     return out
 
 
 def test_generation_refuses_sizes_beyond_its_limits(ngram_dir, tmp_path, capsys):
     from notelm.checkpoint import load_model
-    from notelm.generate import MAX_EVENTS, MAX_PIECES, SamplingConfig, sample
+    from notelm.config import SamplingConfig
+    from notelm.generate import MAX_EVENTS, MAX_PIECES, sample
 
     model = load_model(ngram_dir)
     for kwargs, message in (({"n": MAX_PIECES + 1}, f"between 1 and {MAX_PIECES} pieces"), ({"n": 0}, "between 1 and"),
-                            ({"length": MAX_EVENTS + 1}, f"between 1 and {MAX_EVENTS} events"), ({"length": 0}, "between 1 and"),
+                            ({"length": MAX_EVENTS + 1}, f"between 1 and {MAX_EVENTS} events"),
+                            ({"length": 0}, "between 1 and"),
                             ({"seconds": -5.0}, "seconds above 0"), ({"seconds": float("nan")}, "seconds above 0"),
                             ({"cfg": SamplingConfig(temperature=0)}, "temperature must be > 0"),
                             ({"cfg": SamplingConfig(top_p=0)}, "top-p")):
@@ -658,7 +681,8 @@ def test_generation_refuses_sizes_beyond_its_limits(ngram_dir, tmp_path, capsys)
         sample(model, n=2, length=4, prompt=long_prompt)
     assert len(sample(model, n=MAX_PIECES, length=3)) == MAX_PIECES  # the limits themselves are fine
     # the command line says the same, on one line, exit status 1
-    for args, message in ((["--num", "100000"], "--num 100000: between 1 and"), (["--length", "10000000"], "--length 10000000"),
+    for args, message in ((["--num", "100000"], "--num 100000: between 1 and"),
+                          (["--length", "10000000"], "--length 10000000"),
                           (["--length=-3s"], "seconds above 0")):
         assert main(["generate", "--model", str(ngram_dir), "-o", str(tmp_path / "out"), *args]) == 1
         err = capsys.readouterr().err
@@ -674,7 +698,8 @@ def _peak_rss_of_prepare(root: Path, out: Path) -> float:
             "rc = main(['prepare', sys.argv[1], '-o', sys.argv[2], '-q', '--workers', '2'])\n"
             "status = dict(line.split(':', 1) for line in open('/proc/self/status'))\n"
             "print(rc, status['VmHWM'].split()[0])\n")
-    done = subprocess.run([sys.executable, "-c", code, str(root), str(out)], capture_output=True, text=True, timeout=600)
+    done = subprocess.run([sys.executable, "-c", code, str(root), str(out)], capture_output=True, text=True,
+                          timeout=600)
     rc, kb = done.stdout.split()[-2:]
     assert rc == "0", done.stderr
     return int(kb) / 1024

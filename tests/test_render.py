@@ -6,12 +6,13 @@ import wave
 
 import numpy as np
 import pytest
-from conftest import scale_tune, write_midi
 
 from notelm import render
 from notelm.cli import main
 from notelm.io import NotelmError
 from notelm.notes import empty_notes, make_notes
+
+from conftest import scale_tune, write_midi
 
 
 def _soundfont_or_skip():
@@ -72,7 +73,8 @@ def test_missing_soundfont_says_how_to_get_one(tmp_path, monkeypatch):
     with pytest.raises(NotelmError) as e:
         render.find_soundfont()
     message = str(e.value)
-    assert "apt install timgm6mb-soundfont" in message and "get-soundfont.sh" in message and "NOTELM_SOUNDFONT" in message
+    assert "apt install timgm6mb-soundfont" in message and "get-soundfont.sh" in message
+    assert "NOTELM_SOUNDFONT" in message
     assert "\n" not in message
     with pytest.raises(NotelmError, match="no SoundFont"):
         render.render_wav(scale_notes(2), tmp_path / "x.wav")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -14,30 +15,26 @@ import pytest
 import torch
 
 from notelm.checkpoint import load_model, load_tensors
-from notelm.corpus import prepare
+from notelm.config import load_config
+from notelm.data import CropSampler, window_splits
 from notelm.io import NotelmError, read_json, write_json
-from notelm.train import CropSampler, load_config, lr_at, train, window_splits
+from notelm.models import trainable_families
+from notelm.train import lr_at, resume_config, train
 
-from conftest import write_midi
+from conftest import melody_corpus, quiet
 
+FROZEN = ["train.steps=1", "train.lr=0.0", "train.min_lr=0.0", "train.warmup=1"]  # one step that changes nothing
 TINY = ["model.hidden=32", "model.embed_dim=8", "train.batch_size=8", "train.context=16", "train.eval_every=10",
         "train.eval_crops=16", "train.log_every=5", "train.threads=1"]
 
 
-def quiet(*_):
-    pass
-
-
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    root = tmp_path_factory.mktemp("music")
-    rng = np.random.default_rng(0)
-    for i in range(40):
-        notes = [(float(t), 0.5, int(60 + rng.integers(-5, 8)), 80) for t in range(24)]
-        write_midi(root / ("folk" if i % 2 else "jigs") / f"t{i:02d}.mid", [(0, False, notes)])
-    out = tmp_path_factory.mktemp("corpus") / "c"
-    prepare([str(root)], out, workers=1, progress=False, log=quiet)
-    return out
+    """40 melodies of 24 eighth notes in two collections."""
+    def melody(rng):
+        return [(float(t), 0.5, int(60 + rng.integers(-5, 8)), 80) for t in range(24)]
+
+    return melody_corpus(tmp_path_factory, 40, 0, melody, collections=("jigs", "folk"), prefix="t")
 
 
 def weights(run_dir, which="checkpoint"):
@@ -66,17 +63,20 @@ def test_schedule_warms_up_then_decays():
 
 
 def test_config_errors_are_clear(tmp_path):
-    with pytest.raises(NotelmError, match="unknown key.*lerning_rate"):
+    with pytest.raises(NotelmError, match="unknown train setting.*lerning_rate"):
         load_config("seed", ["train.lerning_rate=0.1"])
-    with pytest.raises(NotelmError, match=r"steps = 'many': expected int"):
+    with pytest.raises(NotelmError, match=r"train.steps = 'many': expected an integer"):
         load_config("seed", ["train.steps=many"])
     with pytest.raises(NotelmError, match="no such file or preset"):
         load_config("nope")
     bad = tmp_path / "bad.toml"
     bad.write_text("[model]\nfamily = 'gru'\n")
-    with pytest.raises(NotelmError, match="'lstm' or 'transformer'"):
+    with pytest.raises(NotelmError, match="model.family = 'gru': expected one of " +
+                       ", ".join(repr(f) for f in trainable_families())):
         load_config(str(bad))
-    for preset in ("seed", "seed_fullseq", "lstm", "transformer"):
+    with pytest.raises(NotelmError, match=r"unknown model setting\(s\): n_heads"):  # a transformer setting
+        load_config("lstm", ["model.n_heads=2"])
+    for preset in ("seed", "seed_fullseq", "lstm", "transformer", "default"):
         load_config(preset)
 
 
@@ -119,8 +119,9 @@ def test_resume_after_kill_continues_to_the_same_result(corpus, tmp_path):
     assert 20 <= step < 60, "the run must be killed before it finished"
     assert not list(run_dir.glob(".*.tmp")), "no half-written checkpoint next to the real one"
 
-    refused = subprocess.run(cmd + ["--resume"], capture_output=True, text=True)  # --config/--set with --resume
-    assert refused.returncode == 1 and "saved configuration" in refused.stderr
+    refused = subprocess.run(cmd + ["--resume", "--set", "train.lr=0.1"], capture_output=True, text=True)
+    assert refused.returncode == 1 and "can only raise train.steps or train.time_limit" in refused.stderr
+    assert "train.lr 0.003 -> 0.1" in refused.stderr and refused.stderr.count("\n") == 1
     resume = [sys.executable, "-m", "notelm", "train", str(corpus), "-o", str(run_dir), "--resume", "-q"]
     out = subprocess.run(resume, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
@@ -146,7 +147,7 @@ def test_finetune_starts_from_the_model_and_checks_the_vocabulary(corpus, tmp_pa
     base = tmp_path / "base"
     train(corpus, load_config("seed_fullseq", TINY + ["train.steps=20"]), base, progress=False, log=quiet)
     tuned = tmp_path / "tuned"
-    train(corpus, load_config(None, TINY + ["train.steps=1", "train.lr=0.0", "train.min_lr=0.0", "train.warmup=1"]), tuned,
+    train(corpus, load_config(None, TINY + FROZEN), tuned,
           init=str(base), progress=False, log=quiet)
     a, b = weights(base, "best"), weights(tuned)
     assert all(torch.equal(a[k], b[k]) for k in a)  # lr 0: fine-tuning starts exactly from the base weights
@@ -155,15 +156,17 @@ def test_finetune_starts_from_the_model_and_checks_the_vocabulary(corpus, tmp_pa
     config = read_json(base / "best" / "config.json")
     config["vocab"]["streams"][1]["tokens"][-1] = "breve"  # a model whose durations this encoder cannot produce
     write_json(base / "best" / "config.json", config)
-    with pytest.raises(NotelmError, match="cannot be read by the model: stream 'duration'.*not known to the model: whole"):
-        train(corpus, load_config(None, TINY + ["train.steps=1"]), tmp_path / "t2", init=str(base), progress=False, log=quiet)
+    with pytest.raises(NotelmError, match="cannot be read by the model: stream 'duration'.*not known to the model: "
+                                          "whole"):
+        train(corpus, load_config(None, TINY + ["train.steps=1"]), tmp_path / "t2", init=str(base), progress=False,
+              log=quiet)
 
 
 def test_finetune_from_the_shipped_default_model(corpus, tmp_path):
     from notelm.generate import default_model_path
 
     tuned = tmp_path / "tuned"
-    train(corpus, load_config(None, TINY + ["train.steps=1", "train.lr=0.0", "train.min_lr=0.0", "train.warmup=1"]), tuned,
+    train(corpus, load_config(None, TINY + FROZEN), tuned,
           init="default", progress=False, log=quiet)
     shipped = load_tensors(default_model_path() / "model.safetensors")  # float16 in the package
     tuned_weights = weights(tuned)
@@ -180,10 +183,55 @@ def test_refuses_to_overwrite_a_run_or_resume_nothing(corpus, tmp_path):
         train(corpus, load_config("seed"), tmp_path / "empty", resume=True, progress=False, log=quiet)
 
 
+def test_resume_raises_steps_or_time_limit_and_refuses_other_changes(corpus, tmp_path):
+    run_dir = tmp_path / "run"
+    train(corpus, load_config("seed", TINY + ["train.steps=10"]), run_dir, progress=False, log=quiet)
+    said = []
+    assert train(corpus, resume_config(run_dir), run_dir, resume=True, progress=False, log=said.append)["steps"] == 10
+    assert "nothing left to train (all 10 steps done)" in said[0]
+    with pytest.raises(NotelmError, match="can raise train.steps, not lower it"):
+        train(corpus, resume_config(run_dir, None, ["train.steps=5"]), run_dir, resume=True, progress=False, log=quiet)
+    with pytest.raises(NotelmError, match="cannot change model.hidden 32 -> 64"):
+        train(corpus, resume_config(run_dir, None, ["model.hidden=64"]), run_dir, resume=True, progress=False,
+              log=quiet)
+    summary = train(corpus, resume_config(run_dir, None, ["train.steps=20"]), run_dir, resume=True, progress=False,
+                    log=quiet)
+    assert summary["steps"] == 20 and read_json(run_dir / "run.json")["train"]["steps"] == 20
+    # a run cut short by its time limit goes on once the limit is raised (0: none)
+    cut = tmp_path / "cut"
+    settings = TINY + ["train.steps=30", "train.patience=100", "train.time_limit=0.001"]
+    first = train(corpus, load_config("seed", settings), cut, progress=False, log=quiet)
+    assert first["stopped"].startswith("time limit") and first["steps"] < 30
+    again = train(corpus, resume_config(cut, "seed", settings + ["train.time_limit=0"]), cut, resume=True,
+                  progress=False, log=quiet)
+    assert again["steps"] == 30 and again["stopped"] == "completed"
+
+
+def test_ctrl_c_prints_a_command_that_resumes(corpus, tmp_path):
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "notelm", "train", str(corpus), "--config", "seed", "-o", str(run_dir), "-q"]
+    for o in TINY + ["train.steps=400", "train.patience=1000"]:
+        cmd += ["--set", o]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (run_dir / "checkpoint" / "config.json").exists():
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    printed = err.strip().splitlines()[-1].split("continue from the last checkpoint with: ")[1]
+    args = shlex.split(printed)
+    assert args == ["notelm", "train", str(corpus), "-o", str(run_dir), "--resume"]
+    again = subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    assert read_json(run_dir / "summary.json")["steps"] == 400
+
+
 @pytest.mark.slow
 def test_torchrun_two_processes_gloo(corpus, tmp_path):
     run_dir = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port", str(29500 + os.getpid() % 1000),
+    port = str(29500 + os.getpid() % 1000)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port", port,
            "-m", "notelm", "train", str(corpus), "--config", "seed_fullseq", "-o", str(run_dir), "-q"]
     for o in TINY + ["train.steps=20"]:
         cmd += ["--set", o]

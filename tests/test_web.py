@@ -14,16 +14,17 @@ import wave
 from pathlib import Path
 
 import pytest
+
 from conftest import scale_tune, write_midi
 
 pytest.importorskip("fastapi", reason="the web extra is not installed: pip install -e '.[web]'")
-from fastapi.testclient import TestClient  # noqa: E402
+from fastapi.testclient import TestClient
 
-from notelm import generate as gen  # noqa: E402
-from notelm.io import NotelmError  # noqa: E402
-from notelm.notes import num_notes, read_midi  # noqa: E402
-from notelm.render import find_soundfont  # noqa: E402
-from notelm.web import app as web  # noqa: E402
+from notelm import generate as gen
+from notelm.io import NotelmError
+from notelm.notes import num_notes, read_midi
+from notelm.render import find_soundfont
+from notelm.web import app as web
 
 CHROMIUM = "/usr/bin/chromium"
 # Chromium on an offline machine: no first-run, sync, update or background connections that would be refused.
@@ -36,8 +37,9 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
     """A tiny LSTM trained for 20 steps on two collections of scale tunes (once per test session)."""
+    from notelm.config import load_config
     from notelm.corpus import prepare
-    from notelm.train import load_config, train
+    from notelm.train import train
 
     root = tmp_path_factory.mktemp("web_model")
     for i in range(6):
