@@ -1,12 +1,12 @@
 # Two commands do everything on a fresh machine:
 #   make demo   - generate music with the shipped model (creates .venv and installs on first use)
-#   make test   - run the test suite (same command CI runs through .ci/run)
+#   make test   - run the test suite (CI, .ci/run, runs `make lint` and then this)
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.notelm-installed
 
-.PHONY: demo test test-fast bench install clean
+.PHONY: demo test test-fast lint bench install clean
 
 demo: $(STAMP)
 	$(BIN)/notelm demo
@@ -16,6 +16,10 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow"
+
+# ruff comes with the dev extra; its rules are in pyproject.toml ([tool.ruff])
+lint: $(STAMP)
+	$(BIN)/python -m ruff check .
 
 install: $(STAMP)
 

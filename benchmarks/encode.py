@@ -103,8 +103,10 @@ def main(argv=None) -> dict:
     miditok_rate = miditok_notes / miditok_s
     notelm_rate = corpus.num_notes / notelm_s
     print(f"{'':<28} {'files':>6} {'notes':>10} {'seconds':>9} {'notes/s':>12}")
-    print(f"{'MidiTok REMI (Score objects)':<28} {len(files):>6} {miditok_notes:>10,} {miditok_s:>9.3f} {miditok_rate:>12,.0f}")
-    print(f"{'notelm events (note table)':<28} {len(corpus):>6} {corpus.num_notes:>10,} {notelm_s:>9.3f} {notelm_rate:>12,.0f}")
+    print(f"{'MidiTok REMI (Score objects)':<28} {len(files):>6} {miditok_notes:>10,} {miditok_s:>9.3f} "
+          f"{miditok_rate:>12,.0f}")
+    print(f"{'notelm events (note table)':<28} {len(corpus):>6} {corpus.num_notes:>10,} {notelm_s:>9.3f} "
+          f"{notelm_rate:>12,.0f}")
     print(f"events encoding is {notelm_rate / miditok_rate:.0f}x MidiTok REMI in notes/s")
     print(f"piano_midi_de ({len(piano)} files, {piano_corpus.num_notes:,} notes): symusic parses in {parse_s:.3f} s, "
           f"notelm encodes the corpus in {encode_s:.3f} s ({parse_s / encode_s:.1f}x faster than parsing)")

@@ -25,18 +25,20 @@ import time
 import numpy as np
 import torch
 
+from notelm.config import SamplingConfig, load_config
 from notelm.encoding import get_representation
 from notelm.encoding.vocab import BOS
-from notelm.generate import SamplingConfig, draw, sample
+from notelm.generate import sample
+from notelm.models import build_model
 from notelm.models.neural import NeuralModel
-from notelm.train import load_config
+from notelm.sampling import draw
 
 
 def model_for(preset: str) -> NeuralModel:
     run = load_config(preset)
     rep = get_representation(run.representation, run.encoding)
     torch.manual_seed(0)
-    return NeuralModel(rep.vocab(), run.model)
+    return build_model(rep.vocab(), run.model)
 
 
 def rate(fn, notes: int, repeat: int = 2) -> float:
@@ -101,7 +103,8 @@ def transformer_rates(model: NeuralModel, new: int, rng, pieces: int = 1) -> tup
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--notes", type=int, default=None, help="notes per single-piece run (default 2000; 400 with --quick)")
+    ap.add_argument("--notes", type=int, default=None,
+                    help="notes per single-piece run (default 2000; 400 with --quick)")
     ap.add_argument("--quick", action="store_true")
     a = ap.parse_args(argv)
     cores = torch.get_num_threads()
@@ -140,8 +143,10 @@ def main(argv=None) -> dict:
     print(f"{'(a) original: recompute the last 32 notes per note':<52}{recompute:>12,.0f}")
     print(f"{'(b) notelm incremental, 1 piece':<52}{single:>12,.0f}   {single / recompute:.1f}x (a)")
     print(f"{'(c) notelm incremental, 64 pieces in a batch':<52}{batch:>12,.0f}")
-    print(f"{'(e) bare PyTorch loop, 1 piece (overhead floor)':<52}{bare:>12,.0f}   notelm at {single / bare:.0%} of it")
-    print(f"transformer preset (context {transformer.cfg.context}, {transformer.cfg.layers} layers), the last {new} events up to full context:")
+    print(f"{'(e) bare PyTorch loop, 1 piece (overhead floor)':<52}{bare:>12,.0f}   "
+          f"notelm at {single / bare:.0%} of it")
+    print(f"transformer preset (context {transformer.cfg.context}, {transformer.cfg.layers} layers), "
+          f"the last {new} events up to full context:")
     print(f"{'(d) KV cache':<52}{kv:>12,.0f}")
     print(f"{'    full recompute per event':<52}{full:>12,.0f}   KV cache {kv / full:.1f}x faster")
     print(f"{'(d) KV cache, 16 pieces in a batch':<52}{kv16:>12,.0f}")

@@ -71,8 +71,9 @@ def main(argv=None) -> dict:
         # the least any note store must do: parse, then copy each track's notes out as arrays
         t_arr = best_of(3, lambda: [[t.notes.numpy() for t in symusic.Score(f).tracks] for f in files])
         runs = iter(range(6))
-        t_nlm, t_one = (best_of(3, lambda: prepare([str(src)], Path(tmp) / f"corpus{next(runs)}", workers=workers,
-                                                   progress=False, log=lambda *_: None))
+        t_nlm, t_one = (best_of(3, lambda workers=workers: prepare([str(src)], Path(tmp) / f"corpus{next(runs)}",
+                                                                   workers=workers, progress=False,
+                                                                   log=lambda *_: None))
                         for workers in (a.workers, 1))
 
     m21_fps, sym_fps, nlm_fps = n_m21 / t_m21, len(files) / t_sym, len(files) / t_nlm

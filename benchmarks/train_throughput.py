@@ -60,10 +60,12 @@ def main(argv=None) -> dict:
     ap.add_argument("--quick", action="store_true")
     a = ap.parse_args(argv)
 
+    from notelm.config import load_config
     from notelm.corpus import prepare
+    from notelm.data import CropSampler
     from notelm.encoding import load_or_encode
-    from notelm.models.neural import NeuralModel
-    from notelm.train import CropSampler, batch_loss, load_config
+    from notelm.models import build_model
+    from notelm.train import batch_loss
 
     torch.manual_seed(0)
     steps = a.steps or (6 if a.quick else 20)
@@ -85,7 +87,7 @@ def main(argv=None) -> dict:
         x, y = original_windows(streams, encoded.offsets, songs, a.window)
         build_s = time.perf_counter() - t
         windows_bytes = x.nbytes + y.nbytes
-        model = NeuralModel(vocab, run.model)
+        model = build_model(vocab, run.model)
         opt = torch.optim.AdamW(model.net.parameters(), lr=1e-3)
         rng = np.random.default_rng(0)
 
@@ -102,7 +104,7 @@ def main(argv=None) -> dict:
 
         # -- notelm: crops from the encoded streams, a target at every position
         sampler = CropSampler(streams, encoded.offsets, songs, a.window + 1)
-        model2 = NeuralModel(vocab, run.model)
+        model2 = build_model(vocab, run.model)
         opt2 = torch.optim.AdamW(model2.net.parameters(), lr=1e-3)
 
         def notelm_step():

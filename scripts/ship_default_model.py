@@ -9,20 +9,16 @@ loader casts the weights back to the network's float32.
 import sys
 from pathlib import Path
 
-from safetensors.torch import load_file
-
-from notelm.checkpoint import resolve, save_weights
+from notelm.checkpoint import load_model, resolve, save_model
 from notelm.io import read_json
 
 TARGET = Path(__file__).resolve().parents[1] / "src" / "notelm" / "assets" / "default_model"
 
 if __name__ == "__main__":
     source = resolve(sys.argv[1])
-    weights = {k: v.half() if v.is_floating_point() else v for k, v in load_file(str(source / "model.safetensors")).items()}
-    config = read_json(source / "config.json")
+    model = load_model(source)
+    model.net.half()
     run_json = source.parent / "run.json"
-    if run_json.exists():
-        config["trained_with"] = read_json(run_json)
-    save_weights(TARGET, weights, config)
+    save_model(model, TARGET, extra_config={"trained_with": read_json(run_json)} if run_json.exists() else None)
     size = sum(f.stat().st_size for f in TARGET.iterdir())
     print(f"shipped {source} -> {TARGET} ({size / 1e6:.1f} MB)")
