@@ -60,11 +60,14 @@ from typing import ClassVar
 
 import numpy as np
 
+from notelm.checkpoint import load_model
+from notelm.config import SamplingConfig
 from notelm.corpus import SPLITS
 from notelm.data import CropSampler, condition_map, window_splits
-from notelm.encoding import from_vocab
+from notelm.encoding import from_vocab, load_or_encode
 from notelm.encoding.vocab import N_SPECIAL, Vocab
-from notelm.io import NotelmError, read_json, write_json, write_text
+from notelm.generate import sample, write_pieces
+from notelm.io import NotelmError, atomic_path, read_json, write_json, write_text
 from notelm.metrics import CorpusIndex, PredictionScores, compare_sets, copy_report, format_table, prediction_table
 from notelm.models import NextEventModel
 from notelm.models.baselines import MajorityModel, StratifiedModel
@@ -317,9 +320,6 @@ def event_ids(streams: dict[str, np.ndarray], vocab: Vocab) -> np.ndarray:
 def generation_report(model, ngram_model, ngram_name: str, encoded, split: str, n: int, length: int,
                       copy_songs: np.ndarray, out_dir: Path, log=print) -> tuple[dict, str]:
     """Music metrics and copy check of ``n`` model and ``n`` n-gram pieces against real songs: ``(json, markdown)``."""
-    from notelm.config import SamplingConfig
-    from notelm.generate import sample, write_pieces
-
     vocab = model.vocab
     rep = from_vocab(vocab)
     real_ids = encoded.ids(split)
@@ -500,9 +500,6 @@ def evaluate(run_dir, options: EvalOptions | None = None, out_dir=None, progress
 
 def _scoring(run_dir: Path, options: EvalOptions, progress: bool, log) -> _Scoring:
     """The model, the corpus it is scored on (encoded with its settings) and the targets of the split."""
-    from notelm.checkpoint import load_model
-    from notelm.encoding import load_or_encode
-
     device = options.device
     if device is None:
         import torch
@@ -539,8 +536,6 @@ def _baselines(scoring: _Scoring, split: str, progress: bool, log, cache: dict |
 
     Fitted on the train split; for ``all`` on another corpus than the run's, on the run's own corpus.
     """
-    from notelm.encoding import load_or_encode
-
     vocab, corpus, run_corpus = scoring.model.vocab, scoring.corpus, scoring.run.get("corpus")
     fit_corpus, fit_name = scoring.encoded, str(corpus)
     if split == "all" and run_corpus and not _same_path(corpus, run_corpus):
@@ -617,8 +612,6 @@ def plot_results(report: dict, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from notelm.io import atomic_path
 
     best = report["baselines"]["best_ngram"]
     shown = ["model", best, "majority", "stratified"]

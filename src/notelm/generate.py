@@ -28,11 +28,12 @@ from typing import ClassVar
 import numpy as np
 
 from notelm import notes as nt
-from notelm.checkpoint import default_model_path
+from notelm.checkpoint import default_model_path, load_model
 from notelm.config import SamplingConfig
+from notelm.corpus import Corpus
 from notelm.encoding import from_vocab
 from notelm.encoding.vocab import BOS, UNCONDITIONED
-from notelm.io import NotelmError, write_json
+from notelm.io import NotelmError, read_json, write_json
 from notelm.metrics import repeated_note_share
 from notelm.names import plural
 from notelm.sampling import apply_processors, build_processors, draw
@@ -253,8 +254,6 @@ def parse_length(text: str) -> tuple[int, float | None]:
 def generate(model_path=None, out_dir="out", pieces: PieceOptions | None = None, prompt: PromptOptions | None = None,
              sampling: SamplingConfig | None = None, output: OutputOptions | None = None, log=print) -> dict:
     """The ``notelm generate`` verb: load a model, build the prompt, sample, write files and a report."""
-    from notelm.checkpoint import load_model
-
     started = time.perf_counter()
     pieces, prompt = (pieces or PieceOptions()).validate(), (prompt or PromptOptions()).validate()
     sampling, output = (sampling or SamplingConfig()).validate(), (output or OutputOptions()).validate()
@@ -303,9 +302,6 @@ def _beats_per_bar(meta: nt.SongMeta) -> float:
 
 
 def _test_prompt(model_path, options: PromptOptions, vocab):
-    from notelm.corpus import Corpus
-    from notelm.io import read_json
-
     corpus_path = options.corpus
     if corpus_path is None:
         run_json = Path(model_path) / "run.json"

@@ -36,11 +36,21 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from notelm.checkpoint import (
+    load_model,
+    model_from_directory,
+    read_config,
+    resolve,
+    restore_training_state,
+    save_model,
+    save_training_checkpoint,
+)
 from notelm.config import RunConfig, TrainConfig, apply_overrides, check_resume, parse_config, read_preset
 from notelm.data import CropSampler, condition_map, transpose_batch, window_splits
 from notelm.encoding import from_vocab, load_or_encode
 from notelm.encoding.vocab import PAD, UNCONDITIONED
 from notelm.io import NotelmError, atomic_path, write_json
+from notelm.models import build_model
 from notelm.names import plural
 
 TIME_LIMIT_STOP = "time limit"  # how the stop reason of a run cut short by train.time_limit begins
@@ -185,8 +195,6 @@ def resume_config(out_dir, config: str | None = None, overrides=()) -> RunConfig
 
 
 def _saved_run(out_dir: Path) -> RunConfig:
-    from notelm.checkpoint import read_config
-
     checkpoint_dir = out_dir / "checkpoint"
     if not (checkpoint_dir / "config.json").exists():
         raise NotelmError(f"{out_dir}: nothing to resume (no checkpoint/ yet); run without --resume")
@@ -235,9 +243,6 @@ def train(corpus_path, run: RunConfig | None, out_dir, resume: bool = False, ini
 def _prepare(corpus_path, run: RunConfig | None, out_dir: Path, resume: bool, init: str | None, dist: Dist,
              log) -> Session:
     """Everything the loop needs: the config, the model, its data, the optimizer and (resuming) the saved state."""
-    from notelm.checkpoint import read_config
-    from notelm.models import build_model
-
     saved = None
     if resume:
         saved_run = _saved_run(out_dir)
@@ -276,8 +281,6 @@ def _prepare(corpus_path, run: RunConfig | None, out_dir: Path, resume: bool, in
 def _base_model(run: RunConfig, out_dir: Path, saved: dict | None, init: str | None, dist: Dist):
     """(model or None, run): the checkpoint being resumed, the ``--init`` model (whose representation
     and model settings then replace the run's), or None for a fresh model."""
-    from notelm.checkpoint import load_model, model_from_directory, resolve
-
     device = str(dist.device)
     if saved is not None:  # validated like any model: shapes, vocabulary, settings
         return model_from_directory(out_dir / "checkpoint", saved, device=device), run
@@ -325,8 +328,6 @@ def _batches(encoded, vocab, cfg: TrainConfig) -> Batches:
 
 def _restore(s: Session, saved: dict, log) -> None:
     """The training state of the checkpoint being resumed: step, best loss, optimizer, every random state."""
-    from notelm.checkpoint import restore_training_state
-
     checkpoint_dir = s.out_dir / "checkpoint"
     state, numpy_state, torch_state = restore_training_state(checkpoint_dir, saved, s.opt, s.dist.rank)
     try:
@@ -408,8 +409,6 @@ def _evaluate(s: Session) -> dict:
 
 def _evaluate_and_save(s: Session, out_of_time: bool) -> float | None:
     """Evaluate, keep the best weights, decide on stopping, write the checkpoint; the valid loss on rank 0."""
-    from notelm.checkpoint import save_model, save_training_checkpoint
-
     cfg, state = s.cfg, s.state
     state["elapsed"] = time.perf_counter() - s.started
     rng_states = s.dist.gather({"numpy": s.rng.bit_generator.state, "torch": torch.get_rng_state()})
