@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from notelm.config import model_config
+from notelm.config import model_config, model_json
 from notelm.encoding import from_vocab
 from notelm.encoding.vocab import Vocab
 from notelm.io import NotelmError, atomic_dir, read_json, write_json
@@ -112,8 +112,8 @@ def save_model(model: NextEventModel, directory, extra_config: dict | None = Non
                extra_tensors: dict[str, dict] | None = None) -> None:
     """Write ``config.json`` + ``model.safetensors`` (+ ``<name>.safetensors`` per extra, torch tensors)
     into ``directory``, all at once: a reader sees the old directory or the whole new one."""
-    config = {"family": model.family, "model": {"family": model.family, **model.cfg.to_dict()},
-              "vocab": model.vocab.to_json(), **(extra_config or {})}
+    config = {"family": model.family, "model": model_json(model.cfg), "vocab": model.vocab.to_json(),
+              **(extra_config or {})}
     tensors = model.tensors()
     with atomic_dir(Path(directory)) as tmp:
         write_tensors(tmp / WEIGHTS, tensors, model.tensor_format)
