@@ -68,6 +68,7 @@ def main(argv=None) -> dict:
     import symusic
 
     from notelm.encoding import get_representation
+    from notelm.encoding.cache import encode_corpus
 
     files = [f for folder in a.paths for f in midi_files(folder)][:: 8 if a.quick else 1]
     if not files:
@@ -91,14 +92,14 @@ def main(argv=None) -> dict:
 
         # ---- notelm events on the note table of the same files
         corpus = prepared(files, Path(tmp) / "corpus")
-        rep.encode_corpus(corpus)  # warm-up
-        notelm_s = statistics.median(timed(5, lambda: rep.encode_corpus(corpus)))
+        encode_corpus(rep, corpus)  # warm-up
+        notelm_s = statistics.median(timed(5, lambda: encode_corpus(rep, corpus)))
 
         # ---- parse vs encode: the whole of piano_midi_de
         parse_s = min(timed(5, lambda: [symusic.Score(str(f)) for f in piano]))
         piano_corpus = prepared(piano, Path(tmp) / "piano")
-        rep.encode_corpus(piano_corpus)
-        encode_s = min(timed(5, lambda: rep.encode_corpus(piano_corpus)))
+        encode_corpus(rep, piano_corpus)
+        encode_s = min(timed(5, lambda: encode_corpus(rep, piano_corpus)))
 
     miditok_rate = miditok_notes / miditok_s
     notelm_rate = corpus.num_notes / notelm_s
