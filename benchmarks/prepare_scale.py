@@ -9,7 +9,8 @@ They are written with symusic into a temporary folder, 1,000 per sub-folder.  Th
 
 - one go over all files;
 - `--shard K/4` for K = 1..4, then `merge` of the four (the corpus must equal the one-go corpus);
-- one go over the first tenth of the files: memory must not grow with the number of files.
+- one go over the first tenth of the files, and a merge of that corpus alone: memory must not
+  grow with the number of files.
 
 Each run reports files/s and the peak resident memory of the `prepare` process (VmHWM) and of its
 largest worker (the workers are forked from it, so their figure includes the pages they share
@@ -155,6 +156,7 @@ def main(argv=None) -> dict:
         runs["merge"] = measured(["merge", *(str(tmp / f"shard{k}") for k in range(1, 5)), "-o", str(tmp / "merged")])
         runs["one go, a tenth"] = measured(["prepare", *parts[:small // PER_FOLDER], "-o", str(tmp / "small"), "-q",
                                             *workers])
+        runs["merge, a tenth"] = measured(["merge", str(tmp / "small"), "-o", str(tmp / "small_merged")])
         one, merged = corpus_identity(tmp / "one"), corpus_identity(tmp / "merged")
         print(runs["one go"]["summary"])
     return report(n, small, write_s, runs, one, merged)
@@ -174,6 +176,7 @@ def report(n: int, small: int, write_s: float, runs: dict, one: tuple, merged: t
         "shard_worker_peak_rss_mb": round(max(r["worker_rss_mb"] for r in shards), 1),
         "merge_s": round(runs["merge"]["seconds"], 1),
         "merge_peak_rss_mb": round(runs["merge"]["rss_mb"], 1),
+        "merge_small_peak_rss_mb": round(runs["merge, a tenth"]["rss_mb"], 1),
         "sharded_with_merge_files_per_s": round(n / sharded_s, 1),
         "small_files": small,
         "small_files_per_s": round(small / runs["one go, a tenth"]["seconds"], 1),
@@ -184,8 +187,8 @@ def report(n: int, small: int, write_s: float, runs: dict, one: tuple, merged: t
     }
     print(f"{'run':<18}{'files':>9}{'seconds':>9}{'files/s':>9}{'peak RSS MB':>13}{'worker MB':>11}")
     for name, r in runs.items():
-        files = small if name == "one go, a tenth" else n // 4 if name.startswith("shard") else n
-        print(f"{name:<18}{files:>9,}{r['seconds']:>9.1f}{files / r['seconds'] if name != 'merge' else 0:>9,.0f}"
+        files = small if name.endswith("a tenth") else n // 4 if name.startswith("shard") else n
+        print(f"{name:<18}{files:>9,}{r['seconds']:>9.1f}{files / r['seconds']:>9,.0f}"
               f"{r['rss_mb']:>13.1f}{r['worker_rss_mb']:>11.1f}")
     print(f"{n:,} files: one go {result['one_go_files_per_s']:,.0f} files/s, 4 shards + merge "
           f"{result['sharded_with_merge_files_per_s']:,.0f} files/s; peak RSS {result['one_go_peak_rss_mb']} MB "

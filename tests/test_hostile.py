@@ -115,6 +115,23 @@ def test_reading_stops_at_the_size_limit(tmp_path, monkeypatch):
     assert sum(reads) <= 2001
 
 
+def test_a_compressed_musicxml_that_unpacks_to_too_much_is_refused_unopened(tmp_path, monkeypatch):
+    import zipfile
+
+    import music21
+
+    bomb = tmp_path / "bomb.mxl"
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("score.xml", bytes(150 * 2**20))  # 150 MB of zeros in a file of about 150 kB
+    assert bomb.stat().st_size < 2**20
+    monkeypatch.setattr(music21.converter, "parse", lambda *a, **k: pytest.fail("music21 was asked to unpack it"))
+    with pytest.raises(IngestError, match="compressed MusicXML unpacks to 150 MB, over the limit of 100 MB"):
+        load_file(str(bomb))
+    put(tmp_path / "junk.mxl", b"PK\x03\x04 not really a zip")
+    with pytest.raises(IngestError, match=r"not a readable compressed MusicXML \(.mxl\) file"):
+        load_file(str(tmp_path / "junk.mxl"))
+
+
 # --------------------------------------------------------------------------- names and folders
 
 def test_names_that_are_not_utf8_or_hold_control_characters(tmp_path):
@@ -220,6 +237,28 @@ def test_a_parser_caught_in_a_loop_costs_one_file(tmp_path, monkeypatch):
     assert manifest["failures"] == [{"path": str(music / "loops.mid"),
                                      "reason": "gave up after 1 s: the parser did not finish"}]
     assert manifest["counts"]["songs"] == 6
+
+
+def test_duplicates_are_found_in_the_compact_hash_index(tmp_path, monkeypatch):
+    """The writer keeps the content hashes of all but the latest songs as sorted 128-bit numbers
+    (about 20 bytes a song instead of a dict's 200): duplicates must be found on both sides of a fold."""
+    from notelm.corpus import FirstSeen
+
+    music = tmp_path / "music"
+    for i in range(30):
+        put(music / f"t{i:02d}.mid", smf([melody([40 + i, 41 + i])]))
+    for i in (0, 3, 17, 29):
+        put(music / f"u{i:02d}.mid", (music / f"t{i:02d}.mid").read_bytes())
+    quiet = {"workers": 1, "progress": False, "log": lambda *a: None}
+    plain = prepare([str(music)], tmp_path / "plain", **quiet)
+    monkeypatch.setattr(FirstSeen, "FOLD", 4)
+    folded = prepare([str(music)], tmp_path / "folded", **quiet)
+    assert folded["duplicates"] == plain["duplicates"] and len(plain["duplicates"]) == 4
+    assert [d["same_as"].rsplit("/", 1)[1] for d in plain["duplicates"]] == ["t00.mid", "t03.mid", "t17.mid", "t29.mid"]
+    seen = FirstSeen()
+    for k in range(10):
+        seen.add(f"{k:032x}", k)
+    assert [seen.get(f"{k:032x}") for k in (0, 7, 9, 10)] == [0, 7, 9, None] and len(seen.latest) == 10 - 8
 
 
 # --------------------------------------------------------------------------- one MIDI rule for every reader
@@ -552,9 +591,9 @@ def test_tempo_and_audio_length_are_bounded_before_anything_is_allocated(tmp_pat
     long_piece = nt.make_notes(np.arange(600) * 4.0, 4.0, 60)  # 2,400 quarter notes
     with pytest.raises(NotelmError, match=r"x.wav: 14,402 s of audio is over the 3,600 s limit"):
         render.render_wav(long_piece, tmp_path / "x.wav", qpm=10)
-    # one note of 300 quarters at the slowest tempo MIDI can hold: 84 minutes in a file of 41 bytes
+    # one note of 300 quarters at the slowest tempo MIDI can hold: 84 minutes in a file of 43 bytes
     slow = put(tmp_path / "slow.mid", smf([[(0, tempo(0xFFFFFF)), (0, note_on(60)), (480 * 300, note_off(60))]]))
-    assert len(slow.read_bytes()) < 68
+    assert len(slow.read_bytes()) == 43
     notes, meta = nt.read_midi(slow)
     assert render.song_seconds(notes, meta=meta) == pytest.approx(300 * 16.777215)
     rc, _, err = run_cli("render", slow, "--wav", "-o", tmp_path)

@@ -96,8 +96,8 @@ class Corpus:
         self.path = Path(path)
         self.manifest = read_manifest(self.path)
         songs = _read_table(self.path / "songs.arrow")
+        _check_songs(self.path, songs)
         self.songs = {name: songs.column(name).to_numpy(zero_copy_only=False) for name in songs.column_names}
-        _check_songs(self.path, self.songs)
         self._notes = read_notes(self.path)
         counted = int(np.sum(self.songs["n_notes"]))
         if self._notes.num_rows != counted:
@@ -195,20 +195,22 @@ def read_manifest(path: Path) -> dict:
     return manifest
 
 
-def _check_songs(path: Path, songs: dict) -> None:
+def _check_songs(path: Path, songs: pa.Table) -> None:
     """The song table's columns and note ranges agree with each other (a tampered table would index
-    the note table out of range)."""
-    missing = [c for c in SONG_COLUMNS if c not in songs]
+    the note table out of range).  Reads the numeric columns only: the table stays memory-mapped."""
+    import pyarrow.compute as pc
+
+    missing = [c for c in SONG_COLUMNS if c not in songs.column_names]
     if missing:
         raise NotelmError(f"{printable(path)}: songs.arrow lacks the columns {', '.join(missing)}; prepare it again")
-    n = len(songs["song"])
-    try:
-        ids, start, end, count = (np.asarray(songs[c], np.int64) for c in ("song", "note_start", "note_end", "n_notes"))
-    except (TypeError, ValueError):
-        raise NotelmError(f"{printable(path)}: songs.arrow holds non-numbers where numbers belong") from None
+    numbers = ("song", "note_start", "note_end", "n_notes")
+    if not all(pa.types.is_integer(songs.schema.field(c).type) for c in numbers) or songs.column("split").null_count:
+        raise NotelmError(f"{printable(path)}: songs.arrow holds other types than a notelm song table")
+    ids, start, end, count = (songs.column(c).to_numpy().astype(np.int64, copy=False) for c in numbers)
+    n = len(ids)
     ok = (ids == np.arange(n)).all() and (count >= 0).all() and (end - start == count).all()
     ok = ok and (n == 0 or (start[0] == 0 and (start[1:] == end[:-1]).all()))
-    ok = ok and np.isin(songs["split"], SPLITS).all()
+    ok = ok and (n == 0 or pc.all(pc.is_in(songs.column("split"), value_set=pa.array(SPLITS))).as_py())
     if not ok:
         raise NotelmError(f"{printable(path)}: songs.arrow's ids, note ranges or splits are inconsistent; "
                           "prepare it again")
@@ -260,6 +262,47 @@ _SONG_TYPES = {k: pa.string() if k in _STRING_COLUMNS else pa.float64() if k in 
                for k in SONG_COLUMNS}
 
 
+class FirstSeen:
+    """Content hash -> id of the first song with it, in about 40 bytes per song (a dict of strings
+    takes some 200): the hashes of all but the latest songs are kept as sorted 128-bit numbers in
+    numpy arrays, the latest (at most an eighth of them) in a dict, folded into the arrays when it
+    grows past that, so folding costs O(n log n) over a whole run."""
+
+    FOLD = 4096  # the dict may always hold this many
+
+    def __init__(self):
+        self.hi = np.zeros(0, np.uint64)
+        self.lo = np.zeros(0, np.uint64)
+        self.ids = np.zeros(0, np.int64)
+        self.latest: dict[str, int] = {}
+
+    @staticmethod
+    def _key(sha: str) -> tuple[int, int]:
+        digest = hashlib.blake2b(sha.encode("utf-8", "surrogateescape"), digest_size=16).digest()
+        return int.from_bytes(digest[:8], "little"), int.from_bytes(digest[8:], "little")
+
+    def get(self, sha: str) -> int | None:
+        if sha in self.latest:
+            return self.latest[sha]
+        hi, lo = self._key(sha)
+        i = int(np.searchsorted(self.hi, np.uint64(hi)))
+        while i < len(self.hi) and int(self.hi[i]) == hi:
+            if int(self.lo[i]) == lo:
+                return int(self.ids[i])
+            i += 1
+        return None
+
+    def add(self, sha: str, song: int) -> None:
+        self.latest[sha] = song
+        if len(self.latest) >= max(self.FOLD, len(self.hi) // 8):
+            n = len(self.latest)
+            keys = np.fromiter((x for k in self.latest for x in self._key(k)), np.uint64, 2 * n).reshape(n, 2)
+            hi, lo = np.concatenate([self.hi, keys[:, 0]]), np.concatenate([self.lo, keys[:, 1]])
+            ids = np.concatenate([self.ids, np.fromiter(self.latest.values(), np.int64, n)])
+            order = np.lexsort((lo, hi))
+            self.hi, self.lo, self.ids, self.latest = hi[order], lo[order], ids[order], {}
+
+
 class CorpusWriter:
     """Streams chunks of songs into a new corpus directory; duplicates (same hash) are kept once.
 
@@ -267,7 +310,7 @@ class CorpusWriter:
     ``BATCH_ROWS`` rows first: fewer, larger batches cost less to write and to read).  What
     stays in memory is one entry per distinct content hash (to find duplicates), running
     totals and those pending rows, so a corpus of millions of files does not need its song
-    table in memory.
+    table in memory (``FirstSeen``: about 40 bytes a song).
     """
 
     BATCH_ROWS = {"songs": 1024, "tempos": 1 << 16, "timesigs": 1 << 16, "keysigs": 1 << 16}
@@ -276,13 +319,14 @@ class CorpusWriter:
         self.out_dir = Path(out_dir)
         self.split = split
         self.duplicates: list[dict] = []  # same_as holds the first song's id until close()
-        self._first: dict[str, int] = {}  # content hash -> song id
+        self._first = FirstSeen()  # content hash -> song id
         self._n_songs = self._n_notes = 0
         self._seconds = 0.0
         self._splits = dict.fromkeys(SPLITS, 0)
         self._collections: dict[str, int] = {}
         self._n_parts = 0
         self._kept_files = 0
+        self._song_batches: list[int] = []  # rows of each song batch written
         self._dropped = dict.fromkeys(nt.DROP_REASONS, 0)
         (self.out_dir / "notes").mkdir()
         schemas = {"songs": [(k, _SONG_TYPES[k]) for k in SONG_COLUMNS]}
@@ -305,6 +349,7 @@ class CorpusWriter:
         if not pending:
             return
         if table == "songs":
+            self._song_batches.append(len(pending))
             batch = pa.record_batch([pa.array([r[k] for r in pending], _SONG_TYPES[k]) for k in SONG_COLUMNS],
                                     names=SONG_COLUMNS)
         else:
@@ -323,10 +368,12 @@ class CorpusWriter:
         start = self._n_notes
         rows = []
         for k, rec in enumerate(chunk.records):
-            if rec["sha"] in self._first:
-                self.duplicates.append({"path": rec["path"], "same_as": self._first[rec["sha"]]})
+            first = self._first.get(rec["sha"])
+            if first is not None:
+                self.duplicates.append({"path": rec["path"], "same_as": first})
                 continue
-            song = self._first[rec["sha"]] = new_id[k] = self._n_songs + len(rows)
+            song = new_id[k] = self._n_songs + len(rows)
+            self._first.add(rec["sha"], song)
             n = int(counts[k])
             rows.append(dict(rec, song=song, split=assign_split(rec["sha"], self.split), note_start=start,
                              note_end=start + n))
@@ -355,14 +402,26 @@ class CorpusWriter:
                 columns = {c: cols[c][rows].astype(t, copy=False) for c, t in META_TABLES[table].items()}
                 self._append(table, [{"song": ids[rows].astype(np.int32), **columns}], int(ok.sum()))
 
+    def _name_first_copies(self) -> None:
+        """Give each duplicate the path of its first copy, reading back only the song batches that hold
+        those (not the song table, nor a memory map of it: every page read would count as memory)."""
+        if not self.duplicates:
+            return
+        starts = np.cumsum([0] + self._song_batches[:-1])
+        batch_of = np.searchsorted(starts, [d["same_as"] for d in self.duplicates], side="right") - 1
+        with pa.OSFile(str(self.out_dir / "songs.arrow")) as source:
+            reader = pa.ipc.open_file(source)
+            for k in np.unique(batch_of):
+                paths = reader.get_batch(int(k)).column("path")
+                for d, b in zip(self.duplicates, batch_of):
+                    if b == k:
+                        d["same_as"] = paths[d["same_as"] - int(starts[k])].as_py()
+
     def close(self, manifest: dict) -> dict:
         for name, writer in self._writers.items():
             self._flush(name)
             writer.close()
-        if self.duplicates:  # name the first copy of each duplicate (read back: no song table in memory)
-            paths = _read_table(self.out_dir / "songs.arrow").column("path")
-            for d in self.duplicates:
-                d["same_as"] = paths[d["same_as"]].as_py()
+        self._name_first_copies()
         manifest = {
             "format": FORMAT,
             "version": VERSION,
@@ -524,25 +583,49 @@ def _check_output(out: Path, force: bool, verb: str) -> None:
         raise NotelmError(f"{out}: exists and is not a notelm corpus; choose another -o")
 
 
-def _corpus_chunks(corpus: Corpus, songs_per_chunk: int = 256) -> Iterator[Chunk]:
-    """A corpus as a stream of Chunks, for merging."""
-    notes = corpus.all_notes(nt.NOTE_COLUMNS)
-    for lo in range(0, len(corpus), songs_per_chunk):
-        hi = min(lo + songs_per_chunk, len(corpus))
-        a, b = int(corpus.songs["note_start"][lo]), int(corpus.songs["note_end"][hi - 1])
-        chunk = Chunk(records=[{k: _py(corpus.songs[k][s]) for k in SONG_COLUMNS} for s in range(lo, hi)])
-        chunk.notes = {k: v[a:b] for k, v in notes.items()}
-        for table in META_TABLES:
-            t = corpus._meta[table]
-            ids = _column(t, "song")
-            i, j = np.searchsorted(ids, lo), np.searchsorted(ids, hi)
-            chunk.meta[table] = {c: _column(t, c)[i:j] for c in t.column_names}
-            chunk.meta[table]["song"] = chunk.meta[table]["song"] - lo
-        yield chunk
+REMAP_SONGS = 4096  # a memory-mapped page once read counts as the process's memory until unmapped
 
 
-def _py(v):
-    return v.item() if isinstance(v, np.generic) else v
+def _corpus_parts(path: Path) -> Iterator[tuple[Chunk, Path | None]]:
+    """A corpus as a stream of (Chunk, note file): one per part of its note table, for merging.
+
+    Nothing is read whole: the tables stay memory-mapped, a part's song rows and metadata are
+    read when its turn comes, and its notes are left in its file, which ``CorpusWriter.add``
+    links into the new corpus as it is (or reads, when a duplicate has to be left out).
+    A version 1 corpus (one note file with a song column) is one part, its notes read.
+    """
+    songs = _read_table(path / "songs.arrow")
+    _check_songs(path, songs)
+    # copies, not views: a view would keep its mapping (and every page read through it) alive
+    start = np.array(songs.column("note_start").to_numpy(), np.int64)
+    total = int(songs.column("note_end").to_numpy()[-1]) if len(start) else 0
+    meta = {name: _read_table(path / f"{name}.arrow") for name in META_TABLES}
+    meta_song = {name: np.array(_column(t, "song")) for name, t in meta.items()}
+    mapped_from = 0  # the tables are mapped again every REMAP_SONGS songs: pages read stop counting
+    single = path / "notes.arrow"
+    files = [single] if single.exists() else sorted((path / "notes").glob("*.arrow"),
+                                                    key=lambda p: (len(p.stem), p.stem))
+    lo, row = 0, 0
+    for file in files:
+        rows = _read_table(file).num_rows
+        hi = int(np.searchsorted(start, row + rows))  # the songs that start inside this part
+        whole = start[hi] == row + rows if hi < len(start) else total == row + rows
+        if rows and (lo >= len(start) or start[lo] != row or not whole):
+            raise NotelmError(f"{printable(file)}: the note parts do not hold whole songs; prepare the corpus again")
+        chunk = Chunk(records=songs.slice(lo, hi - lo).to_pylist())
+        for name, table in meta.items():
+            i, j = np.searchsorted(meta_song[name], lo), np.searchsorted(meta_song[name], hi)
+            chunk.meta[name] = {c: np.array(_column(table.slice(i, j - i), c)) for c in table.column_names}
+            chunk.meta[name]["song"] = chunk.meta[name]["song"] - lo
+        if file is single:  # its song column makes it no part of a version 2 note table: copy the notes
+            chunk.notes = _notes_of(_read_table(file).slice(row, rows))
+        yield chunk, (None if file is single else file)
+        lo, row = hi, row + rows
+        if lo - mapped_from >= REMAP_SONGS:
+            songs, mapped_from = _read_table(path / "songs.arrow"), lo
+            meta = {name: _read_table(path / f"{name}.arrow") for name in META_TABLES}
+    if lo != len(start):
+        raise NotelmError(f"{printable(path)}: the note table holds fewer songs than the song table; prepare it again")
 
 
 def merge(inputs: list[Path], out: Path, force: bool = False, log=print) -> dict:
@@ -551,26 +634,26 @@ def merge(inputs: list[Path], out: Path, force: bool = False, log=print) -> dict
     _check_output(out, force, "replace")
     if not inputs:
         raise NotelmError("no corpora to merge")
-    corpora = [Corpus(p) for p in inputs]
-    if any(out.resolve() == c.path.resolve() for c in corpora):
+    inputs = [Path(p) for p in inputs]
+    manifests = [read_manifest(p) for p in inputs]
+    if any(out.resolve() == p.resolve() for p in inputs):
         raise NotelmError(f"{out}: is also one of the corpora to merge; choose another -o")
-    splits = {tuple(c.manifest["split"].values()) for c in corpora}
+    splits = {tuple(m["split"].values()) for m in manifests}
     if len(splits) > 1:
         raise NotelmError("cannot merge corpora prepared with different --split fractions")
     started = time.perf_counter()
     with atomic_dir(out) as tmp:
         writer = CorpusWriter(tmp, splits.pop())
-        for corpus in corpora:
-            for chunk in _corpus_chunks(corpus):
-                writer.add(chunk)
+        for path in inputs:  # one corpus at a time, one part at a time: memory does not grow with them
+            for chunk, notes_file in _corpus_parts(path):
+                writer.add(chunk, notes_file)
         manifest = writer.close({
-            "sources": [s for c in corpora for s in c.manifest["sources"]],
-            "merged_from": [str(p) for p in inputs],
-            "counts": {k: sum(c.manifest["counts"].get(k, 0) for c in corpora)
-                       for k in ("files", "failed", "kept_files")},
-            "failures": [f for c in corpora for f in c.manifest["failures"]],
-            "duplicates": [d for c in corpora for d in c.manifest.get("duplicates", [])],
-            "dropped_notes": {r: sum(c.manifest.get("dropped_notes", {}).get(r, 0) for c in corpora)
+            "sources": [s for m in manifests for s in m["sources"]],
+            "merged_from": [printable(p) for p in inputs],
+            "counts": {k: sum(m["counts"].get(k, 0) for m in manifests) for k in ("files", "failed", "kept_files")},
+            "failures": [f for m in manifests for f in m["failures"]],
+            "duplicates": [d for m in manifests for d in m.get("duplicates", [])],
+            "dropped_notes": {r: sum(m.get("dropped_notes", {}).get(r, 0) for m in manifests)
                               for r in nt.DROP_REASONS},
         })
     c = manifest["counts"]
