@@ -29,6 +29,7 @@ from notelm.cli import main
 from notelm.corpus import Corpus, prepare, read_notes
 from notelm.ingest import IngestError, load_file
 from notelm.io import NotelmError, atomic_dir
+from notelm.midifile import midi_event_problem
 
 from conftest import scale_tune, write_midi
 from midibytes import chunk, header, melody, note_off, note_on, smf, tempo, time_signature, track
@@ -342,7 +343,7 @@ def test_in_process_readers_refuse_bytes_that_crash_symusic(tmp_path):
         [(0, tempo(500000)), (0, [0xF0, 0x02, 0x01, 0xF7]), (0, [0xFF, 0x01, 0x81, 0x00] + [65] * 128),
          (0, note_on(60)), (0, [62, 80]), (200_000, [0xC3, 5]), (0, [0x93, 40, 30]), (5, [40, 0]), (5, note_off(60)),
          (0, [62, 0])])
-    assert nt.midi_event_problem(fine) == ""
+    assert midi_event_problem(fine) == ""
     assert nt.num_notes(nt.read_midi(put(tmp_path / "fine.mid", fine))[0]) == 3
 
 

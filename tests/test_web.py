@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
+import select
 import shutil
 import socket
 import struct
@@ -16,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from conftest import scale_tune, write_midi
+from midibytes import melody, smf, tempo
 
 pytest.importorskip("fastapi", reason="the web extra is not installed: pip install -e '.[web]'")
 from fastapi.testclient import TestClient
@@ -60,10 +64,13 @@ def served(tiny_run):
         return web.load_models([tiny_run])
 
 
+LOCAL = "http://127.0.0.1:8000"  # TestClient's default host, "testserver", is not a name the server answers to
+
+
 @pytest.fixture
 def client(served, tmp_path):
     app = web.create_app(served, root=tmp_path / "jobs")
-    with TestClient(app) as c:
+    with TestClient(app, base_url=LOCAL) as c:
         yield c
 
 
@@ -108,6 +115,13 @@ def test_models_lists_the_run_with_its_collections_and_limits(client, tiny_run):
     assert body["limits"] == {"max_pieces": web.MAX_PIECES, "max_events": web.MAX_EVENTS,
                               "max_prompt_events": web.MAX_PROMPT_EVENTS, "max_upload_bytes": web.MAX_UPLOAD_BYTES}
     assert web.MAX_PIECES <= gen.MAX_PIECES and web.MAX_EVENTS <= gen.MAX_EVENTS
+
+
+def test_models_are_shown_by_name_not_by_where_they_live(client, tiny_run):
+    """/api/models showed absolute paths: a visitor learnt the user's folders."""
+    text = client.get("/api/models").text
+    assert str(tiny_run) not in text and str(tiny_run.parent) not in text and '"path"' not in text
+    assert [m["name"] for m in json.loads(text)["models"]] == [tiny_run.name]
 
 
 def test_default_model_is_listed_first_and_the_given_run_is_preselected(tiny_run, monkeypatch):
@@ -275,8 +289,7 @@ def test_a_bad_upload_gets_a_clear_400(client, data, message):
     response = client.post("/api/generate", data={"model": "m0"}, files={"prompt": ("song.mid", data, "audio/midi")})
     assert response.status_code == 400
     assert response.json()["detail"].startswith("song.mid: " + message)
-    assert not any(p.name != "uploads" for p in Path(client.app.state.root).iterdir())  # no job was made
-    assert not any((Path(client.app.state.root) / "uploads").iterdir())  # and the upload is gone
+    assert not any(Path(client.app.state.root).iterdir())  # no job was made, no upload was written
 
 
 def test_a_midi_file_without_notes_is_refused(client, tmp_path):
@@ -308,9 +321,18 @@ def test_a_too_large_file_inside_an_allowed_request_is_refused(client, monkeypat
     ({"length": "0"}, "length 0: between 1"),
     ({"num": str(web.MAX_PIECES + 1)}, f"pieces {web.MAX_PIECES + 1}: between 1 and {web.MAX_PIECES}"),
     ({"prompt_events": "0"}, "prompt events 0"),
-    ({"temperature": "0"}, "temperature must be > 0"),
-    ({"top_p": "1.5"}, "top-p must be in (0, 1]"),
-    ({"top_k": "-1"}, "top-k must be >= 0"),
+    ({"temperature": "0"}, "temperature 0.0: between 0.01 and 100"),
+    ({"top_p": "1.5"}, "top-p 1.5: must be in (0, 1]"),
+    ({"top_k": "-1"}, "top-k -1: must be >= 0"),
+    # values that used to pass this check and fail inside the job
+    ({"temperature": "nan"}, "temperature nan: between"),
+    ({"temperature": "inf"}, "temperature inf: between"),
+    ({"temperature": "-inf"}, "temperature -inf: between"),
+    ({"temperature": "1e-300"}, "temperature 1e-300: between"),
+    ({"top_p": "nan"}, "top-p nan: must be in (0, 1]"),
+    ({"seed": "-1"}, "seed -1: between 0 and 4294967295"),
+    ({"seed": str(2**64)}, f"seed {2**64}: between 0 and 4294967295"),
+    ({"collection": "x" * 100_000}, "collection: a name of 100,000 characters"),
     ({"model": "m9"}, "unknown model 'm9'"),
     ({"collection": "gamma"}, "unknown condition 'gamma'; valid names: alpha, beta"),
     ({"length": "lots"}, "length: Input should be a valid integer"),
@@ -345,6 +367,151 @@ def test_path_traversal_is_refused(client, path):
     response = client.get(path.format(job=job["id"]))
     assert response.status_code in (400, 404)
     assert b"root:" not in response.content and b"import" not in response.content
+
+
+# --------------------------------------------------------------------------- no web page can drive it
+
+@pytest.mark.parametrize("host", ["evil.example", "evil.example:8000", "127.0.0.1.evil.example", "localhost.evil",
+                                  "", "192.168.1.2:8000"])
+def test_a_request_for_another_host_name_is_refused(client, host):
+    """DNS rebinding: an attacker's name resolving to 127.0.0.1 reaches the server with its own Host."""
+    for response in (client.get("/", headers={"host": host}), client.get("/api/models", headers={"host": host}),
+                     client.post("/api/generate", data={"model": "m0", "length": "4"}, headers={"host": host})):
+        assert response.status_code == 400 and "unknown Host" in response.json()["detail"]
+        assert "default-src 'self'" in response.headers["content-security-policy"]
+    assert not any(Path(client.app.state.root).iterdir())  # no job was made
+
+
+@pytest.mark.parametrize("host", ["localhost", "localhost:8000", "LocalHost.:8000", "127.0.0.1", "127.0.0.2:80",
+                                  "[::1]:8000"])
+def test_loopback_host_names_are_served(client, host):
+    assert client.get("/api/models", headers={"host": host}).status_code == 200
+
+
+def test_the_host_it_listens_on_is_served_too():
+    assert web.Hosts("myhost.lan").allows("MyHost.lan:8000") and not web.Hosts("myhost.lan").allows("other.lan")
+    everywhere = web.Hosts("0.0.0.0")  # an IP address cannot be rebound: any is accepted, names are not
+    assert everywhere.allows("192.168.1.7:8000") and everywhere.allows("[fe80::1]:8000")
+    assert everywhere.allows(socket.gethostname()) and not everywhere.allows("evil.example")
+    assert not web.Hosts().allows("192.168.1.7") and not web.Hosts().allows(None)
+
+
+@pytest.mark.parametrize("headers", [
+    {"origin": "http://evil.example"},
+    {"origin": "null"},  # a sandboxed frame or a data: URL
+    {"origin": "http://127.0.0.1:9999"},  # another port is another origin
+    {"origin": "http://localhost:8000"},  # the same server under another name: the page came from elsewhere
+    {"referer": "http://evil.example/page.html"},
+    {"sec-fetch-site": "cross-site"},
+    {"sec-fetch-site": "same-site"},
+])
+def test_a_post_from_another_origin_is_refused(client, headers):
+    """CSRF: any page the user visits could POST a form to 127.0.0.1 and start generations."""
+    response = client.post("/api/generate", data={"model": "m0", "length": "4"}, headers=headers)
+    assert response.status_code == 403 and "may not start generations" in response.json()["detail"]
+    plain = client.post("/api/generate", content=b"model=m0", headers={**headers, "content-type": "text/plain"})
+    assert plain.status_code == 403  # a "simple" request, which a browser sends without asking first
+    assert not any(Path(client.app.state.root).iterdir())
+
+
+def test_a_post_from_the_page_itself_or_from_a_script_is_accepted(client):
+    for headers in ({"origin": LOCAL}, {"referer": LOCAL + "/"}, {"sec-fetch-site": "same-origin"}, {}):
+        response = client.post("/api/generate", data={"model": "m0", "length": "4"}, headers=headers)
+        assert response.status_code == 202, (headers, response.text)
+        wait_for(client, response.json()["job_id"])
+    # the page's own POST must carry its origin: under "no-referrer" the Fetch standard sends "null"
+    assert client.get("/").headers["referrer-policy"] == "same-origin"
+
+
+def multipart_head(boundary: bytes = b"notelm-boundary") -> bytes:
+    return (b"--" + boundary + b'\r\nContent-Disposition: form-data; name="prompt"; filename="big.mid"\r\n'
+            b"Content-Type: audio/midi\r\n\r\nMThd")
+
+
+def test_a_chunked_upload_is_read_no_further_than_the_limit(served, tmp_path):
+    """An upload without Content-Length was spooled to disk whole (1 GB: 8.5 s, 840 MB of temp) before
+    the size check.  The body here never ends; the server must stop asking for it at the limit."""
+    app = web.create_app(served, root=tmp_path / "jobs")
+    limit = web.MAX_UPLOAD_BYTES + web.FORM_OVERHEAD_BYTES
+    pulled, sent = [0], []
+
+    async def receive():
+        body = multipart_head() if not pulled[0] else bytes(65536)
+        pulled[0] += len(body)
+        if pulled[0] > 1 << 30:
+            raise AssertionError("the server read a whole gigabyte")
+        return {"type": "http.request", "body": body, "more_body": True}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": "/api/generate", "raw_path": b"/api/generate", "query_string": b"", "root_path": "",
+             "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 8000),
+             "headers": [(b"host", b"127.0.0.1:8000"), (b"transfer-encoding", b"chunked"),
+                         (b"content-type", b"multipart/form-data; boundary=notelm-boundary")]}
+    asyncio.run(app(scope, receive, send))
+    assert sent[0]["status"] == 413 and limit < pulled[0] <= limit + 65536
+    assert json.loads(sent[1]["body"])["detail"] == "upload of more than 2.2 MB is over the 2 MB limit"
+    assert (b"content-security-policy", web.SECURITY_HEADERS["Content-Security-Policy"].encode()) in sent[0]["headers"]
+
+
+def test_a_real_server_stops_reading_a_chunked_upload_at_the_limit(served, tmp_path):
+    app = web.create_app(served, root=tmp_path / "jobs")
+    with ServerThread(app) as url, socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1]))) as s:
+        s.sendall(b"POST /api/generate HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n"
+                  b"Content-Type: multipart/form-data; boundary=notelm-boundary\r\n\r\n")
+        head = multipart_head()
+        s.sendall(b"%x\r\n%s\r\n" % (len(head), head))
+        s.settimeout(30)
+        sent, piece = 0, b"%x\r\n%s\r\n" % (1 << 16, bytes(1 << 16))
+        try:
+            while sent < 1 << 30 and not select.select([s], [], [], 0)[0]:
+                s.sendall(piece)
+                sent += 1 << 16
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        answer = s.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+    assert sent < web.MAX_UPLOAD_BYTES + 64 * 2**20  # the limit plus what the sockets buffer, not a gigabyte
+
+
+def test_a_prompt_whose_tempo_notelm_cannot_write_is_refused(client):
+    """A 68-byte prompt of 16,777,215 microseconds per quarter made one generation allocate 9 GB."""
+    slow = smf([[(0, tempo(0xFFFFFF))] + melody([60, 62, 64])])
+    assert len(slow) <= 68
+    response = client.post("/api/generate", data={"model": "m0"}, files={"prompt": ("slow.mid", slow)})
+    assert response.status_code == 400
+    assert response.json()["detail"] == ("slow.mid: its tempo, 3.58 quarter notes per minute, is outside the "
+                                         "10-1000 notelm writes")
+
+
+@pytest.mark.parametrize("data, reason", [
+    (smf([melody([60])], division=0), "invalid ticks per quarter note (0)"),
+    (smf([melody([60])], division=0xE728), "SMPTE time division"),
+])
+def test_an_upload_follows_the_midi_rules_of_every_reader(client, data, reason):
+    response = client.post("/api/generate", data={"model": "m0"}, files={"prompt": ("odd.mid", data)})
+    assert response.status_code == 400 and reason in response.json()["detail"]
+
+
+def test_audio_longer_than_the_limit_is_never_synthesized(client, monkeypatch):
+    from notelm import render
+
+    if not has_soundfont():
+        pytest.skip("no SoundFont: no audio is rendered at all")
+    calls = []
+    real = render._synthesizer
+    monkeypatch.setattr(render, "_synthesizer", lambda *a: calls.append(a) or real(*a))
+    monkeypatch.setattr(web, "MAX_AUDIO_SECONDS", 1.0)
+    job = wait_for(client, start(client, length=48, num=2)["job_id"])
+    assert job["status"] == "done" and all("wav_url" not in p and "png_url" in p for p in job["pieces"])
+    assert job["warning"].startswith("no audio for piece 1: piece_00.wav: ")
+    assert "s of audio is over the 1 s limit" in job["warning"] and "piece 2: piece_01.wav" in job["warning"]
+    assert calls == []  # refused before the synthesizer was even asked
+    monkeypatch.setattr(web, "MAX_AUDIO_SECONDS", 3600.0)
+    job = wait_for(client, start(client, length=8)["job_id"])
+    assert "wav_url" in job["pieces"][0] and job["warning"] is None and len(calls) == 1
 
 
 # --------------------------------------------------------------------------- serve and the CLI

@@ -425,14 +425,36 @@ def main(argv=None) -> int:
         return 0
     try:
         result = args.func(args)
-    except NotelmError as e:
-        print(f"notelm {args.verb}: error: {e}", file=sys.stderr)
+    except (NotelmError, OSError, MemoryError) as e:  # bad input, full disk, read-only folder: one line
+        print(f"notelm {args.verb}: error: {_one_line_error(e)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         hint = RESUME_HINTS.get(args.verb, "")
         print(f"notelm {args.verb}: interrupted{hint}", file=sys.stderr)
         return 130
     return int(result or 0)
+
+
+def _one_line_error(e: BaseException) -> str:
+    """The message of an error as one printable line.  Disk errors name the file and say that finished
+    work is kept: every write is atomic, so the same command run again goes on from where it was."""
+    import errno
+    import os
+
+    from notelm.io import printable
+
+    if isinstance(e, NotelmError):
+        return printable(e)
+    if isinstance(e, MemoryError):
+        return "out of memory"
+    why = os.strerror(e.errno) if e.errno else e.strerror or str(e)  # not pyarrow's "Error writing bytes..."
+    where = " -> ".join(printable(f) for f in (e.filename, e.filename2) if f is not None)
+    text = f"{where}: {why}" if where else printable(why)
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"{text} (free some space and run the same command again: finished work is kept)"
+    if e.errno == errno.EROFS:
+        return f"{text} (choose an output folder that can be written)"
+    return text
 
 
 if __name__ == "__main__":

@@ -14,8 +14,12 @@ retried one by one, so only the file that crashed is lost.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import multiprocessing as mp
 import os
+import signal
+import tempfile
+import threading
 import warnings
 from collections import deque
 from dataclasses import dataclass, field
@@ -25,33 +29,40 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from notelm import notes as nt
-from notelm.io import atomic_path, content_hash, read_json, write_json
+from notelm.io import FileRefused, atomic_path, content_hash, printable, read_json, read_regular_file, write_json
+from notelm.midifile import midi_problem
 from notelm.sources import is_midi
 
 MUSIC21_TPQ = 480  # divisible by 3, 4 and 5: music21's tuplets land on whole ticks
+DEFAULT_MAX_BYTES = 64 * 1024 * 1024  # prepare's --max-file-mb default
+# In a worker, a file whose parsing takes longer is given up and reported: a parser caught in a loop
+# held its worker forever.  music21 takes seconds, rarely minutes, on a large score.
+FILE_TIMEOUT_S = 600.0
 
 
 class IngestError(Exception):
     """A file that cannot be kept; the message is the one-line reason."""
 
 
-def load_file(path: str, check_events: bool = True) -> tuple[str, list[nt.RawSong]]:
+def load_file(path: str, check_events: bool = True,
+              max_bytes: int | None = DEFAULT_MAX_BYTES) -> tuple[str, list[nt.RawSong]]:
     """(content hash, parsed pieces) of one file.
 
+    Only a regular file of at most ``max_bytes`` is read, and only once (``io.read_regular_file``):
+    the parsers see those bytes, never the path, so what is hashed is what is parsed.
     ``check_events`` walks every MIDI event before symusic parses the file (see
-    ``notes.midi_event_problem``: malformed bytes can crash symusic's process).  Only
+    ``midifile.midi_problem``: malformed bytes can crash symusic's process).  Only
     ``IngestPool`` workers turn it off: there a crash costs one file, and the walk would
     cost more than the parse.
     """
     try:
-        with open(path, "rb") as fh:
-            data = fh.read()
-    except OSError as e:
-        raise IngestError(f"cannot read: {e.strerror or e}") from None
+        data = read_regular_file(path, max_bytes)
+    except FileRefused as e:
+        raise IngestError(str(e)) from None
     if not data:
         raise IngestError("empty file (0 bytes)")
     sha = content_hash(data)
-    raws = [_load_midi(data, check_events)] if is_midi(path) else _load_music21(path)
+    raws = [_load_midi(data, check_events)] if is_midi(path) else _load_music21(path, data)
     if not any(raw.tracks for raw in raws):
         raise IngestError("no notes")
     return sha, raws
@@ -60,96 +71,168 @@ def load_file(path: str, check_events: bool = True) -> tuple[str, list[nt.RawSon
 def _load_midi(data: bytes, check_events: bool = True) -> nt.RawSong:
     import symusic
 
-    if data[:4] != b"MThd":
-        raise IngestError("not a MIDI file (no MThd header)")
-    _check_chunks(data)
-    problem = nt.midi_event_problem(data) if check_events else ""
+    problem = midi_problem(data, walk_events=check_events)  # the rule every MIDI reader shares
     if problem:
         raise IngestError(problem)
     try:
         score = symusic.Score.from_midi(data)
     except Exception as e:  # symusic raises RuntimeError with its parser's message
         raise IngestError(f"unreadable MIDI: {_one_line(e)}") from None
-    if score.tpq <= 0:
-        raise IngestError(f"invalid ticks per quarter note ({score.tpq})")
     return nt.raw_from_score(score)
 
 
-def _check_chunks(data: bytes) -> None:
-    """Reject truncated files (symusic quietly keeps whatever part of a cut file it can read)
-    and formats other than 0 and 1 (symusic would play format 2's independent sequences at once)."""
-    if len(data) < 14:
-        raise IngestError(f"truncated MIDI: {len(data)} bytes, shorter than a MIDI header")
-    fmt, n_tracks = int.from_bytes(data[8:10], "big"), int.from_bytes(data[10:12], "big")
-    if fmt > 2:
-        raise IngestError(f"unknown MIDI format {fmt} (the standard has 0, 1 and 2)")
-    if fmt == 2 and n_tracks > 1:
-        raise IngestError(f"MIDI format 2 ({n_tracks} independent sequences) is not supported")
-    pos, found = 8 + int.from_bytes(data[4:8], "big"), 0
-    while found < n_tracks:
-        if pos + 8 > len(data):
-            raise IngestError(f"truncated MIDI: header announces {n_tracks} tracks, the file ends after {found}")
-        length = int.from_bytes(data[pos + 4:pos + 8], "big")
-        if pos + 8 + length > len(data):
-            raise IngestError(f"truncated MIDI: chunk {found + 1} announces {length} bytes, only {len(data) - pos - 8} present")
-        found += data[pos:pos + 4] == b"MTrk"
-        pos += 8 + length
+# A compressed MusicXML (.mxl) is a zip: music21 unpacks it in memory.  A few kilobytes can unpack to
+# gigabytes, so the sizes its directory announces are checked first (at most this many times the file).
+MXL_MAX_RATIO = 100
+MXL_MAX_BYTES = 1 << 30
 
 
-def _load_music21(path: str) -> list[nt.RawSong]:
+def _load_music21(path: str, data: bytes) -> list[nt.RawSong]:
     import music21
 
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix == ".mxl":
+        _check_zip(data)
     warnings.simplefilter("ignore")
-    try:
-        parsed = music21.converter.parse(path, forceSource=True)
-    except Exception as e:
-        raise IngestError(f"music21 could not parse it: {_one_line(e)}") from None
+    # music21 parses a path: give it a private copy of the bytes already read (never the user's path,
+    # which may since have become a FIFO or another file)
+    with tempfile.TemporaryDirectory(prefix="notelm-") as tmp:
+        copy = os.path.join(tmp, "score" + suffix)
+        with open(copy, "wb") as fh:
+            fh.write(data)
+        try:
+            parsed = music21.converter.parse(copy, forceSource=True)
+        except Exception as e:
+            raise IngestError(f"music21 could not parse it: {_one_line(e)}") from None
     scores = list(parsed.scores) if isinstance(parsed, music21.stream.Opus) else [parsed]
     return [_music21_song(score) for score in scores]
 
 
+def _check_zip(data: bytes) -> None:
+    import io
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as z:
+            unpacked = sum(max(info.file_size, 0) for info in z.infolist())
+    except (zipfile.BadZipFile, ValueError, OSError) as e:
+        raise IngestError(f"not a readable compressed MusicXML (.mxl) file: {_one_line(e)}") from None
+    limit = min(MXL_MAX_BYTES, MXL_MAX_RATIO * max(len(data), 1 << 20))
+    if unpacked > limit:
+        raise IngestError(f"compressed MusicXML unpacks to {unpacked / 1048576:,.0f} MB, "
+                          f"over the limit of {limit / 1048576:,.0f} MB")
+
+
+# Grace notes: music21 gives them no length (quarterLength 0) and the onset of the note they lead to.
+# Its own MIDI export (music21 10.5.1, midi.translate.noteToMidiEvents with durationToMidiTicks)
+# writes one as a note-on and a note-off at the same tick, which MIDI readers drop, so it gives no
+# length to copy: notelm keeps a grace note with the length of a 32nd note, at music21's onset.
+GRACE_QUARTERS = 0.125
+# Unpitched percussion: music21's MIDI export (midi.translate._get_unpitched_pitch_value) plays the
+# instrument's General MIDI drum key (percMapPitch) and key 60 when it knows none; notelm does the
+# same, looking the part's name up in music21's instrument list first (a part named "Triangle" -> 81).
+UNPITCHED_FALLBACK_KEY = 60
+
+
 def _music21_song(score) -> nt.RawSong:
-    """A music21 score -> RawSong; ties are merged first so a tied note is one note."""
+    """A music21 score -> RawSong; ties are merged first so a tied note is one note.
+
+    Every note music21 reads becomes a note, grace notes and unpitched percussion (a drum track)
+    included; chord symbols (harmony annotations) are counted in ``dropped``.
+    """
+    score = score.stripTies(inPlace=False)
+    raw = nt.RawSong(MUSIC21_TPQ, _music21_events(score))
+    parts = list(score.parts) if hasattr(score, "parts") and len(score.parts) else [score]
+    for index, part in enumerate(parts):
+        pitched, drums, dropped = _music21_part_notes(part, score)
+        for reason, n in dropped.items():
+            raw.dropped[reason] = raw.dropped.get(reason, 0) + n
+        for rows, is_drum in ((pitched, False), (drums, True)):
+            if rows:
+                onset, duration, pitch, velocity = (np.array(column, np.float64) for column in zip(*rows))
+                raw.tracks.append((_ticks(onset), _ticks(duration), pitch.astype(np.int64),
+                                   np.round(velocity).astype(np.int64), index, _program(part), is_drum))
+    return raw
+
+
+def _ticks(offsets) -> np.ndarray:
+    return np.round(np.asarray(offsets, np.float64) * MUSIC21_TPQ).astype(np.int64)
+
+
+def _music21_events(score) -> dict:
     import music21
 
-    def ticks(offsets):
-        return np.round(np.asarray(offsets, np.float64) * MUSIC21_TPQ).astype(np.int64)
-
-    score = score.stripTies(inPlace=False)
     flat = score.flatten()
-    tempos = [(float(m.getOffsetInHierarchy(score)), m.getQuarterBPM()) for m in flat.getElementsByClass(music21.tempo.MetronomeMark)]
+    tempos = [(float(m.getOffsetInHierarchy(score)), m.getQuarterBPM())
+              for m in flat.getElementsByClass(music21.tempo.MetronomeMark)]
     tempos = [(o, q) for o, q in tempos if q]
     sigs = list(flat.getElementsByClass(music21.meter.TimeSignature))
     keys = list(flat.getElementsByClass(music21.key.KeySignature))
-    events = {
-        "tempos": {"tick": ticks([o for o, _ in tempos]), "qpm": np.array([q for _, q in tempos], np.float64)},
-        "timesigs": {"tick": ticks([float(s.getOffsetInHierarchy(score)) for s in sigs]),
+    return {
+        "tempos": {"tick": _ticks([o for o, _ in tempos]), "qpm": np.array([q for _, q in tempos], np.float64)},
+        "timesigs": {"tick": _ticks([float(s.getOffsetInHierarchy(score)) for s in sigs]),
                      "numerator": np.array([s.numerator for s in sigs], np.int64),
                      "denominator": np.array([s.denominator for s in sigs], np.int64)},
-        "keysigs": {"tick": ticks([float(k.getOffsetInHierarchy(score)) for k in keys]),
+        "keysigs": {"tick": _ticks([float(k.getOffsetInHierarchy(score)) for k in keys]),
                     "sharps": np.array([k.sharps for k in keys], np.int64),
                     "minor": np.array([getattr(k, "mode", "major") == "minor" for k in keys], np.int64)},
     }
 
-    raw = nt.RawSong(MUSIC21_TPQ, events)
-    parts = list(score.parts) if hasattr(score, "parts") and len(score.parts) else [score]
-    for index, part in enumerate(parts):
-        instrument = part.getInstrument(returnDefault=True)
-        program = instrument.midiProgram if instrument is not None and instrument.midiProgram is not None else 0
-        onset, duration, pitch, velocity = [], [], [], []
-        for element in part.recurse().notes:  # music21 has no array API: one step per note or chord
-            o = float(element.getOffsetInHierarchy(score))
-            d = float(element.duration.quarterLength)
-            v = element.volume.velocity if element.volume.velocity is not None else 64
-            for p in element.pitches:
-                onset.append(o)
-                duration.append(d)
-                pitch.append(p.midi)
-                velocity.append(v)
-        if pitch:
-            raw.tracks.append((ticks(onset), ticks(duration), np.array(pitch, np.int64), np.round(velocity).astype(np.int64), index,
-                               int(program), False))
-    return raw
+
+def _program(part) -> int:
+    instrument = part.getInstrument(returnDefault=True)
+    program = instrument.midiProgram if instrument is not None else None
+    return int(program) if program is not None else 0
+
+
+def _music21_part_notes(part, score) -> tuple[list, list, dict]:
+    """(pitched rows, drum rows, dropped counts) of a part; a row is (onset, duration, pitch, velocity)."""
+    import music21
+
+    pitched, drums, dropped = [], [], {}
+    drum_key = None  # the part's drum key, looked up at its first unpitched note
+    for element in part.recurse().notes:  # music21 has no array API: one step per note or chord
+        if isinstance(element, music21.harmony.Harmony):
+            dropped["chord_symbol"] = dropped.get("chord_symbol", 0) + 1
+            continue
+        onset = float(element.getOffsetInHierarchy(score))
+        duration = float(element.duration.quarterLength)
+        if duration == 0 and element.duration.isGrace:
+            duration = GRACE_QUARTERS
+        members = element.notes if isinstance(element, music21.chord.ChordBase) else [element]
+        for member in members:
+            velocity = member.volume.velocity if member.volume.velocity is not None else element.volume.velocity
+            velocity = 64 if velocity is None else velocity
+            if isinstance(member, music21.note.Unpitched):
+                if drum_key is None:
+                    drum_key = _drum_key(part)
+                drums.append((onset, duration, _unpitched_key(member, drum_key), velocity))
+            else:
+                pitched.append((onset, duration, member.pitch.midi, velocity))
+    return pitched, drums, dropped
+
+
+def _unpitched_key(note, part_key: int) -> int:
+    instrument = note.storedInstrument
+    key = getattr(instrument, "percMapPitch", None)
+    return int(key) if key is not None else part_key
+
+
+def _drum_key(part) -> int:
+    """The General MIDI drum key of a percussion part: its instrument's, else one music21 knows by the
+    part's name, else ``UNPITCHED_FALLBACK_KEY`` (as music21's export)."""
+    import music21
+
+    instrument = part.getInstrument(returnDefault=True)
+    key = getattr(instrument, "percMapPitch", None)
+    for name in (getattr(instrument, "instrumentName", None), getattr(instrument, "partName", None), part.partName):
+        if key is not None:
+            break
+        try:
+            key = getattr(music21.instrument.fromString(name), "percMapPitch", None) if name else None
+        except Exception:  # music21 knows no such instrument
+            continue
+    return int(key) if key is not None else UNPITCHED_FALLBACK_KEY
 
 
 def _one_line(e: BaseException) -> str:
@@ -164,67 +247,117 @@ class Chunk:
     """The songs of a run of files.  ``notes`` holds their notes song after song, in
     ``records`` order (``records[k]["n_notes"]`` rows each; no song column); every ``meta``
     table carries a ``song`` column indexing ``records`` (song-table rows, without corpus-wide
-    ids and split)."""
+    ids and split).  ``dropped`` counts the notes read but not kept, by reason
+    (``notes.DROP_REASONS``); ``files_kept`` the files that gave at least one song.  Paths,
+    sources and collections are stored as ``io.printable`` shows them."""
 
     records: list[dict] = field(default_factory=list)
     notes: dict = field(default_factory=dict)
     meta: dict = field(default_factory=dict)  # table -> column -> array
     failures: list[dict] = field(default_factory=list)
+    dropped: dict = field(default_factory=dict)
+    files_kept: int = 0
 
 
-def load_chunk(files: list[tuple[int, str, str, str]], check_events: bool = True) -> Chunk:
-    """Load (index, path, source, collection) files into one Chunk; failures are recorded."""
+def load_chunk(files: list[tuple[int, str, str, str]], check_events: bool = True,
+               max_bytes: int | None = DEFAULT_MAX_BYTES, timeout: float | None = None) -> Chunk:
+    """Load (index, path, source, collection) files into one Chunk; failures are recorded.  ``timeout``
+    gives up a file after that many seconds (worker processes only: it takes over SIGALRM)."""
     out = Chunk()
-    raws, info = [], []  # info: (index, path, source, collection, sha, part) per piece
-    for index, path, source, collection in files:
-        try:
-            sha, pieces = load_file(path, check_events)
-        except IngestError as e:
-            out.failures.append({"index": index, "path": path, "reason": str(e)})
-            continue
-        except Exception as e:  # a parser bug must cost one file, not the run
-            out.failures.append({"index": index, "path": path, "reason": f"parser error: {type(e).__name__}: {_one_line(e)}"})
-            continue
-        for part, raw in enumerate(pieces):
-            raws.append(raw)
-            info.append((index, path, source, collection, sha if len(pieces) == 1 else f"{sha}#{part}", part))
+    raws, info = _parse_files(files, check_events, max_bytes, out.failures, timeout)
     if not raws:
         return out
-
-    notes = nt.assemble(raws)
+    notes = nt.assemble(raws, out.dropped)
+    for raw in raws:
+        for reason, n in raw.dropped.items():
+            out.dropped[reason] = out.dropped.get(reason, 0) + n
     song = notes.pop("song")
     counts = np.bincount(song, minlength=len(raws))
     kept = np.flatnonzero(counts > 0)  # a piece whose every note was unplayable is dropped
     if len(kept) < len(raws):
         lost = {info[k][0] for k in range(len(raws))} - {info[k][0] for k in kept}
         for index in sorted(lost):
-            out.failures.append({"index": index, "path": next(i[1] for i in info if i[0] == index), "reason": "no playable notes"})
+            path = next(i[1] for i in info if i[0] == index)
+            out.failures.append({"index": index, "path": printable(path), "reason": "no playable notes"})
         raws, info, counts = [raws[k] for k in kept], [info[k] for k in kept], counts[kept]
+    out.files_kept = len({i[0] for i in info})
     if not raws:  # every file of the chunk failed
         return out
-
     out.notes, out.meta = notes, nt.meta_tables(raws)
+    out.records = _records(raws, info, notes, counts, out.meta)
+    return out
 
-    # per-song figures, vectorized over the chunk (notes are grouped by song)
-    tempos, sigs, keys = out.meta["tempos"], out.meta["timesigs"], out.meta["keysigs"]
+
+def _parse_files(files, check_events: bool, max_bytes: int | None, failures: list,
+                 timeout: float | None = None) -> tuple[list, list]:
+    """(pieces, (index, path, source, collection, sha, part) per piece); failed files go to ``failures``."""
+    raws, info = [], []
+    for index, path, source, collection in files:
+        try:
+            with _time_limit(timeout):
+                sha, pieces = load_file(path, check_events, max_bytes)
+        except _TimedOut:
+            failures.append({"index": index, "path": printable(path),
+                             "reason": f"gave up after {timeout:g} s: the parser did not finish"})
+            continue
+        except IngestError as e:
+            failures.append({"index": index, "path": printable(path), "reason": _one_line(e)})
+            continue
+        except Exception as e:  # a parser bug must cost one file, not the run
+            reason = f"parser error: {type(e).__name__}: {_one_line(e)}"
+            failures.append({"index": index, "path": printable(path), "reason": reason})
+            continue
+        for part, raw in enumerate(pieces):
+            raws.append(raw)
+            info.append((index, path, source, collection, sha if len(pieces) == 1 else f"{sha}#{part}", part))
+    return raws, info
+
+
+class _TimedOut(BaseException):
+    """Raised by the timer inside a parser; a BaseException, so no ``except Exception`` in a parser eats it."""
+
+
+@contextlib.contextmanager
+def _time_limit(seconds: float | None):
+    """Interrupt the body after ``seconds`` (SIGALRM: Python code only; a loop inside C runs on)."""
+    if not seconds or threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
+        yield
+        return
+
+    def expired(*_):
+        raise _TimedOut
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _records(raws, info, notes, counts, meta) -> list[dict]:
+    """Song-table rows of the pieces, their figures computed for all at once (notes are grouped by song)."""
+    tempos, sigs, keys = meta["tempos"], meta["timesigs"], meta["keysigs"]
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
     end_tick = np.maximum.reduceat(notes["onset_tick"] + notes["duration_tick"], starts)
     end_q = np.maximum.reduceat(notes["onset"] + notes["duration"], starts)
     seconds = nt.seconds_at(np.arange(len(raws)), end_tick, tempos["song"], tempos["tick"], tempos["qpm"],
                             np.array([r.tpq for r in raws]))
     first_tempo, first_sig, first_key = (_first_rows(t, len(raws)) for t in (tempos, sigs, keys))
+    records = []
     for k, (raw, (index, path, source, collection, sha, part)) in enumerate(zip(raws, info)):
         tempo, sig, key = first_tempo[k], first_sig[k], first_key[k]
-        out.records.append({
-            "path": f"{path}#{part}" if "#" in sha else path,
-            "sha": sha, "source": source, "collection": collection, "part": part, "tpq": raw.tpq,
-            "n_notes": int(counts[k]), "n_tracks": len({t[4] for t in raw.tracks}),
+        records.append({
+            "path": printable(f"{path}#{part}" if "#" in sha else path),
+            "sha": sha, "source": printable(source), "collection": printable(collection), "part": part,
+            "tpq": raw.tpq, "n_notes": int(counts[k]), "n_tracks": len({t[4] for t in raw.tracks}),
             "duration_q": float(end_q[k]), "duration_s": float(seconds[k]),
             "qpm": float(tempos["qpm"][tempo]) if tempo >= 0 else nt.DEFAULT_QPM,
             "time_signature": f"{sigs['numerator'][sig]}/{sigs['denominator'][sig]}" if sig >= 0 else "",
             "key": nt.key_name(int(keys["sharps"][key]), bool(keys["minor"][key])) if key >= 0 else "",
         })
-    return out
+    return records
 
 
 def _first_rows(table: dict, n_songs: int) -> np.ndarray:
@@ -249,7 +382,8 @@ def save_chunk(chunk: Chunk, stem: Path, chunk_id: str) -> None:
                     layout.append([f"{table}.{column}", array.dtype.str, len(array)])
                     fh.write(array.tobytes() + bytes(-array.nbytes % 8))
     write_json(stem.with_suffix(".json"), {"chunk": chunk_id, "meta": layout, "records": chunk.records,
-                                            "failures": chunk.failures}, indent=None)
+                                            "failures": chunk.failures, "dropped": chunk.dropped,
+                                            "files_kept": chunk.files_kept}, indent=None)
 
 
 def write_notes_part(path: Path, notes: nt.Notes) -> None:
@@ -257,7 +391,8 @@ def write_notes_part(path: Path, notes: nt.Notes) -> None:
     ``notes/`` holds these; a saved chunk's ``.arrow`` is one, ready to be linked in)."""
     import pyarrow as pa
 
-    batch = pa.record_batch([np.asarray(notes[k], dtype) for k, dtype in nt.NOTE_COLUMNS.items()], names=list(nt.NOTE_COLUMNS))
+    batch = pa.record_batch([np.asarray(notes[k], dtype) for k, dtype in nt.NOTE_COLUMNS.items()],
+                            names=list(nt.NOTE_COLUMNS))
     with atomic_path(path) as tmp:
         with pa.ipc.new_file(str(tmp), batch.schema) as writer:
             writer.write_batch(batch)
@@ -267,7 +402,8 @@ def read_chunk(stem: Path) -> Chunk:
     """A saved chunk's records, failures and metadata; its notes stay in ``stem.arrow``, the
     file that becomes a part of the corpus's note table (``CorpusWriter.add``)."""
     info = read_json(stem.with_suffix(".json"))
-    chunk = Chunk(records=info["records"], failures=info["failures"])
+    chunk = Chunk(records=info["records"], failures=info["failures"], dropped=info.get("dropped", {}),
+                  files_kept=info.get("files_kept", 0))
     data, offset = np.fromfile(stem.with_suffix(".meta"), np.uint8), 0
     for key, dtype, length in info["meta"]:
         table, column = key.split(".")
@@ -278,12 +414,19 @@ def read_chunk(stem: Path) -> Chunk:
 
 
 def chunk_saved(stem: Path, chunk_id: str) -> bool:
-    """Whether ``stem`` holds a complete chunk made from exactly the same files."""
-    if not (stem.with_suffix(".meta").exists() and stem.with_suffix(".arrow").exists()):
+    """Whether ``stem`` holds a complete chunk made from exactly the same files (and by this version:
+    a chunk saved before notes dropped were counted is made again)."""
+    try:
+        info = read_json(stem.with_suffix(".json"))
+        meta_size = stem.with_suffix(".meta").stat().st_size
+        stem.with_suffix(".arrow").stat()
+    except (OSError, ValueError):
+        return False
+    if not isinstance(info, dict) or info.get("chunk") != chunk_id or "dropped" not in info:
         return False
     try:
-        return read_json(stem.with_suffix(".json")).get("chunk") == chunk_id
-    except (OSError, ValueError):
+        return meta_size == sum(-(-np.dtype(dtype).itemsize * length // 8) * 8 for _, dtype, length in info["meta"])
+    except (TypeError, ValueError):
         return False
 
 
@@ -295,12 +438,14 @@ class Job:
     stem: Path
     chunk_id: str
     known_failures: list = field(default_factory=list)
+    max_bytes: int | None = DEFAULT_MAX_BYTES
+    timeout: float | None = FILE_TIMEOUT_S
 
 
 def run_job(job: Job) -> None:
     """Load a chunk and save it where the job says (the parent reads it back from disk:
     cheaper than sending it through a pipe, and the same path as a resumed chunk)."""
-    _finish(job, load_chunk(job.files, check_events=False))  # a crash here costs one file (IngestPool)
+    _finish(job, load_chunk(job.files, False, job.max_bytes, job.timeout))  # a crash costs one file (IngestPool)
 
 
 def _finish(job: Job, chunk: Chunk) -> None:
@@ -316,6 +461,9 @@ def join_chunks(chunks: list[Chunk]) -> Chunk:
         offset = len(out.records)
         out.records += c.records
         out.failures += c.failures
+        out.files_kept += c.files_kept
+        for reason, n in c.dropped.items():
+            out.dropped[reason] = out.dropped.get(reason, 0) + n
         if c.notes:
             notes.append(c.notes)
         for t, cols in c.meta.items():
@@ -391,15 +539,17 @@ class IngestPool:
                 pending.clear()
                 for k, j in redo:
                     if j is not None:
-                        _finish(j, join_chunks([self._isolated(item) for item in j.files]))
+                        _finish(j, join_chunks([self._isolated(item, j) for item in j.files]))
                     yield k
 
-    def _isolated(self, item) -> Chunk:
-        with cf.ProcessPoolExecutor(1, mp_context=self._ctx, initializer=_die_with_parent, initargs=(os.getpid(),)) as pool:
+    def _isolated(self, item, job: Job) -> Chunk:
+        with cf.ProcessPoolExecutor(1, mp_context=self._ctx, initializer=_die_with_parent,
+                                    initargs=(os.getpid(),)) as pool:
             try:
-                return pool.submit(load_chunk, [item], False).result()
+                return pool.submit(load_chunk, [item], False, job.max_bytes, job.timeout).result()
             except cf.process.BrokenProcessPool:
-                return Chunk(failures=[{"index": item[0], "path": item[1], "reason": "the parser crashed its process on this file"}])
+                return Chunk(failures=[{"index": item[0], "path": printable(item[1]),
+                                        "reason": "the parser crashed its process on this file"}])
 
 
 def _die_with_parent(parent: int) -> None:

@@ -8,7 +8,10 @@ import json
 import os
 import shutil
 import socket
+import stat
+import sys
 import tempfile
+import unicodedata
 from pathlib import Path
 
 
@@ -20,6 +23,93 @@ class NotelmError(Exception):
     """An error for the user: the CLI prints its message on one line and exits 1."""
 
 
+class FileRefused(NotelmError):
+    """A file notelm will not read (not a regular file, too large, unreadable); the message is the reason."""
+
+
+# --------------------------------------------------------------------------- reading untrusted files
+
+_KINDS = {stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device",
+          stat.S_IFSOCK: "a socket", stat.S_IFDIR: "a folder"}
+
+
+def _not_regular(mode: int) -> str:
+    return "" if stat.S_ISREG(mode) else f"not a regular file ({_KINDS.get(stat.S_IFMT(mode), 'a special file')})"
+
+
+def read_regular_file(path, max_bytes: int | None = None) -> bytes:
+    """The bytes of a regular file, never more than ``max_bytes``; ``FileRefused`` with the reason otherwise.
+
+    A FIFO named ``.mid`` would block a plain ``open`` forever and a link to /dev/zero would read until
+    memory runs out: the path is checked before opening (opening some devices has effects), opened
+    without blocking, checked again on the descriptor (the path may have been swapped in between),
+    and read only up to the limit (a file may grow while it is read).
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as e:
+        raise FileRefused(f"cannot read: {e.strerror or e}") from None
+    if _not_regular(mode):
+        raise FileRefused(_not_regular(mode))
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as e:
+        raise FileRefused(f"cannot read: {e.strerror or e}") from None
+    try:
+        st = os.fstat(fd)
+        if _not_regular(st.st_mode):
+            raise FileRefused(_not_regular(st.st_mode))
+        limit = sys.maxsize - 1 if max_bytes is None else int(max_bytes)
+        if st.st_size > limit:
+            raise FileRefused(f"file is {_megabytes(st.st_size)}, over the limit of {_megabytes(limit)}")
+        parts, total, step = [], 0, min(st.st_size, limit) + 1  # + 1: the read that finds the end
+        while True:
+            part = os.read(fd, min(step, limit + 1 - total))
+            if not part:
+                return b"".join(parts)
+            parts.append(part)
+            total += len(part)
+            if total > limit:
+                raise FileRefused(f"file grew past the limit of {_megabytes(limit)} while it was read")
+            step = 1 << 20  # it grew while being read: go on in 1 MB pieces
+    except OSError as e:
+        raise FileRefused(f"cannot read: {e.strerror or e}") from None
+    finally:
+        os.close(fd)
+
+
+def _megabytes(n: int) -> str:
+    return f"{n / 1048576:.1f} MB" if n >= 104858 else f"{n:,} bytes"
+
+
+# --------------------------------------------------------------------------- showing names
+
+def printable(text) -> str:
+    """``text`` safe to print on one line: every character Python calls unprintable but a space is
+    escaped (control characters as ``\\n`` or ``\\x1b``; line separators and the bidirectional controls
+    that can make one name read as another, as ``\\u2028``), and the bytes of a file name that are not
+    UTF-8 (Python keeps them as lone surrogates) as ``\\xNN``.
+
+    A file named ``a.mid\\nfailed: b.mid`` then prints as one line and can forge nothing, and a name
+    that is not UTF-8 can be printed, stored in Arrow and written to JSON.
+    """
+    text = str(text)
+    if text.isprintable():  # C speed: almost every name
+        return text
+    return "".join(_escape(ch) for ch in text)
+
+
+def _escape(ch: str) -> str:
+    code = ord(ch)
+    if 0xDC80 <= code <= 0xDCFF:  # os.fsdecode's surrogateescape: one undecodable byte
+        return f"\\x{code - 0xDC00:02x}"
+    if ch.isprintable() or unicodedata.category(ch) == "Zs":  # spaces other than " " are not "printable"
+        return ch
+    escaped = ch.encode("unicode_escape", "backslashreplace").decode("ascii")
+    return escaped if escaped != ch else f"\\u{code:04x}"
+
+
 @contextlib.contextmanager
 def atomic_path(path, suffix: str | None = None):
     """Yield a temporary file path beside ``path``; rename it over ``path`` on success.
@@ -27,14 +117,16 @@ def atomic_path(path, suffix: str | None = None):
     Readers see either the old file or the complete new one, never a partial write.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or (path.suffix + ".tmp"), dir=path.parent)
+    with _named(path):  # a full or read-only disk names the file the user asked for, not the temporary
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or (path.suffix + ".tmp"), dir=path.parent)
     os.close(fd)
     tmp = Path(tmp)
     try:
-        yield tmp
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; finished files get the usual mode
-        os.replace(tmp, path)
+        with _named(path, tmp):
+            yield tmp
+            os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; finished files get the usual mode
+            os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -91,12 +183,14 @@ def atomic_dir(path):
     removes what a killed writer on this machine left behind (kill -9, OOM kill).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     owner = f"{socket.gethostname()}-"
-    _remove_dead_temporaries(path, owner)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{owner}{os.getpid()}.", suffix=".tmp", dir=path.parent))
+    with _named(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _remove_dead_temporaries(path, owner)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{owner}{os.getpid()}.", suffix=".tmp", dir=path.parent))
     try:
-        yield tmp
+        with _named(path, tmp):
+            yield tmp
         _usual_modes(tmp)
         old = None
         if path.exists():
@@ -108,6 +202,20 @@ def atomic_dir(path):
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _named(path: Path, tmp: Path | None = None):
+    """A full or read-only disk met inside names ``path``, the file the user asked for: an error that
+    names no file (a full disk, met by a write) or the hidden temporary would only puzzle."""
+    try:
+        yield
+    except OSError as e:
+        name = None if e.filename is None else str(e.filename)
+        ours = tmp is None or name is None or name.startswith(str(tmp)) or name == str(path.parent)
+        if e.errno is None or not ours:
+            raise  # about another file: let it name that one
+        raise OSError(e.errno, os.strerror(e.errno), str(path)) from None  # OSError picks the subclass
 
 
 def _remove_dead_temporaries(path: Path, owner: str) -> None:

@@ -11,10 +11,11 @@ Per-song metadata (tempo changes, time and key signatures) travels as
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from notelm.io import NotelmError
 
 NOTE_COLUMNS: dict[str, np.dtype] = {
     "track": np.dtype(np.int16),
@@ -34,6 +35,22 @@ DEFAULT_TPQ = 480
 # corrupt one: an encoder would spend one rest event per few beats of the silence before it (a
 # 40-byte file could ask for gigabytes), and a MIDI file at 480 ticks per quarter cannot hold it.
 MAX_QUARTERS = 2**19
+# Tempos notelm writes and renders at when it chooses the tempo (``--qpm``, a prompt's tempo): a MIDI
+# file cannot store one below 3.58 qpm (16,777,215 microseconds per quarter), and a slow tempo makes
+# audio long: one quarter note at 1 qpm is a minute of samples.  A file's own tempo map is kept as it is.
+MIN_QPM, MAX_QPM = 10.0, 1000.0
+MAX_MIDI_BYTES = 64 * 1024 * 1024  # the largest MIDI file read in-process (prompts, render, uploads)
+# Why a note read from a file is not kept, counted per reason in a corpus's manifest (the words are
+# prepare's summary): ``assemble`` finds the first four (a time before 0 is one that wrapped around,
+# one past MAX_QUARTERS a corrupt one), the MusicXML/ABC/kern reader the last (a chord symbol is a
+# harmony annotation above the staff, not a note anyone plays).
+DROP_REASONS = {
+    "zero_length": "of length 0",
+    "pitch_out_of_range": "with a pitch outside 0-127",
+    "before_start": "before time 0",
+    "past_max_time": f"past {MAX_QUARTERS:,} quarter notes",
+    "chord_symbol": "chord symbols",
+}
 
 Notes = dict  # dict[str, np.ndarray]; an alias so signatures read as what they carry
 
@@ -76,14 +93,20 @@ def concat(tables: list[Notes]) -> Notes:
     return {k: np.concatenate([t[k] for t in tables]).astype(NOTE_COLUMNS[k], copy=False) for k in NOTE_COLUMNS}
 
 
-def sort_by_track(notes: Notes) -> Notes:
-    """Ingest order: track, then onset, then pitch (parts one after another)."""
-    return take(notes, np.lexsort((notes["pitch"], notes["onset_tick"], notes["track"])))
+def check_qpm(qpm, name: str = "qpm") -> float:
+    """``qpm`` as a float when notelm may write and render at that tempo; a one-line NotelmError otherwise.
 
-
-def sort_by_onset(notes: Notes) -> Notes:
-    """Time order: onset, then pitch, then track (chords low to high)."""
-    return take(notes, np.lexsort((notes["track"], notes["pitch"], notes["onset_tick"])))
+    The one rule for a tempo notelm chooses (``--qpm``, a prompt's first tempo, a web request): finite
+    and within ``MIN_QPM``..``MAX_QPM``, checked before anything is sampled, written or allocated.
+    """
+    try:
+        value = float(qpm)
+    except (TypeError, ValueError):
+        raise NotelmError(f"{name} {qpm!r}: not a number of quarter notes per minute") from None
+    if not MIN_QPM <= value <= MAX_QPM:  # NaN fails too
+        raise NotelmError(f"{name} {value:g}: the tempo must be between {MIN_QPM:g} and {MAX_QPM:g} "
+                          "quarter notes per minute")
+    return value
 
 
 @dataclass
@@ -123,13 +146,6 @@ def key_name(sharps: int, minor: bool) -> str:
     """'D' for two sharps major, 'b' for two sharps minor (lower case = minor)."""
     sharps = min(max(int(sharps), -7), 7)
     return (_MINOR_BY_SHARPS if minor else _MAJOR_BY_SHARPS)[sharps + 7]
-
-
-def ticks_to_seconds(ticks: np.ndarray, meta: SongMeta) -> np.ndarray:
-    """Seconds at each tick, through the song's tempo map (120 qpm before the first tempo)."""
-    ticks = np.asarray(ticks)
-    return seconds_at(np.zeros(len(ticks), np.int64), ticks, np.zeros(len(meta.tempo_tick), np.int64),
-                      meta.tempo_tick, meta.tempo_qpm, np.array([meta.tpq]))
 
 
 def seconds_at(song, tick, tempo_song, tempo_tick, tempo_qpm, tpq) -> np.ndarray:
@@ -187,12 +203,14 @@ class RawSong:
     file has them (table -> column -> array, the columns of ``META_TABLES``), not yet
     checked.  ``assemble`` and ``meta_tables`` turn many RawSongs into one note table and
     clean metadata tables in a handful of numpy calls, which is what keeps ingest fast:
-    per-file work is only copying arrays out of the parser.
+    per-file work is only copying arrays out of the parser.  ``dropped`` counts the notes the
+    parser read but did not put in ``tracks``, by reason (keys of ``DROP_REASONS``).
     """
 
     tpq: int
     events: dict
     tracks: list = field(default_factory=list)
+    dropped: dict = field(default_factory=dict)
 
     @property
     def meta(self) -> SongMeta:
@@ -220,7 +238,8 @@ def raw_from_score(score) -> RawSong:
     for index, track in enumerate(score.tracks):
         a = track.notes.numpy()
         if len(a["time"]):
-            raw.tracks.append((a["time"], a["duration"], a["pitch"], a["velocity"], index, int(track.program), bool(track.is_drum)))
+            raw.tracks.append((a["time"], a["duration"], a["pitch"], a["velocity"], index, int(track.program),
+                               bool(track.is_drum)))
     return raw
 
 
@@ -252,13 +271,13 @@ def meta_tables(raws: list[RawSong]) -> dict:
     return out
 
 
-def assemble(raws: list[RawSong]) -> Notes:
+def assemble(raws: list[RawSong], dropped: dict | None = None) -> Notes:
     """Many RawSongs -> one note table with a ``song`` column (index into ``raws``).
 
     Rows are grouped by song, then track (file order), and sorted by onset within a
     track (simultaneous notes keep file order).  Notes no instrument can play
     (length <= 0, pitch outside 0-127, an onset below 0, an end beyond ``MAX_QUARTERS``)
-    are dropped.
+    are dropped; ``dropped``, when given, adds their count by reason (``DROP_REASONS``).
     """
     tracks = [t for raw in raws for t in raw.tracks]
     if not tracks:
@@ -286,8 +305,14 @@ def assemble(raws: list[RawSong]) -> Notes:
         "program": np.repeat(np.array([t[5] for t in tracks], np.int16), lengths),
         "is_drum": np.repeat(np.array([t[6] for t in tracks], np.bool_), lengths),
     }
-    ok = (duration_tick > 0) & (pitch >= 0) & (pitch <= 127) & (onset_tick >= 0)
-    ok &= onset + notes["duration"] < MAX_QUARTERS
+    reasons = {"zero_length": duration_tick <= 0, "pitch_out_of_range": (pitch < 0) | (pitch > 127),
+               "before_start": onset_tick < 0, "past_max_time": onset + notes["duration"] >= MAX_QUARTERS}
+    ok = ~(reasons["zero_length"] | reasons["pitch_out_of_range"] | reasons["before_start"] | reasons["past_max_time"])
+    if dropped is not None and not ok.all():
+        counted = np.zeros(len(ok), bool)
+        for reason, bad in reasons.items():  # a note with several faults counts once, under the first
+            dropped[reason] = dropped.get(reason, 0) + int(np.count_nonzero(bad & ~counted))
+            counted |= bad
     # Tracks arrive in (song, track) order and symusic keeps each track sorted by onset,
     # so a sort is needed only when some track is out of order (rare: music21 input).
     step = np.diff(onset_tick)
@@ -317,10 +342,12 @@ def to_score(notes: Notes, qpm: float = DEFAULT_QPM, tpq: int = DEFAULT_TPQ, met
     """
     import symusic
 
+    if meta is None or not len(meta.tempo_qpm):
+        qpm = check_qpm(qpm)
     score = symusic.Score(tpq)
     onset = np.round(np.asarray(notes["onset"], np.float64) * tpq).astype(np.int64)
     duration = np.maximum(np.round(np.asarray(notes["duration"], np.float64) * tpq).astype(np.int64), 1)
-    keys = np.stack([notes["track"].astype(np.int64), notes["program"].astype(np.int64), notes["is_drum"].astype(np.int64)], 1)
+    keys = np.stack([notes[k].astype(np.int64) for k in ("track", "program", "is_drum")], 1)
     groups, which = np.unique(keys, axis=0, return_inverse=True) if len(onset) else (np.zeros((0, 3), np.int64), None)
     for g, (track, program, is_drum) in enumerate(groups):
         mask = which.reshape(-1) == g
@@ -347,7 +374,8 @@ def to_score(notes: Notes, qpm: float = DEFAULT_QPM, tpq: int = DEFAULT_TPQ, met
     return score
 
 
-def write_midi(notes: Notes, path, qpm: float = DEFAULT_QPM, tpq: int = DEFAULT_TPQ, meta: SongMeta | None = None) -> None:
+def write_midi(notes: Notes, path, qpm: float = DEFAULT_QPM, tpq: int = DEFAULT_TPQ,
+               meta: SongMeta | None = None) -> None:
     """Write a note table as a MIDI file, atomically (temp file, then rename)."""
     from notelm.io import atomic_path
 
@@ -356,112 +384,32 @@ def write_midi(notes: Notes, path, qpm: float = DEFAULT_QPM, tpq: int = DEFAULT_
         score.dump_midi(str(tmp))
 
 
-def read_midi(path) -> tuple[Notes, SongMeta]:
-    """A MIDI file -> (note table, metadata); ValueError with the reason for a file symusic must not parse."""
+def read_midi(path, max_bytes: int = MAX_MIDI_BYTES) -> tuple[Notes, SongMeta]:
+    """A MIDI file -> (note table, metadata); ValueError with the reason for a file notelm will not read.
+
+    Only a regular file of at most ``max_bytes`` is read (``io.read_regular_file``), then ``parse_midi``.
+    """
+    from notelm.io import FileRefused, read_regular_file
+
+    try:
+        data = read_regular_file(path, max_bytes)
+    except FileRefused as e:
+        raise ValueError(str(e)) from None
+    return parse_midi(data)
+
+
+def parse_midi(data: bytes) -> tuple[Notes, SongMeta]:
+    """MIDI bytes -> (note table, metadata), under the rules every reader shares (``midifile.midi_problem``:
+    header, tick resolution, truncation, every event); ValueError with the reason otherwise."""
     import symusic
 
-    with open(path, "rb") as f:
-        data = f.read()
-    if data[:4] != b"MThd":
-        raise ValueError("not a MIDI file (no MThd header)")
-    problem = midi_event_problem(data)
+    from notelm.midifile import midi_problem
+
+    problem = midi_problem(data)
     if problem:
         raise ValueError(problem)
-    return from_score(symusic.Score.from_midi(data))
-
-
-# --------------------------------------------------------------------------- untrusted MIDI bytes
-# symusic 0.5.8 indexes a [channel][pitch] table with a note's pitch byte unchecked: a pitch byte
-# over 127 on channel 16 makes it write outside the table and crash the process.  It also reads
-# the standard's 0xF7 escape event as a single byte, loses its place and may then meet such a
-# byte anywhere (both found by tests/test_fuzz.py).  ``midi_event_problem`` walks every event
-# first, the way symusic does, and refuses what it cannot read safely.  It costs a few times
-# symusic's own parse, so ingest workers, where a crash costs one file, skip it; every reader
-# inside a long-lived process (prompts, web uploads, render, load_file in-process) runs it.
-
-_VLQ = rb"[\x80-\xff]{0,3}[\x00-\x7f]"
-_DATA = rb"[\x00-\x7f]"
-# runs of channel events: a status byte, its data bytes, then the running-status events that reuse it
-_CHANNEL_RUN = re.compile(rb"(?:" + _VLQ + rb"(?:([\x80-\xbf\xe0-\xef])" + _DATA + rb"{2}(?:" + _VLQ + _DATA
-                          + rb"{2})*|([\xc0-\xdf])" + _DATA + rb"(?:" + _VLQ + _DATA + rb")*))*")
-_META_SIZE = {0x51: 3, 0x58: 4, 0x59: 2}  # tempo, time signature, key signature: bytes symusic reads
-_RUNNING = {1: re.compile(rb"(?:" + _VLQ + _DATA + rb")*"), 2: re.compile(rb"(?:" + _VLQ + _DATA + rb"{2})*")}
-
-
-def midi_event_problem(data: bytes) -> str:
-    """Why the events of a MIDI file are malformed ('' when they are not): every track, every event.
-
-    Channel events are matched by a regular expression (C speed); meta and system-exclusive
-    events, and whatever the expression stops at, one by one here.
-    """
-    pos, track, n_tracks = 8 + int.from_bytes(data[4:8], "big"), 0, int.from_bytes(data[10:12], "big")
-    while pos + 8 <= len(data) and track < n_tracks:  # symusic reads the announced number of MTrk chunks
-        kind, length = data[pos:pos + 4], int.from_bytes(data[pos + 4:pos + 8], "big")
-        start, pos = pos + 8, pos + 8 + length
-        if kind == b"MTrk":
-            track += 1
-            problem = _track_problem(data, start, min(pos, len(data)))
-            if problem:
-                return f"malformed MIDI event in track {track}: {problem}"
-    return ""
-
-
-def _track_problem(data: bytes, pos: int, end: int) -> str:
-    status = 0  # the running status
-    while pos < end:
-        if status:
-            pos = _RUNNING[1 if 0xC0 <= status < 0xE0 else 2].match(data, pos, end).end()
-        m = _CHANNEL_RUN.match(data, pos, end)
-        if m.end() > pos:
-            pos = m.end()
-            status = data[m.start(1) if m.start(1) > m.start(2) else m.start(2)]
-            continue
-        if pos >= end:
-            break
-        at = pos
-        pos = _skip_vlq(data, pos, end)
-        if pos < 0:
-            return f"delta time at byte {at} is cut off or longer than 4 bytes"
-        if pos >= end:
-            return f"event at byte {at} is cut off by the end of the track"
-        kind = data[pos]
-        if kind == 0xF7:  # the standard's escape event: symusic 0.5.8 takes it for one byte and loses its place
-            return f"system exclusive escape event (0xf7) at byte {pos}, which symusic misreads"
-        if kind in (0xFF, 0xF0):
-            if kind == 0xFF and pos + 1 < end and data[pos + 1] == 0x2F:
-                return ""  # end of track: the parser reads no further
-            size_at = pos + (2 if kind == 0xFF else 1)
-            payload = _skip_vlq(data, size_at, end)
-            size = 0
-            for b in data[size_at:max(payload, size_at)]:
-                size = (size << 7) | (b & 0x7F)
-            if payload < 0 or payload + size > end:
-                return f"{'meta' if kind == 0xFF else 'system exclusive'} event at byte {at} runs past the end of its track"
-            if kind == 0xFF and size < _META_SIZE.get(data[pos + 1], 0):  # symusic would read past it
-                return f"meta event {data[pos + 1]:#04x} at byte {at} holds {size} bytes, fewer than its {_META_SIZE[data[pos + 1]]}"
-            pos = payload + size
-            if kind != 0xFF:
-                status = 0  # system exclusive cancels the running status
-            continue
-        if kind > 0xF0:
-            return f"system message {kind:#04x} at byte {pos} (not allowed in a MIDI file)"
-        if kind >= 0x80:
-            status, pos = kind, pos + 1
-        elif not status:
-            return f"data byte {kind:#04x} without a status byte at byte {pos}"
-        n = 1 if 0xC0 <= status < 0xE0 else 2
-        if pos + n > end:
-            return f"event at byte {at} is cut off by the end of the track"
-        for k in range(n):
-            if data[pos + k] > 0x7F:
-                return f"data byte {data[pos + k]:#04x} over 127 at byte {pos + k} (status {status:#04x})"
-        pos += n
-    return ""
-
-
-def _skip_vlq(data: bytes, pos: int, end: int) -> int:
-    """The position after a variable-length number of at most 4 bytes starting at ``pos``; -1 if none."""
-    for k in range(min(4, end - pos)):
-        if data[pos + k] < 0x80:
-            return pos + k + 1
-    return -1
+    try:
+        score = symusic.Score.from_midi(data)
+    except Exception as e:  # symusic raises RuntimeError with its parser's message
+        raise ValueError(f"unreadable MIDI: {' '.join(str(e).split())[:200]}") from None
+    return from_score(score)

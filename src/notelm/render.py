@@ -16,9 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from notelm.io import NotelmError, atomic_path
+from notelm.io import NotelmError, atomic_path, printable
 from notelm.names import pitch_name
-from notelm.notes import DEFAULT_QPM, DEFAULT_TPQ, Notes, SongMeta, num_notes, read_midi, to_score
+from notelm.notes import (DEFAULT_QPM, DEFAULT_TPQ, Notes, SongMeta, check_qpm, num_notes, read_midi, seconds_at,
+                          to_score)
 
 SOUNDFONT_ENV = "NOTELM_SOUNDFONT"
 # Searched in order after an explicit path and $NOTELM_SOUNDFONT; "{prefix}" is sys.prefix,
@@ -33,6 +34,11 @@ HOW_TO_GET_SOUNDFONT = ("install one with `apt install timgm6mb-soundfont`, or r
                         "`scripts/get-soundfont.sh .venv/share/notelm`, or set NOTELM_SOUNDFONT=/path/to/file.sf2")
 
 PEAK_TARGET = 10 ** (-1 / 20)  # -1 dBFS: loud but with headroom against inter-sample clipping
+# The longest audio rendered: the synthesizer holds it all as float32 samples (an hour of 44.1 kHz
+# stereo is 1.3 GB, its WAV 0.6 GB).  Checked before synthesizing, so a slow tempo cannot ask for more.
+MAX_WAV_SECONDS = 3600.0
+SAMPLE_RATES = (8000, 192000)
+RELEASE_SECONDS = 2.0  # what the synthesizer adds after the last note ends (its release tail), at most
 
 
 # --------------------------------------------------------------------------- SoundFont
@@ -70,43 +76,88 @@ def _synthesizer(soundfont: str, sample_rate: int):
 
 # --------------------------------------------------------------------------- WAV
 
+def song_seconds(notes: Notes, qpm: float = DEFAULT_QPM, meta: SongMeta | None = None) -> float:
+    """When the last note ends, in seconds: through ``meta``'s tempo map when it has one, else at ``qpm``."""
+    if num_notes(notes) == 0:
+        return 0.0
+    end_q = float(np.max(np.asarray(notes["onset"], np.float64) + np.asarray(notes["duration"], np.float64)))
+    if meta is None or not len(meta.tempo_qpm):
+        return end_q * 60.0 / check_qpm(qpm)
+    end_tick = np.array([end_q * meta.tpq])
+    return float(seconds_at(np.zeros(1, np.int64), end_tick, np.zeros(len(meta.tempo_tick), np.int64),
+                            meta.tempo_tick, meta.tempo_qpm, np.array([meta.tpq]))[0])
+
+
+def check_wav_seconds(seconds: float, name: str = "audio", max_seconds: float = MAX_WAV_SECONDS) -> None:
+    """A one-line NotelmError when audio of ``seconds`` would be longer than ``max_seconds``."""
+    if not seconds <= max_seconds:  # NaN too
+        raise NotelmError(f"{name}: {seconds:,.0f} s of audio is over the {max_seconds:,.0f} s limit "
+                          "(a slower tempo makes longer audio; choose a faster one or fewer notes)")
+
+
 def render_wav(notes: Notes, path, qpm: float = DEFAULT_QPM, sample_rate: int = 44100,
-               soundfont: str | None = None, meta: SongMeta | None = None) -> dict:
+               soundfont: str | None = None, meta: SongMeta | None = None,
+               max_seconds: float = MAX_WAV_SECONDS) -> dict:
     """Synthesize a note table to a 16-bit stereo WAV; returns its path, seconds, RMS and peak.
 
     RMS and peak are of the written audio in [0, 1] (full scale), so a caller can tell
     the user the file is not silent.  Audio that would clip is scaled to peak at -1 dBFS.
+    Audio longer than ``max_seconds`` is refused before anything is synthesized.
     """
     path = Path(path)
     if num_notes(notes) == 0:
-        raise NotelmError(f"{path.name}: no notes to render")
+        raise NotelmError(f"{printable(path.name)}: no notes to render")
+    if not SAMPLE_RATES[0] <= sample_rate <= SAMPLE_RATES[1]:
+        raise NotelmError(f"sample rate {sample_rate}: between {SAMPLE_RATES[0]} and {SAMPLE_RATES[1]} Hz")
+    check_wav_seconds(song_seconds(notes, qpm, meta) + RELEASE_SECONDS, printable(path.name), max_seconds)
     font = find_soundfont(soundfont)
     tpq = meta.tpq if meta is not None else DEFAULT_TPQ  # meta's tempo ticks are in its own resolution
     score = to_score(notes, qpm=qpm, tpq=tpq, meta=meta)
     audio = np.asarray(_synthesizer(str(font.resolve()), int(sample_rate)).render(score, stereo=True), np.float32)
-    peak = float(np.abs(audio).max()) if audio.size else 0.0
-    if peak > 1.0:
-        audio = audio * (PEAK_TARGET / peak)
-    pcm = np.round(np.clip(audio, -1.0, 1.0) * 32767).astype("<i2")
+    if not audio.flags.writeable:
+        audio = audio.copy()
+    pcm = _to_pcm16(audio)  # (samples, channels): interleaved L R L R ... as a WAV holds them
+    del audio
     with atomic_path(path) as tmp:
         with wave.open(str(tmp), "wb") as w:
-            w.setnchannels(audio.shape[0])
+            w.setnchannels(pcm.shape[1])
             w.setsampwidth(2)
             w.setframerate(int(sample_rate))
-            w.writeframes(np.ascontiguousarray(pcm.T).tobytes())  # interleaved L R L R ...
-    written = pcm.astype(np.float64) / 32767
-    return {
-        "path": path,
-        "seconds": pcm.shape[1] / sample_rate,
-        "rms": float(np.sqrt(np.mean(written ** 2))) if written.size else 0.0,
-        "peak": float(np.abs(written).max()) if written.size else 0.0,
-    }
+            w.writeframes(memoryview(pcm).cast("B"))
+    rms, peak = _level(pcm)
+    return {"path": path, "seconds": pcm.shape[0] / sample_rate, "rms": rms, "peak": peak}
+
+
+def _to_pcm16(audio: np.ndarray) -> np.ndarray:
+    """Float audio [channels, samples] -> int16 [samples, channels], scaled down to -1 dBFS if it would
+    clip; in place where it can (an hour of audio is over a gigabyte)."""
+    peak = float(max(audio.max(), -audio.min())) if audio.size else 0.0
+    if peak > 1.0:
+        audio *= PEAK_TARGET / peak
+    np.clip(audio, -1.0, 1.0, out=audio)
+    audio *= 32767
+    np.rint(audio, out=audio)
+    pcm = np.empty(audio.shape[::-1], "<i2")
+    pcm[...] = audio.T
+    return pcm
+
+
+def _level(pcm: np.ndarray, block: int = 1 << 20) -> tuple[float, float]:
+    """(RMS, peak) of int16 audio on the [0, 1] full scale, a block at a time (no float copy of it all)."""
+    flat = pcm.reshape(-1)
+    if not flat.size:
+        return 0.0, 0.0
+    energy = sum(float(np.dot(part, part)) for part in (flat[i:i + block].astype(np.float64)
+                                                       for i in range(0, flat.size, block)))
+    peak = max(int(flat.max()), -int(flat.min()))
+    return float(np.sqrt(energy / flat.size)) / 32767, min(peak / 32767, 1.0)
 
 
 # --------------------------------------------------------------------------- piano roll
 
 BLACK_KEYS = np.array([1, 3, 6, 8, 10])
 DRUM_COLOR = (0.15, 0.15, 0.15)
+MAX_BAR_LINES = 400  # a roll 1200 px wide shows no more (a time signature of 1/16384 would ask for billions)
 
 
 def _note_boxes(start, length, pitch, height=0.8):
@@ -131,7 +182,7 @@ def render_pianoroll(notes: Notes, path, title: str | None = None, qpm: float = 
 
     path = Path(path)
     if num_notes(notes) == 0:
-        raise NotelmError(f"{path.name}: no notes to draw")
+        raise NotelmError(f"{printable(path.name)}: no notes to draw")
     onset = np.asarray(notes["onset"], np.float64)
     length = np.maximum(np.asarray(notes["duration"], np.float64), 1e-3)
     pitch = np.asarray(notes["pitch"], np.float64)
@@ -154,7 +205,8 @@ def render_pianoroll(notes: Notes, path, title: str | None = None, qpm: float = 
     beats_per_bar = 4.0
     if meta is not None and len(meta.timesig_num):
         beats_per_bar = 4.0 * float(meta.timesig_num[0]) / float(meta.timesig_den[0])
-    ax.vlines(np.arange(0, end, beats_per_bar), low - 0.5, high + 0.5, colors=(0.75, 0.75, 0.8), linewidth=0.6, zorder=1)
+    bar_step = beats_per_bar * max(1, int(np.ceil(end / beats_per_bar / MAX_BAR_LINES)))  # every k-th bar if many
+    ax.vlines(np.arange(0, end, bar_step), low - 0.5, high + 0.5, colors=(0.75, 0.75, 0.8), linewidth=0.6, zorder=1)
 
     palette = to_rgba_array([f"C{i}" for i in range(10)])
     tracks = np.unique(notes["track"][~drum])
@@ -195,18 +247,19 @@ def render_file(midi_path, out_dir=None, wav: bool = False, png: bool = False, s
     dict, "png": path} for what was written.
     """
     midi_path = Path(midi_path)
+    shown = printable(midi_path)
     if not wav and not png:
         wav = png = True
-    if not midi_path.is_file():
-        raise NotelmError(f"{midi_path}: no such file")
+    if not midi_path.exists():
+        raise NotelmError(f"{shown}: no such file")
     if wav:
         soundfont = str(find_soundfont(soundfont))  # fail before any work when there is none
     try:
         notes, meta = read_midi(midi_path)
     except Exception as e:
-        raise NotelmError(f"{midi_path}: not a readable MIDI file ({e})") from None
+        raise NotelmError(f"{shown}: not a readable MIDI file ({e})") from None
     if num_notes(notes) == 0:
-        raise NotelmError(f"{midi_path}: no notes to render")
+        raise NotelmError(f"{shown}: no notes to render")
     out_dir = Path(out_dir) if out_dir is not None else midi_path.parent
     written = {}
     if wav:

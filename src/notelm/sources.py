@@ -11,16 +11,18 @@ from __future__ import annotations
 
 import csv
 import glob
+import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from notelm.io import NotelmError
+from notelm.io import FileRefused, NotelmError, printable, read_regular_file
 
 MIDI_SUFFIXES = {".mid", ".midi", ".kar", ".smf"}
 MUSIC21_SUFFIXES = {".mxl", ".musicxml", ".xml", ".krn", ".abc"}
 SUFFIXES = MIDI_SUFFIXES | MUSIC21_SUFFIXES
+MAX_SIDECAR_BYTES = 256 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -49,33 +51,48 @@ def music21_corpus_paths(name: str) -> tuple[Path, list[Path]]:
 
 def _walk(root: str, seen: set) -> Iterator[tuple[str, str]]:
     """Depth-first, sorted, symlink-loop-safe walk yielding (file, error).  Plain strings
-    and os.scandir: this runs once per file, so pathlib's overhead would show."""
-    try:
-        st = os.stat(root)
-    except OSError as e:
-        yield root, f"cannot read folder: {e.strerror or e}"
+    and os.scandir: this runs once per file, so pathlib's overhead would show.  An explicit
+    stack of folder listings, not recursion: folders may be nested thousands deep."""
+    entries, error = _list(root, seen)
+    if error:
+        yield root, error
         return
-    key = (st.st_dev, st.st_ino)
-    if key in seen:
-        yield root, "symlink loop: folder already visited"
-        return
-    seen.add(key)
-    try:
-        with os.scandir(root) as it:
-            entries = sorted(it, key=lambda e: e.name)
-    except OSError as e:
-        yield root, f"cannot read folder: {e.strerror or e}"
-        return
-    for entry in entries:
+    stack = [iter(entries)]
+    while stack:
+        entry = next(stack[-1], None)
+        if entry is None:  # this folder is done
+            stack.pop()
+            continue
         try:
             is_dir = entry.is_dir()  # follows symlinks; loops are caught by `seen`
         except OSError as e:
             yield entry.path, f"cannot stat: {e.strerror or e}"
             continue
         if is_dir:
-            yield from _walk(entry.path, seen)
+            entries, error = _list(entry.path, seen)
+            if error:
+                yield entry.path, error
+            else:
+                stack.append(iter(entries))
         elif os.path.splitext(entry.name)[1].lower() in SUFFIXES:
             yield entry.path, ""
+
+
+def _list(folder: str, seen: set) -> tuple[list, str]:
+    """(the folder's entries sorted by name, '') or ([], why it cannot be walked)."""
+    try:
+        st = os.stat(folder)
+    except OSError as e:
+        return [], f"cannot read folder: {e.strerror or e}"
+    key = (st.st_dev, st.st_ino)
+    if key in seen:
+        return [], "symlink loop: folder already visited"
+    seen.add(key)
+    try:
+        with os.scandir(folder) as it:
+            return sorted(it, key=lambda e: e.name), ""
+    except OSError as e:
+        return [], f"cannot read folder: {e.strerror or e}"
 
 
 def iter_files(sources: list[str], max_file_mb: float | None = None,
@@ -95,8 +112,9 @@ def iter_files(sources: list[str], max_file_mb: float | None = None,
             if not matches:
                 raise NotelmError(f"{source}: the pattern matches no files")
             root = os.path.abspath(_glob_root(source))
+            # anything but a folder is queued: ingest refuses what is not a regular file, with its reason
             items = ((os.path.abspath(m), "") for m in matches
-                     if os.path.splitext(m)[1].lower() in SUFFIXES and os.path.isfile(m))
+                     if os.path.splitext(m)[1].lower() in SUFFIXES and not os.path.isdir(m))
         else:
             if not os.path.exists(source):
                 raise NotelmError(f"{source}: no such file or folder")
@@ -141,10 +159,16 @@ def read_sidecar(path) -> dict[str, str]:
     """
     path = Path(path)
     try:
-        with open(path, newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
-    except OSError as e:
-        raise NotelmError(f"{path}: cannot read metadata CSV: {e.strerror or e}") from e
+        text = read_regular_file(path, MAX_SIDECAR_BYTES).decode("utf-8-sig")
+        rows = list(csv.DictReader(io.StringIO(text, newline="")))
+    except FileRefused as e:
+        raise NotelmError(f"{printable(path)}: cannot read metadata CSV: {e}") from None
+    except UnicodeDecodeError as e:
+        raise NotelmError(f"{printable(path)}: metadata CSV is not UTF-8 text (byte {e.start})") from None
+    except csv.Error as e:
+        raise NotelmError(f"{printable(path)}: not a readable CSV: {e}") from None
     if rows and not {"path", "collection"} <= set(rows[0]):
-        raise NotelmError(f"{path}: metadata CSV needs the columns 'path' and 'collection' (found: {', '.join(rows[0])})")
+        found = ", ".join(printable(k) for k in rows[0] if k is not None)
+        raise NotelmError(f"{printable(path)}: metadata CSV needs the columns 'path' and 'collection' "
+                          f"(found: {found})")
     return {row["path"]: row["collection"] for row in rows if row.get("path") and row.get("collection")}

@@ -59,13 +59,15 @@ async function generate(event) {
   showError("");
   $("warning").hidden = true;
   const form = new FormData();
-  for (const name of ["model", "collection", "temperature", "top_k", "top_p", "length", "num", "seed", "prompt_events"]) {
+  const fields = ["model", "collection", "temperature", "top_k", "top_p", "length", "num", "seed", "prompt_events"];
+  for (const name of fields) {
     form.append(name, $(name).value);
   }
   const file = $("prompt").files[0];
   if (file) {
     if (file.size > limits.max_upload_bytes) {  // the server checks too; this just saves the upload
-      showError(`${file.name}: ${megabytes(file.size)} MB is over the ${megabytes(limits.max_upload_bytes)} MB upload limit`);
+      const limit = megabytes(limits.max_upload_bytes);
+      showError(`${file.name}: ${megabytes(file.size)} MB is over the ${limit} MB upload limit`);
       return;
     }
     form.append("prompt", file, file.name);
@@ -102,7 +104,8 @@ async function poll(url) {
       showStatus(`done in ${job.seconds.toFixed(1)} s`, 1);
       return job;
     }
-    const counted = job.status === "running" && job.stage === "sampling" ? ` (${job.events_done} of ${job.length} notes)` : "";
+    const sampling = job.status === "running" && job.stage === "sampling";
+    const counted = sampling ? ` (${job.events_done} of ${job.length} notes)` : "";
     showStatus(`${job.stage}${counted}… ${job.seconds.toFixed(0)} s`, job.progress);
     await new Promise((resolve) => setTimeout(resolve, POLL_MS));
   }

@@ -14,15 +14,24 @@ the files through ``GET /api/jobs/{id}/files/{piece}/{kind}``.  Every job writes
 into its own directory, named by the server, under a temporary directory the
 server owns; concurrent jobs never share a file.
 
-Safety: the server binds 127.0.0.1 unless told otherwise; an uploaded prompt is
-size-limited, must start with the MIDI header and must parse as MIDI before it
-is used; no name or path from the user ever reaches the filesystem (files are
-addressed by a job id the server generated plus a piece index and a fixed kind).
+Safety: the server binds 127.0.0.1 unless told otherwise.  No web page the user
+visits can drive it: a request whose Host is not a name of this server (a DNS
+rebinding attack names the attacker's domain) gets a 400, and a POST sent by
+another origin (cross-site request forgery) a 403, whatever its content type.
+Every request body stops being read at the upload limit (413), with or without a
+Content-Length.  An uploaded prompt must start with the MIDI header and parse as
+MIDI under the rules of every notelm reader, and its tempo must be one notelm
+writes; audio is rendered only up to ``MAX_AUDIO_SECONDS``.  No name or path from
+the user ever reaches the filesystem (files are addressed by a job id the server
+generated plus a piece index and a fixed kind), and ``/api/models`` shows model
+names, not where they live.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the endpoints' annotations at run time,
 # and UploadFile is imported inside create_app (fastapi stays optional until `notelm serve`).
 import ipaddress
+import json
+import math
 import secrets
 import shutil
 import socket
@@ -33,11 +42,13 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import numpy as np
 
 from notelm import generate as gen
-from notelm.io import NotelmError
+from notelm import notes as nt
+from notelm.io import NotelmError, printable
 
 WEB_DIR = Path(__file__).parent
 STATIC_FILES = {"app.js": "text/javascript; charset=utf-8", "style.css": "text/css; charset=utf-8"}
@@ -53,14 +64,23 @@ KEEP_FINISHED_JOBS = 50  # older finished jobs (and their files) are deleted
 DEFAULT_WORKERS = 2
 FILE_KINDS = {"midi": (".mid", "audio/midi"), "wav": (".wav", "audio/wav"), "png": (".png", "image/png")}
 MIDI_HEADER = b"MThd"
+# A piece's audio is rendered only up to this long (20 min: 0.4 GB of samples while rendering, a 0.2 GB
+# WAV); a longer piece (a slow prompt tempo) gets its MIDI and piano roll and a warning instead.
+MAX_AUDIO_SECONDS = 1200.0
+TEMPERATURE_RANGE = (0.01, 100.0)  # beyond these the sampler's arithmetic leaves the floats
+MAX_SEED = 2**32 - 1
+MAX_NAME_CHARS = 200  # a collection name longer than any a model knows is refused without echoing it
 
-# The page loads only its own files: no inline scripts, no CDN, nothing from elsewhere.
+# The page loads only its own files: no inline scripts, no CDN, nothing from elsewhere.  Referrer policy
+# "same-origin", not "no-referrer": under "no-referrer" the Fetch standard has a browser send `Origin: null`
+# on a POST (Chromium does not), which the CSRF check refuses; "same-origin" still tells other sites nothing.
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self'; media-src 'self'; object-src 'none'; "
-                               "base-uri 'none'; frame-ancestors 'none'",
+                               "base-uri 'none'; frame-ancestors 'none'; form-action 'self'",
     "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
+    "Referrer-Policy": "same-origin",
 }
+SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 
 
 # --------------------------------------------------------------------------- models
@@ -74,7 +94,8 @@ class ServedModel:
     selected: bool = False  # preselected in the page
 
     def info(self) -> dict:
-        return {"id": self.id, "name": self.name, "path": str(self.path), "family": self.model.family,
+        """What the page needs; the model's folder is not shown (it tells a visitor about this machine)."""
+        return {"id": self.id, "name": self.name, "family": self.model.family,
                 "streams": self.model.vocab.names, "conditions": list(self.model.vocab.conditions),
                 "selected": self.selected}
 
@@ -203,22 +224,17 @@ class Jobs:
         return job
 
     def _run(self, job: Job, request: Request) -> None:
-        from notelm import render
-
         job.status, job.stage = "running", "sampling"
         try:
             model = request.model.model
             pieces = gen.sample(_ProgressModel(model, job), request.num, request.length, None, request.prompt,
                                 request.cond, request.cfg, request.qpm)
             job.stage = "rendering audio and piano roll"
-            try:
-                render.find_soundfont()
-                wav = True
-            except NotelmError as e:
-                wav, job.warning = False, f"no audio: {e}"
             with self.render_lock:
-                job.pieces = gen.write_pieces(pieces, model.vocab, job.dir, qpm=request.qpm, wav=wav, png=True,
-                                              log=lambda *a: None)
+                rows = gen.write_pieces(pieces, model.vocab, job.dir, qpm=request.qpm, wav=False, png=True,
+                                        log=lambda *a: None)
+                job.warning = _render_audio(pieces, rows, job.dir, request.qpm)
+                job.pieces = rows
             job.status, job.stage = "done", "done"
         except NotelmError as e:
             job.status, job.stage, job.error = "failed", "failed", str(e)
@@ -237,6 +253,26 @@ class Jobs:
         self.pool.shutdown(wait=False, cancel_futures=True)
 
 
+def _render_audio(pieces, rows: list[dict], directory: Path, qpm: float) -> str | None:
+    """A WAV beside each piece's MIDI (``write_pieces`` names them piece_NN), each refused before it is
+    synthesized when longer than ``MAX_AUDIO_SECONDS``; the warning for the page, if any."""
+    from notelm import render
+
+    try:
+        render.find_soundfont()
+    except NotelmError as e:
+        return f"no audio: {e}"
+    skipped = []
+    for index, (piece, row) in enumerate(zip(pieces, rows)):
+        path = directory / f"piece_{index:02d}.wav"
+        try:
+            render.render_wav(piece.notes, path, qpm=qpm, max_seconds=MAX_AUDIO_SECONDS)
+            row["wav"] = str(path)
+        except NotelmError as e:
+            skipped.append(f"piece {index + 1}: {e}")
+    return f"no audio for {'; '.join(skipped)}" if skipped else None
+
+
 # --------------------------------------------------------------------------- request checks
 
 def check_limits(num: int, length: int, prompt_events: int) -> None:
@@ -249,53 +285,237 @@ def check_limits(num: int, length: int, prompt_events: int) -> None:
         raise NotelmError(f"prompt events {prompt_events}: between 1 and {MAX_PROMPT_EVENTS}")
 
 
-def read_prompt(data: bytes, filename: str, vocab, events: int, scratch: Path) -> tuple[dict[str, np.ndarray], float]:
-    """An uploaded MIDI prompt as model ids and its tempo; anything that is not MIDI is refused."""
-    from notelm import notes as nt
+def check_sampling(temperature: float, top_k: int, top_p: float, seed: int) -> "gen.SamplingConfig":
+    """The sampling settings of a request, every one checked here, up front: a value that passed and
+    then failed inside the job (NaN, inf, a negative seed) would cost a worker and say less."""
+    low, high = TEMPERATURE_RANGE
+    if not (math.isfinite(temperature) and low <= temperature <= high):
+        raise NotelmError(f"temperature {temperature}: between {low:g} and {high:g}")
+    if not (math.isfinite(top_p) and 0 < top_p <= 1):
+        raise NotelmError(f"top-p {top_p}: must be in (0, 1]")
+    if top_k < 0:
+        raise NotelmError(f"top-k {top_k}: must be >= 0")
+    if not 0 <= seed <= MAX_SEED:
+        raise NotelmError(f"seed {seed}: between 0 and {MAX_SEED}")
+    cfg = gen.SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+    try:
+        return cfg.validate()
+    except NotelmError as e:
+        raise NotelmError(str(e).removeprefix("--")) from None
 
-    shown = (filename or "prompt")[-80:]  # named in messages only; never used as a path
+
+def read_prompt(data: bytes, filename: str, vocab, events: int) -> tuple[dict[str, np.ndarray], float]:
+    """An uploaded MIDI prompt as model ids and its tempo; anything that is not MIDI is refused."""
+    shown = printable((filename or "prompt")[-80:])  # named in messages only; never used as a path
     if len(data) > MAX_UPLOAD_BYTES:
-        raise TooLarge(f"{shown}: {len(data) / 1e6:.1f} MB is over the {MAX_UPLOAD_BYTES // (1024 * 1024)} MB upload limit")
+        raise TooLarge(f"{shown}: {len(data) / 1e6:.1f} MB is over the {MAX_UPLOAD_BYTES // (1024 * 1024)} MB "
+                       "upload limit")
     if not data.startswith(MIDI_HEADER):
         raise NotelmError(f"{shown}: not a MIDI file (a MIDI file starts with 'MThd')")
-    with tempfile.TemporaryDirectory(dir=scratch) as tmp:
-        path = Path(tmp) / "prompt.mid"
-        path.write_bytes(data)
-        try:
-            notes, meta = nt.read_midi(path)
-        except Exception as e:
-            raise NotelmError(f"{shown}: not a readable MIDI file ({e})") from None
+    try:
+        notes, meta = nt.parse_midi(data)  # the rules every notelm reader applies (tick resolution, events...)
+    except Exception as e:
+        raise NotelmError(f"{shown}: not a readable MIDI file ({e})") from None
     if nt.num_notes(notes) == 0:
         raise NotelmError(f"{shown}: the MIDI file has no notes to continue")
+    qpm = meta.first_qpm
+    if not nt.MIN_QPM <= qpm <= nt.MAX_QPM:  # the pieces are written and rendered at the prompt's tempo
+        raise NotelmError(f"{shown}: its tempo, {qpm:.3g} quarter notes per minute, is outside the "
+                          f"{nt.MIN_QPM:g}-{nt.MAX_QPM:g} notelm writes")
     try:
         prompt = gen.prompt_from_notes(vocab, notes, events)
     except NotelmError as e:
         raise NotelmError(f"{shown}: {e}") from None
-    return prompt, meta.first_qpm
+    return prompt, qpm
 
 
 class TooLarge(NotelmError):
     """An upload over the size limit (413)."""
 
 
+# --------------------------------------------------------------------------- who may ask
+
+class Hosts:
+    """The Host names this server answers to: loopback ones, plus what ``--host`` names.
+
+    A DNS rebinding attack points a name the attacker owns at 127.0.0.1; the browser then sends
+    that name as Host, so refusing unknown names closes it.  An IP literal cannot be rebound, so
+    a server listening on every interface (0.0.0.0, ::) also answers to any IP address and to
+    this machine's own host name.
+    """
+
+    def __init__(self, bind: str = "127.0.0.1"):
+        self.bind = _host_name(bind)
+        self.names = {"localhost", self.bind}
+        self.any_ip = self.bind in ("0.0.0.0", "::", "")
+        if self.any_ip:
+            self.names.add(socket.gethostname().lower())  # not getfqdn: it may wait on a DNS server
+
+    def allows(self, header: str | None) -> bool:
+        if not header:
+            return False
+        name = _host_name(header)
+        if name in self.names:
+            return True
+        try:
+            address = ipaddress.ip_address(name)
+        except ValueError:
+            return False
+        return address.is_loopback or self.any_ip
+
+
+def _host_name(host: str) -> str:
+    """'LocalHost:8000' -> 'localhost', '[::1]:8000' -> '::1': the name of a Host header, without its port."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[1:].split("]", 1)[0]
+    name, colon, port = host.rpartition(":")
+    if colon and port.isdigit() and ":" not in name:
+        host = name
+    return host.rstrip(".")
+
+
+def cross_origin(headers) -> str:
+    """Why a state-changing request looks sent by another site's page ('' when it does not).
+
+    Browsers name the page that sent a POST in Origin (and Referer, Sec-Fetch-Site); it must be
+    this server, as the Host header names it.  A request with none of them is not from a browser
+    page (curl, a script) and is let through: it could send any Host and Origin anyway.
+    """
+    host = (headers.get("host") or "").strip().lower()
+    origin = headers.get("origin")
+    if origin is not None:
+        if origin.strip().lower() == "null" or urlsplit(origin.strip()).netloc.lower() != host:
+            return f"a request from another origin ({printable(origin[:80])}) may not start generations"
+        return ""
+    referer = headers.get("referer")
+    if referer:
+        if urlsplit(referer.strip()).netloc.lower() != host:
+            return "a request from another site's page may not start generations"
+        return ""
+    if (headers.get("sec-fetch-site") or "none").lower() not in ("same-origin", "none"):
+        return "a request from another site's page may not start generations"
+    return ""
+
+
+def _request_too_large():
+    """The exception ``receive`` raises once a body passes the limit.  An HTTPException, because FastAPI
+    passes those on from its body parsing (anything else there becomes a 400 "error parsing the body")."""
+    from starlette.exceptions import HTTPException
+
+    class RequestTooLarge(HTTPException):
+        pass
+
+    return RequestTooLarge
+
+
+class Guard:
+    """ASGI middleware in front of everything: Host names, cross-origin POSTs, body size, headers.
+
+    The body limit holds with or without a Content-Length: reading stops at the limit (a chunked
+    upload is never spooled past it) and the answer is a 413, whatever the app behind made of the
+    interrupted body.  Every answer, the refusals included, carries ``SECURITY_HEADERS``.
+    """
+
+    def __init__(self, app, hosts: Hosts, max_body: int):
+        self.app, self.hosts, self.max_body = app, hosts, max_body
+        self.too_large = _request_too_large()
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        from starlette.datastructures import Headers
+
+        headers = Headers(scope=scope)
+        state = {"received": 0, "started": False, "over": False}
+        send = _guarded_send(send, state)
+        refusal = self._refusal(scope, headers)
+        if refusal:
+            return await _json(send, *refusal)
+
+        async def limited_receive():
+            message = await receive()
+            state["received"] += len(message.get("body", b""))
+            if state["received"] > self.max_body:
+                state["over"] = True  # from here on, whatever the app answers, the answer is 413
+                raise self.too_large(413, _too_large(state["received"], more=True))
+            return message
+
+        try:
+            await self.app(scope, limited_receive, send)
+        except self.too_large:
+            if not state["started"]:
+                await _json(send, 413, _too_large(state["received"], more=True))
+
+    def _refusal(self, scope, headers) -> tuple[int, str] | None:
+        if not self.hosts.allows(headers.get("host")):
+            shown = printable((headers.get("host") or "")[:80])
+            return 400, (f"unknown Host {shown!r}: this server answers to localhost (start `notelm serve "
+                         "--host NAME` to use it under another name)")
+        if scope["method"] not in SAFE_METHODS:
+            problem = cross_origin(headers)
+            if problem:
+                return 403, problem
+        size = headers.get("content-length", "")
+        if size.isdigit() and int(size) > self.max_body:
+            return 413, _too_large(int(size))  # refused before the body is read; the page shows it
+        return None
+
+
+def _too_large(size: int, more: bool = False) -> str:
+    return (f"upload of {'more than ' if more else ''}{size / 1e6:.1f} MB is over the "
+            f"{MAX_UPLOAD_BYTES // (1024 * 1024)} MB limit")
+
+
+def _guarded_send(send, state: dict):
+    """``send`` adding ``SECURITY_HEADERS`` to every answer, and answering 413 in place of whatever
+    the app answers after the body went over the limit."""
+    extra = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in SECURITY_HEADERS.items()]
+    names = {k for k, _ in extra}
+
+    async def guarded(message):
+        if state["started"] and state.get("replaced"):
+            return  # the rest of the answer that was replaced
+        if message["type"] == "http.response.start":
+            state["started"] = True
+            if state["over"] and message["status"] != 413:
+                state["replaced"] = True
+                body = json.dumps({"detail": _too_large(state["received"], more=True)}).encode()
+                message = {"type": "http.response.start", "status": 413,
+                           "headers": [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]}
+                await send({**message, "headers": message["headers"] + extra})
+                await send({"type": "http.response.body", "body": body})
+                return
+            kept = [(k, v) for k, v in message.get("headers", []) if k.lower() not in names]
+            message = {**message, "headers": kept + extra}
+        await send(message)
+    return guarded
+
+
+async def _json(send, status: int, detail: str) -> None:
+    body = json.dumps({"detail": detail}).encode("utf-8")
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]})
+    await send({"type": "http.response.body", "body": body})
+
+
 # --------------------------------------------------------------------------- the app
 
 def create_app(models: list[ServedModel], workers: int = DEFAULT_WORKERS, root: Path | None = None,
-               remove_root: bool | None = None):
+               remove_root: bool | None = None, host: str = "127.0.0.1"):
     """The FastAPI app; job files go under ``root`` (default: a new temporary directory).
 
     ``root`` is deleted at shutdown when ``remove_root`` says so (default: when the app made it).
+    ``host`` is the address the server listens on: it answers to that name and to loopback ones.
     """
-    from fastapi import FastAPI, File, Form, HTTPException, Request as HttpRequest, UploadFile
+    from fastapi import FastAPI
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+    from fastapi.responses import JSONResponse
 
     remove_root = root is None if remove_root is None else remove_root
     root = Path(tempfile.mkdtemp(prefix="notelm-web-")) if root is None else Path(root)
-    scratch = root / "uploads"  # prompts are parsed here, then deleted
-    scratch.mkdir(parents=True, exist_ok=True)
+    root.mkdir(parents=True, exist_ok=True)
     jobs = Jobs(root, workers)
-    by_id = {m.id: m for m in models}
 
     @asynccontextmanager
     async def lifespan(app):
@@ -307,23 +527,22 @@ def create_app(models: list[ServedModel], workers: int = DEFAULT_WORKERS, root: 
     app = FastAPI(title="notelm", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.jobs = jobs
     app.state.root = root
-
-    @app.middleware("http")
-    async def limits_and_headers(request: HttpRequest, call_next):
-        size = request.headers.get("content-length", "")
-        if request.method == "POST" and size.isdigit() and int(size) > MAX_UPLOAD_BYTES + FORM_OVERHEAD_BYTES:
-            # refuse before the body is read; the page shows this message
-            response = JSONResponse({"detail": f"upload of {int(size) / 1e6:.1f} MB is over the "
-                                               f"{MAX_UPLOAD_BYTES // (1024 * 1024)} MB limit"}, status_code=413)
-        else:
-            response = await call_next(request)
-        response.headers.update(SECURITY_HEADERS)
-        return response
+    app.add_middleware(Guard, hosts=Hosts(host), max_body=MAX_UPLOAD_BYTES + FORM_OVERHEAD_BYTES)
 
     @app.exception_handler(RequestValidationError)
     async def one_line_validation_error(request, exc: RequestValidationError):
         problems = [f"{'.'.join(str(p) for p in e['loc'][1:]) or 'request'}: {e['msg']}" for e in exc.errors()]
         return JSONResponse({"detail": "; ".join(problems)}, status_code=400)
+
+    _page_routes(app, models)
+    _generate_route(app, models, jobs)
+    _job_routes(app, jobs)
+    return app
+
+
+def _page_routes(app, models: list[ServedModel]) -> None:
+    from fastapi import HTTPException
+    from fastapi.responses import HTMLResponse, Response
 
     @app.get("/", response_class=HTMLResponse)
     def index():
@@ -332,7 +551,7 @@ def create_app(models: list[ServedModel], workers: int = DEFAULT_WORKERS, root: 
     @app.get("/static/{name}")
     def static(name: str):
         if name not in STATIC_FILES:  # a fixed list: nothing else under the package is served
-            raise HTTPException(404, f"no such file: {name[:80]}")
+            raise HTTPException(404, f"no such file: {printable(name[:80])}")
         return Response((WEB_DIR / name).read_bytes(), media_type=STATIC_FILES[name])
 
     @app.get("/api/models")
@@ -341,6 +560,12 @@ def create_app(models: list[ServedModel], workers: int = DEFAULT_WORKERS, root: 
                 "limits": {"max_pieces": MAX_PIECES, "max_events": MAX_EVENTS, "max_prompt_events": MAX_PROMPT_EVENTS,
                            "max_upload_bytes": MAX_UPLOAD_BYTES}}
 
+
+def _generate_route(app, models: list[ServedModel], jobs: Jobs) -> None:
+    from fastapi import File, Form, HTTPException, UploadFile
+
+    by_id = {m.id: m for m in models}
+
     @app.post("/api/generate", status_code=202)
     def start_generation(model: str = Form(...), collection: str = Form(""), temperature: float = Form(1.0),
                          top_k: int = Form(0), top_p: float = Form(1.0), length: int = Form(256), num: int = Form(1),
@@ -348,27 +573,30 @@ def create_app(models: list[ServedModel], workers: int = DEFAULT_WORKERS, root: 
         try:
             served = by_id.get(model)
             if served is None:
-                raise NotelmError(f"unknown model {model[:40]!r}; choose one of {', '.join(by_id)}")
+                raise NotelmError(f"unknown model {printable(model[:40])!r}; choose one of {', '.join(by_id)}")
             check_limits(num, length, prompt_events)
-            cfg = gen.SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
-            try:
-                cfg.validate()
-            except NotelmError as e:
-                raise NotelmError(str(e).removeprefix("--")) from None
+            cfg = check_sampling(temperature, top_k, top_p, seed)
+            if len(collection) > MAX_NAME_CHARS:
+                raise NotelmError(f"collection: a name of {len(collection):,} characters; no model knows one")
             cond = served.model.vocab.condition_id(collection) if collection else 0
-            prompt_ids, qpm = None, 120.0
+            prompt_ids, qpm = None, nt.DEFAULT_QPM
             if prompt is not None:
                 data = prompt.file.read(MAX_UPLOAD_BYTES + 1)  # never more than the limit in memory
                 if data or prompt.filename:
-                    prompt_ids, qpm = read_prompt(data, prompt.filename or "", served.model.vocab, prompt_events, scratch)
+                    prompt_ids, qpm = read_prompt(data, prompt.filename or "", served.model.vocab, prompt_events)
             job = jobs.submit(Request(served, cond, cfg, length, num, prompt_ids, qpm))
         except TooLarge as e:
             raise HTTPException(413, str(e)) from None
         except NotelmError as e:
-            raise HTTPException(400, str(e)) from None
+            raise HTTPException(400, printable(str(e))) from None
         except Busy as e:
             raise HTTPException(429, str(e)) from None
         return {"job_id": job.id, "status_url": f"/api/jobs/{job.id}"}
+
+
+def _job_routes(app, jobs: Jobs) -> None:
+    from fastapi import HTTPException
+    from fastapi.responses import FileResponse
 
     def find_job(job_id: str) -> Job:
         job = jobs.get(job_id)
@@ -384,7 +612,7 @@ def create_app(models: list[ServedModel], workers: int = DEFAULT_WORKERS, root: 
     def job_file(job_id: str, index: int, kind: str):
         job = find_job(job_id)
         if kind not in FILE_KINDS:
-            raise HTTPException(404, f"no file kind {kind[:20]!r}; expected {', '.join(FILE_KINDS)}")
+            raise HTTPException(404, f"no file kind {printable(kind[:20])!r}; expected {', '.join(FILE_KINDS)}")
         if job.status != "done" or not 0 <= index < len(job.pieces) or kind not in job.pieces[index]:
             raise HTTPException(404, f"job {job.id} has no {kind} file for piece {index}")
         suffix, media_type = FILE_KINDS[kind]
@@ -392,8 +620,6 @@ def create_app(models: list[ServedModel], workers: int = DEFAULT_WORKERS, root: 
         # inline, so <img> and <audio> use it; the page's links carry the `download` attribute
         return FileResponse(path, media_type=media_type, filename=f"notelm-{job.id[:8]}-{index + 1}{suffix}",
                             content_disposition_type="inline")
-
-    return app
 
 
 # --------------------------------------------------------------------------- serve
@@ -414,11 +640,13 @@ def check_port_free(host: str, port: int) -> None:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
-        except OSError as e:
-            raise NotelmError(f"cannot listen on {host}:{port} ({e.strerror}); choose another --port or --host") from None
+        except (OSError, OverflowError) as e:
+            why = getattr(e, "strerror", None) or str(e)
+            raise NotelmError(f"cannot listen on {host}:{port} ({why}); choose another --port or --host") from None
 
 
-def serve(model_paths=(), host: str = "127.0.0.1", port: int = 8000, workers: int = DEFAULT_WORKERS, log=print) -> None:
+def serve(model_paths=(), host: str = "127.0.0.1", port: int = 8000, workers: int = DEFAULT_WORKERS,
+          log=print) -> None:
     """Load the models, then serve the page until Ctrl+C."""
     try:
         import uvicorn
@@ -435,7 +663,7 @@ def serve(model_paths=(), host: str = "127.0.0.1", port: int = 8000, workers: in
     # graceful shutdown (so no `finally` runs then): the app's shutdown removes the directory too.
     root = Path(tempfile.mkdtemp(prefix="notelm-web-"))
     try:
-        app = create_app(models, workers=workers, root=root, remove_root=True)
+        app = create_app(models, workers=workers, root=root, remove_root=True, host=host)
         shown = f"[{host}]" if ":" in host else host
         log(f"notelm serve: {len(models)} model{'s' if len(models) != 1 else ''} "
             f"({', '.join(m.name for m in models)}); open http://{shown}:{port}/ (Ctrl+C stops)")
