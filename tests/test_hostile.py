@@ -421,8 +421,9 @@ def _can_mount_privately() -> bool:
 @pytest.fixture(scope="module")
 def disk_work(tmp_path_factory):
     """A corpus, a second one, a tiny trained and evaluated run and a MIDI file, on a disk that works."""
+    from notelm.config import load_config
     from notelm.evaluate import evaluate
-    from notelm.train import load_config, train
+    from notelm.train import train
 
     work = tmp_path_factory.mktemp("disk")
     for i in range(8):

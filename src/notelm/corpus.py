@@ -33,16 +33,24 @@ import math
 import os
 import shutil
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.ipc
 
 from notelm import notes as nt
-from notelm.ingest import (FILE_TIMEOUT_S, Chunk, IngestPool, Job, chunk_saved, default_workers, read_chunk,
-                           write_notes_part)
+from notelm.ingest import (
+    FILE_TIMEOUT_S,
+    Chunk,
+    IngestPool,
+    Job,
+    chunk_saved,
+    default_workers,
+    read_chunk,
+    write_notes_part,
+)
 from notelm.io import NotelmError, atomic_dir, hash_unit, printable, write_json
 from notelm.sources import iter_files, read_sidecar
 
@@ -542,7 +550,7 @@ def prepare(sources: list[str], out: Path, workers: int | None = None, shard: tu
     return manifest
 
 
-def _ingest(finished, writer: "CorpusWriter", expected: int, progress: bool, sources, shard) -> tuple[dict, int]:
+def _ingest(finished, writer: CorpusWriter, expected: int, progress: bool, sources, shard) -> tuple[dict, int]:
     """Add every finished chunk to the corpus; (manifest, files resumed from an earlier run)."""
     from tqdm import tqdm
 

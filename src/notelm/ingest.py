@@ -22,9 +22,9 @@ import tempfile
 import threading
 import warnings
 from collections import deque
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import numpy as np
 
@@ -346,7 +346,7 @@ def _records(raws, info, notes, counts, meta) -> list[dict]:
                             np.array([r.tpq for r in raws]))
     first_tempo, first_sig, first_key = (_first_rows(t, len(raws)) for t in (tempos, sigs, keys))
     records = []
-    for k, (raw, (index, path, source, collection, sha, part)) in enumerate(zip(raws, info)):
+    for k, (raw, (_index, path, source, collection, sha, part)) in enumerate(zip(raws, info)):
         tempo, sig, key = first_tempo[k], first_sig[k], first_key[k]
         records.append({
             "path": printable(f"{path}#{part}" if "#" in sha else path),

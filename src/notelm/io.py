@@ -14,7 +14,6 @@ import tempfile
 import unicodedata
 from pathlib import Path
 
-
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 

@@ -18,8 +18,17 @@ import numpy as np
 
 from notelm.io import NotelmError, atomic_path, printable
 from notelm.names import pitch_name
-from notelm.notes import (DEFAULT_QPM, DEFAULT_TPQ, Notes, SongMeta, check_qpm, num_notes, read_midi, seconds_at,
-                          to_score)
+from notelm.notes import (
+    DEFAULT_QPM,
+    DEFAULT_TPQ,
+    Notes,
+    SongMeta,
+    check_qpm,
+    num_notes,
+    read_midi,
+    seconds_at,
+    to_score,
+)
 
 SOUNDFONT_ENV = "NOTELM_SOUNDFONT"
 # Searched in order after an explicit path and $NOTELM_SOUNDFONT; "{prefix}" is sys.prefix,

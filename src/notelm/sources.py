@@ -13,9 +13,9 @@ import csv
 import glob
 import io
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from notelm.io import FileRefused, NotelmError, printable, read_regular_file
 
