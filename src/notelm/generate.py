@@ -41,7 +41,7 @@ import numpy as np
 
 from notelm import notes as nt
 from notelm.checkpoint import default_model_path, load_model
-from notelm.config import SamplingConfig
+from notelm.config import MAX_SEED, SamplingConfig
 from notelm.corpus import Corpus
 from notelm.encoding import from_vocab
 from notelm.encoding.vocab import BOS, UNCONDITIONED
@@ -58,6 +58,7 @@ DEFAULT_PROMPT_NOTES = 64  # a prompt is continued from its first 64 notes unles
 UNITS = ("events", "notes")
 PIECE_FILE = re.compile(r"piece_\d+\.(mid|wav|png)")  # what write_pieces names the files of a generation
 REPORT = "generation.json"
+ROLL_SIZE = (1200, 500, 1.0)  # piano roll width and height in px at 100 dpi, and a scale (a screen's pixel ratio)
 
 __all__ = ["MAX_PIECES", "MAX_EVENTS", "DEFAULT_PROMPT_NOTES", "SamplingConfig", "Piece", "PieceOptions",
            "PromptOptions", "OutputOptions", "sample", "draw", "prompt_from_notes", "write_pieces", "generate",
@@ -75,8 +76,6 @@ class Piece:
 
 def new_seed() -> int:
     """A fresh random seed in the range every notelm seed lives in (printed, so that it can be given again)."""
-    from notelm.config import MAX_SEED
-
     return secrets.randbelow(MAX_SEED + 1)
 
 
@@ -217,7 +216,7 @@ def prompt_from_notes(vocab, notes: nt.Notes, max_notes: int | None = None, bars
 
 def write_pieces(pieces: list[Piece], vocab, out_dir, qpm: float = 120.0, wav: bool = False, png: bool = False,
                  prefix: str = "piece", soundfont: str | None = None, seconds: float | None = None,
-                 log=print) -> list[dict]:
+                 log=print, roll: tuple[int, int, float] = ROLL_SIZE) -> list[dict]:
     """Decode and write every piece as MIDI (+ WAV, + PNG), cut ``seconds`` after its prompt if given; one
     report row per piece.  The piano roll marks where the music after the prompt starts."""
     out_dir = Path(out_dir)
@@ -236,13 +235,15 @@ def write_pieces(pieces: list[Piece], vocab, out_dir, qpm: float = 120.0, wav: b
             notes["duration"] = np.minimum(notes["duration"], end - notes["onset"]).astype(notes["duration"].dtype)
         piece.notes = notes
         stem = out_dir / f"{prefix}_{i:02d}"
-        rows.append(_write_piece(piece, notes, stem, len(piece.streams[vocab.names[0]]) - 1, qpm, wav, png, soundfont))
+        rows.append(_write_piece(piece, notes, stem, len(piece.streams[vocab.names[0]]) - 1, qpm, wav,
+                                 png and roll, soundfont))
         log(_piece_line(stem.name, rows[-1]))
     return rows
 
 
-def _write_piece(piece: Piece, notes: nt.Notes, stem: Path, events: int, qpm: float, wav: bool, png: bool,
-                 soundfont: str | None) -> dict:
+def _write_piece(piece: Piece, notes: nt.Notes, stem: Path, events: int, qpm: float, wav: bool,
+                 roll: tuple[int, int, float] | None, soundfont: str | None) -> dict:
+    """The files of one piece (a piano roll of ``roll``'s size unless it is None) and its report row."""
     nt.write_midi(notes, stem.with_suffix(".mid"), qpm=qpm)
     share = repeated_note_share(notes)
     total = nt.num_notes(notes)
@@ -253,15 +254,17 @@ def _write_piece(piece: Piece, notes: nt.Notes, stem: Path, events: int, qpm: fl
            "repeated_note_share": None if math.isnan(share) else round(share, 3)}
     if piece.prompt_events:
         row["continues_at_beat"] = round(piece.start, 4)
-    if wav or png:
+    if wav or roll:
         from notelm import render
 
         if wav:
             info = render.render_wav(notes, stem.with_suffix(".wav"), qpm=qpm, soundfont=soundfont)
             row.update(wav=str(stem.with_suffix(".wav")), wav_rms=round(info["rms"], 4))
-        if png:
+        if roll:
+            width, height, scale = roll
             render.render_pianoroll(notes, stem.with_suffix(".png"), title=stem.name, qpm=qpm,
-                                    prompt_end=piece.start if piece.prompt_events else None)
+                                    prompt_end=piece.start if piece.prompt_events else None, width=width,
+                                    height=height, scale=scale)
             row["png"] = str(stem.with_suffix(".png"))
     return row
 
