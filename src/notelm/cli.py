@@ -369,7 +369,8 @@ def _generate_parser(sub):
                    help=f"continue the first N notes of the prompt (default {DEFAULT_PROMPT_NOTES}, or all the "
                         "notes of --prompt-bars)")
     s.add_argument("--prompt-bars", type=float, help="continue the first N bars of the prompt")
-    s.add_argument("--prompt-from-test", type=int, metavar="K", help="continue an excerpt of the K-th held-out song")
+    s.add_argument("--prompt-from-test", type=int, metavar="K",
+                   help="continue the start of the K-th held-out song (as --prompt-notes or --prompt-bars bound it)")
     s.add_argument("--corpus", metavar="CORPUS_DIR", help="the corpus for --prompt-from-test (default: the run's)")
     s.add_argument("--condition", metavar="collection=NAME",
                    help="write in the style of a collection the model was trained on")

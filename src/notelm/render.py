@@ -184,10 +184,7 @@ def render_pianoroll(notes: Notes, path, title: str | None = None, qpm: float = 
 
     One color per track, opacity by velocity; drum hits are dark diamonds at their
     onsets (their pitch is an instrument, their length meaningless).  ``prompt_end``
-    (a beat) shades the prompt and marks where the continuation starts.  Text keeps
-    its size in ``width`` units whatever ``scale`` is: a page shows a roll drawn for
-    its own width at ``scale`` = the screen's device pixel ratio, and its labels stay
-    as large as the page's own small print.
+    (a beat) shades the prompt.  ``scale`` (a screen's pixel ratio) adds pixels, not text size.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.collections import PolyCollection
