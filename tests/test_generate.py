@@ -295,3 +295,14 @@ def test_length_counts_the_new_notes_after_a_prompt_bounded_alike_everywhere(tin
     assert rc == 0 and report["length"] == {"new_seconds": 3.0}
     for row in report["pieces"]:  # 3 seconds of new music after the prompt's 20 notes (6.5 beats: 3.25 s)
         assert row["prompt_notes"] == 20 and 0 < row["new_seconds"] <= 3.0 and row["seconds"] > 3.25
+
+
+def test_counting_notes_is_bounded_for_a_model_that_writes_only_rests():
+    rep = get_representation("events")
+    vocab = rep.vocab()
+    rest = {name: np.r_[BOS, np.full(300, int(rep.rest_ids()[0]) if name == "pitch" else 3), 2]
+            for name in vocab.names}
+    model = NGramModel(vocab, order=2).fit(rest, np.array([0, 302]))
+    pieces = sample(model, 2, 10, cfg=SamplingConfig(seed=0, temperature=0.01), unit="notes")  # rests only
+    assert [len(p.streams["pitch"]) - 1 for p in pieces] == [2 * 10 + 64] * 2  # stopped at its bound
+    assert all(nt.num_notes(rep.decode(p.streams)) == 0 for p in pieces)

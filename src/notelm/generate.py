@@ -131,9 +131,10 @@ class _Sampler:
         state = self.model.begin(batch_prompt, np.full(n, cond, np.int64))
         first = batch_prompt[names[0]].shape[1]
         fixed = unit == "events" and not self.seconds  # every piece ends after exactly `length` events
-        cap = first + (length if fixed else MAX_EVENTS)
-        out = np.zeros((len(names), n, first + (length if fixed else min(MAX_EVENTS, length + length // 4 + 64))),
-                       np.int64)
+        # counting notes: rests are rare (a silence of over a bar), so twice the events bounds the work of a
+        # model that writes little else; such a piece ends short, and its report row says how many notes it has
+        cap = first + (length if fixed else MAX_EVENTS if self.seconds else min(MAX_EVENTS, 2 * length + 64))
+        out = np.zeros((len(names), n, min(cap, first + length + length // 4 + 64)), np.int64)
         for k, name in enumerate(names):
             out[k, :, :first] = batch_prompt[name]
         ends, new_notes = np.full(n, -1), np.zeros(n, np.int64)  # counting notes: where each piece has enough
