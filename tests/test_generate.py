@@ -12,7 +12,15 @@ from notelm.cli import main
 from notelm.config import SamplingConfig
 from notelm.encoding import get_representation
 from notelm.encoding.vocab import BOS
-from notelm.generate import PieceOptions, PromptOptions, default_model_path, generate, prompt_from_notes, sample
+from notelm.generate import (
+    OutputOptions,
+    PieceOptions,
+    PromptOptions,
+    default_model_path,
+    generate,
+    prompt_from_notes,
+    sample,
+)
 from notelm.io import NotelmError
 from notelm.models import build_model
 from notelm.models.lstm import LSTMConfig
@@ -128,14 +136,15 @@ def test_prompt_continuation_keeps_the_prompt_notes_exactly(tmp_path):
         key = lambda t: sorted(zip(t["onset"].round(6), t["pitch"], np.round(t["duration"], 6)))
         assert key(first) == key(expected)
         assert row["prompt_events"] == len(rep.encode_song(notes)["pitch"]) - 2
-    short = prompt_from_notes(model.vocab, notes, events=5)
+    short = prompt_from_notes(model.vocab, notes, max_notes=5)
     assert len(short["pitch"]) == 6 and short["pitch"][0] == BOS
 
 
 def generate_with(model, tmp_path, prompt=None, **pieces):
+    """One generation into tmp_path/out, replacing the one before it (--force)."""
     save_model(model, tmp_path / "model")
     return generate(tmp_path / "model", tmp_path / "out", PieceOptions(**pieces), PromptOptions(**(prompt or {})),
-                    SamplingConfig(seed=1), log=lambda *_: None)
+                    SamplingConfig(seed=1), OutputOptions(force=True), log=lambda *_: None)
 
 
 def test_conditions_limits_and_files(tmp_path):
@@ -177,7 +186,123 @@ def test_default_model_generates_from_the_cli(tmp_path, capsys):
     assert (tmp_path / "piece_01.mid").exists() and (tmp_path / "piece_01.png").exists()
     assert main(["generate", "-o", str(tmp_path), "--length", "lots"]) == 1
     assert "--length 'lots'" in capsys.readouterr().err
-    assert main(["generate", "-o", str(tmp_path), "--num", "1", "--length", "8", "-q"]) == 0
+    assert main(["generate", "-o", str(tmp_path), "--num", "1", "--length", "8", "-q", "--force"]) == 0
     assert "generated 1 piece " in capsys.readouterr().out
     assert main(["generate", "runs/mine", "-o", str(tmp_path)]) == 1  # the model given without --model
     assert "notelm generate --model runs/mine" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- what people expect of `generate`
+
+@pytest.fixture
+def tiny_model(tmp_path):
+    save_model(events_model(), tmp_path / "model")
+    return str(tmp_path / "model")
+
+
+def cli(capsys, *args):
+    """`notelm generate ARGS`: (exit status, stdout, stderr)."""
+    rc = main(["generate", *map(str, args)])
+    captured = capsys.readouterr()
+    return rc, captured.out, captured.err
+
+
+def test_the_seed_is_random_by_default_printed_saved_and_repeats_a_run_exactly(tiny_model, tmp_path, capsys):
+    import json
+    import re
+
+    seeds = []
+    for name in ("a", "b"):
+        rc, out, _ = cli(capsys, "--model", tiny_model, "-o", tmp_path / name, "--num", "2", "--length", "24")
+        assert rc == 0
+        shown = int(re.search(r"seed (\d+) \(--seed \1 repeats it\)", out).group(1))
+        report = json.loads((tmp_path / name / "generation.json").read_text())
+        assert report["seed"] == report["sampling"]["seed"] == shown
+        seeds.append(shown)
+    assert seeds[0] != seeds[1]  # a new seed each run (the same one twice: a chance of 1 in 2**32)
+    assert (tmp_path / "a" / "piece_00.mid").read_bytes() != (tmp_path / "b" / "piece_00.mid").read_bytes()
+    rc, out, _ = cli(capsys, "--model", tiny_model, "-o", tmp_path / "again", "--num", "2", "--length", "24",
+                     "--seed", seeds[0])
+    assert rc == 0 and f"seed {seeds[0]}" in out
+    for i in range(2):  # the same seed: the same files, byte for byte
+        assert (tmp_path / "again" / f"piece_{i:02d}.mid").read_bytes() == \
+            (tmp_path / "a" / f"piece_{i:02d}.mid").read_bytes()
+    with pytest.raises(SystemExit):
+        main(["generate", "--help"])
+    assert "a new one each run" in " ".join(capsys.readouterr().out.split())
+
+
+def test_a_second_run_into_the_same_folder_never_mixes_with_the_first(tiny_model, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert cli(capsys, "--model", tiny_model, "-o", out, "--num", "3", "--length", "16", "--png", "--seed", 1)[0] == 0
+    (out / "my notes.txt").write_text("mine")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    rc, _, err = cli(capsys, "--model", tiny_model, "-o", out, "--num", "1", "--length", "16", "--seed", 2)
+    assert rc == 1 and err.count("\n") == 1
+    assert "already holds an earlier generation (3 pieces, 7 files)" in err and "--force" in err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # refused: nothing touched
+    rc, _, _ = cli(capsys, "--model", tiny_model, "-o", out, "--num", "1", "--length", "16", "--seed", 2, "--force")
+    assert rc == 0  # replaced: no stale piece, WAV or piano roll of the first run stays
+    assert sorted(p.name for p in out.iterdir()) == ["generation.json", "my notes.txt", "piece_00.mid"]
+    assert (out / "piece_00.mid").read_bytes() != before["piece_00.mid"]
+    rc, _, err = cli(capsys, "--model", tiny_model, "-o", out / "piece_00.mid", "--num", "1")
+    assert rc == 1 and "piece_00.mid: a file, not a folder" in err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--seed", "-1"], "--seed must be >= 0 (got -1)"),
+    (["--seed", str(2**32)], f"--seed must be <= {2**32 - 1}"),
+    (["--qpm", "-120"], "--qpm -120: the tempo must be between 10 and 1000"),
+    (["--qpm", "0"], "--qpm 0: the tempo must be between"),
+    (["--qpm", "nan"], "--qpm nan: the tempo must be between"),
+    (["--qpm", "1e9"], "--qpm 1e+09: the tempo must be between"),
+    (["--prompt-notes", "0"], "--prompt-notes must be >= 1"),
+    (["--prompt-bars", "0"], "--prompt-bars must be > 0"),
+])
+def test_generate_arguments_are_checked_before_any_work(tiny_model, tmp_path, capsys, monkeypatch, args, message):
+    import notelm.generate as gen
+
+    monkeypatch.setattr(gen, "load_model", lambda *a: pytest.fail("the model was loaded"))
+    rc, _, err = cli(capsys, "--model", tiny_model, "-o", tmp_path / "out", *args)
+    assert rc == 1 and err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_length_counts_the_new_notes_after_a_prompt_bounded_alike_everywhere(tiny_model, tmp_path, capsys):
+    import json
+
+    from notelm.generate import DEFAULT_PROMPT_NOTES
+
+    tune = write_midi(tmp_path / "long.mid", scale_tune(48, 150, chord_every=3))  # 150 + 150 chord notes
+    runs = {"default": [], "short": ["--prompt-notes", "10"], "bars": ["--prompt-bars", "2"], "none": None}
+    for name, extra in runs.items():
+        prompt = [] if extra is None else ["--prompt", tune, *extra]
+        rc, out, _ = cli(capsys, "--model", tiny_model, "-o", tmp_path / name, "--num", "3", "--length", "40",
+                         "--seed", 5, *prompt)
+        assert rc == 0
+        report = json.loads((tmp_path / name / "generation.json").read_text())
+        expected_prompt = {"default": DEFAULT_PROMPT_NOTES, "short": 10, "bars": 8 + 3 * 3, "none": 0}[name]
+        assert report["length"] == {"new_notes": 40}
+        for row in report["pieces"]:
+            notes, _ = nt.read_midi(row["midi"])
+            assert (row["prompt_notes"], row["new_notes"]) == (expected_prompt, 40)  # exactly, whatever the rests
+            assert nt.num_notes(notes) == row["notes"] == expected_prompt + 40
+        line = "40 notes" if name == "none" else f"{expected_prompt} prompt notes + 40 new notes"
+        assert f"piece_02: {line}, " in out
+    rc, _, _ = cli(capsys, "--model", tiny_model, "-o", tmp_path / "secs", "--num", "2", "--length", "3s",
+                   "--prompt", tune, "--prompt-notes", "20", "--seed", 5)
+    report = json.loads((tmp_path / "secs" / "generation.json").read_text())
+    assert rc == 0 and report["length"] == {"new_seconds": 3.0}
+    for row in report["pieces"]:  # 3 seconds of new music after the prompt's 20 notes (6.5 beats: 3.25 s)
+        assert row["prompt_notes"] == 20 and 0 < row["new_seconds"] <= 3.0 and row["seconds"] > 3.25
+
+
+def test_counting_notes_is_bounded_for_a_model_that_writes_only_rests():
+    rep = get_representation("events")
+    vocab = rep.vocab()
+    rest = {name: np.r_[BOS, np.full(300, int(rep.rest_ids()[0]) if name == "pitch" else 3), 2]
+            for name in vocab.names}
+    model = NGramModel(vocab, order=2).fit(rest, np.array([0, 302]))
+    pieces = sample(model, 2, 10, cfg=SamplingConfig(seed=0, temperature=0.01), unit="notes")  # rests only
+    assert [len(p.streams["pitch"]) - 1 for p in pieces] == [2 * 10 + 64] * 2  # stopped at its bound
+    assert all(nt.num_notes(rep.decode(p.streams)) == 0 for p in pieces)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import wave
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -113,6 +114,30 @@ def test_pianoroll_is_a_png_of_the_expected_size(tmp_path):
     assert image[..., :3].std() > 0.05  # something was drawn, not a blank canvas
 
 
+def test_pianoroll_shades_the_prompt_and_marks_where_the_continuation_starts(tmp_path):
+    from matplotlib.image import imread
+
+    notes = scale_notes(16)
+    plain = imread(render.render_pianoroll(notes, tmp_path / "plain.png"))[..., :3]
+    marked = imread(render.render_pianoroll(notes, tmp_path / "marked.png", prompt_end=8.0))[..., :3]
+    # the axes span beats -0.16..16.16 over about x = 75..1185 px: the prompt is the left half
+    rows = slice(100, 400)
+    left, right = slice(120, 560), slice(700, 1150)
+    assert marked[rows, left].mean() < plain[rows, left].mean() - 0.02  # the prompt is shaded
+    assert abs(marked[rows, right].mean() - plain[rows, right].mean()) < 0.005  # the continuation is not
+    line = np.abs(marked - plain)[rows].sum(axis=(0, 2))
+    assert 600 <= int(np.argmax(line)) <= 660  # the strongest change: the line at beat 8 (about x = 630)
+
+
+def test_pianoroll_drawn_for_a_phone_keeps_its_text_size(tmp_path):
+    """A roll for a 316 px wide column at device pixel ratio 2: 632 px of image, text as large as at 1200."""
+    from matplotlib.image import imread
+
+    path = render.render_pianoroll(scale_notes(8), tmp_path / "phone.png", width=316, height=240, scale=2.0,
+                                   prompt_end=4.0)
+    assert imread(path).shape[:2] == (480, 632)
+
+
 def test_pitch_names():
     assert [render.pitch_name(p) for p in (60, 61, 21, 108)] == ["C4", "C#4", "A0", "C8"]
 
@@ -131,11 +156,22 @@ def test_cli_render_writes_wav_and_png(tmp_path, capsys):
     assert abs(len(frames) / rate - 8 * 60 / 90) <= 1.0  # the file's tempo (90 qpm) is kept
 
 
-def test_render_file_png_only_beside_the_midi(tmp_path):
-    midi = write_midi(tmp_path / "tune.mid", scale_tune(60, 4))
+def test_render_writes_to_the_output_folder_never_beside_its_input(tmp_path, monkeypatch, capsys):
+    """`render` wrote an 8.7 MB WAV beside its input (into a dataset folder); now -o, else the current folder."""
+    data = tmp_path / "dataset"
+    midi = write_midi(data / "tune.mid", scale_tune(60, 4))
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
     written = render.render_file(midi, png=True)
-    assert set(written) == {"png"} and written["png"] == tmp_path / "tune.png" and written["png"].exists()
-    assert not (tmp_path / "tune.wav").exists()
+    assert set(written) == {"png"} and written["png"] == Path("tune.png") and (work / "tune.png").exists()
+    assert main(["render", str(midi), "--png"]) == 0 and "wrote tune.png" in capsys.readouterr().out
+    assert main(["render", str(midi), "--png", "-o", str(tmp_path / "new" / "folder")]) == 0
+    assert (tmp_path / "new" / "folder" / "tune.png").exists()
+    assert sorted(p.name for p in data.iterdir()) == ["tune.mid"]  # nothing written beside the input
+    assert main(["render", str(midi), "--png", "-o", str(midi)]) == 1  # -o naming a file
+    assert "a file, not a folder" in capsys.readouterr().err
+    assert sorted(p.name for p in data.iterdir()) == ["tune.mid"]
 
 
 def test_render_file_bad_input_names_the_file(tmp_path, capsys):

@@ -113,7 +113,8 @@ def test_models_lists_the_run_with_its_collections_and_limits(client, tiny_run):
     assert model["id"] == "m0" and model["family"] == "lstm" and model["selected"]
     assert model["conditions"] == ["alpha", "beta"]
     assert body["limits"] == {"max_pieces": web.MAX_PIECES, "max_events": web.MAX_EVENTS,
-                              "max_prompt_events": web.MAX_PROMPT_EVENTS, "max_upload_bytes": web.MAX_UPLOAD_BYTES}
+                              "max_prompt_notes": web.MAX_PROMPT_NOTES, "max_upload_bytes": web.MAX_UPLOAD_BYTES,
+                              "default_prompt_notes": gen.DEFAULT_PROMPT_NOTES}
     assert web.MAX_PIECES <= gen.MAX_PIECES and web.MAX_EVENTS <= gen.MAX_EVENTS
 
 
@@ -185,6 +186,38 @@ def test_same_seed_same_music(client):
     second = wait_for(client, start(client, seed=7)["job_id"])
     assert first["id"] != second["id"]
     assert client.get(first["pieces"][0]["midi_url"]).content == client.get(second["pieces"][0]["midi_url"]).content
+
+
+def test_an_empty_seed_is_a_new_random_one_that_the_job_reports(client):
+    first = wait_for(client, start(client)["job_id"])
+    second = wait_for(client, start(client)["job_id"])
+    assert first["seed"] != second["seed"] and 0 <= first["seed"] <= web.MAX_SEED
+    again = wait_for(client, start(client, seed=first["seed"])["job_id"])
+    assert again["seed"] == first["seed"]
+    assert client.get(again["pieces"][0]["midi_url"]).content == client.get(first["pieces"][0]["midi_url"]).content
+
+
+def test_a_prompt_is_bounded_as_on_the_command_line_and_length_counts_new_notes(client, tmp_path):
+    """The CLI continued a whole 555-note file and the page 64 notes; "Length counts notes" showed 264 for 200."""
+    tune = write_midi(tmp_path / "long.mid", scale_tune(60, 150))
+    response = client.post("/api/generate", data={"model": "m0", "length": "30", "num": "2"},
+                           files={"prompt": ("long.mid", tune.read_bytes(), "audio/midi")})
+    assert response.status_code == 202, response.text
+    job = wait_for(client, response.json()["job_id"])
+    for piece in job["pieces"]:
+        assert (piece["prompt_notes"], piece["new_notes"]) == (gen.DEFAULT_PROMPT_NOTES, 30)
+        assert piece["notes"] == gen.DEFAULT_PROMPT_NOTES + 30
+
+
+@pytest.mark.parametrize("width, scale, size", [
+    ("316", "2", (632, 520)),  # a 390 px phone's column at pixel ratio 2
+    ("800", "1", (800, 480)),
+    ("1e9", "100", (3600, 1500)),  # clamped: 1200 x 500 at ratio 3
+    ("nan", "1", (1200, 500)),  # not a width: the command line's size
+])
+def test_the_piano_roll_is_drawn_for_the_width_the_page_shows_it_at(client, width, scale, size):
+    job = wait_for(client, start(client, length=8, roll_width=width, roll_scale=scale)["job_id"])
+    assert png_size(client.get(job["pieces"][0]["png_url"]).content) == size
 
 
 def test_two_concurrent_jobs_run_side_by_side_into_their_own_directories(client):
@@ -268,11 +301,13 @@ def test_a_failing_generation_reports_its_error(client, monkeypatch):
 
 def test_a_midi_prompt_is_continued(client, tmp_path):
     prompt = write_midi(tmp_path / "tune.mid", scale_tune(60, 8))
-    response = client.post("/api/generate", data={"model": "m0", "length": "16", "prompt_events": "6"},
+    response = client.post("/api/generate", data={"model": "m0", "length": "16", "prompt_notes": "6"},
                            files={"prompt": ("tune.mid", prompt.read_bytes(), "audio/midi")})
     assert response.status_code == 202, response.text
     job = wait_for(client, response.json()["job_id"])
-    assert job["status"] == "done" and job["pieces"][0]["events"] == 6 + 16
+    assert job["status"] == "done"
+    piece = job["pieces"][0]
+    assert (piece["prompt_notes"], piece["new_notes"], piece["notes"]) == (6, 16, 6 + 16)
 
 
 def test_an_empty_file_field_means_no_prompt(client):
@@ -316,11 +351,12 @@ def test_a_too_large_file_inside_an_allowed_request_is_refused(client, monkeypat
 # --------------------------------------------------------------------------- limits and bad requests
 
 @pytest.mark.parametrize("fields, message", [
-    ({"length": str(web.MAX_EVENTS + 1)}, f"length {web.MAX_EVENTS + 1}: between 1 and {web.MAX_EVENTS} events"),
+    ({"length": str(web.MAX_EVENTS + 1)}, f"length {web.MAX_EVENTS + 1}: between 1 and {web.MAX_EVENTS} new notes"),
     ({"length": str(gen.MAX_EVENTS + 1)}, "between 1 and"),
     ({"length": "0"}, "length 0: between 1"),
     ({"num": str(web.MAX_PIECES + 1)}, f"pieces {web.MAX_PIECES + 1}: between 1 and {web.MAX_PIECES}"),
-    ({"prompt_events": "0"}, "prompt events 0"),
+    ({"prompt_notes": "0"}, "prompt notes 0"),
+    ({"seed": "abc"}, "seed 'abc': a whole number"),
     ({"temperature": "0"}, "temperature 0.0: between 0.01 and 100"),
     ({"top_p": "1.5"}, "top-p 1.5: must be in (0, 1]"),
     ({"top_k": "-1"}, "top-k -1: must be >= 0"),
@@ -652,3 +688,48 @@ def test_browser_generates_and_shows_piano_roll_and_audio(served, tmp_path):
         finally:
             browser.close()
     assert png_size(screenshot.read_bytes()) == (1280, 900)
+
+
+@pytest.mark.slow
+def test_browser_on_a_phone_shows_the_results_after_generate_with_a_legible_piano_roll(served, tmp_path):
+    """At 390 px the results appeared about 1,300 px below Generate, with no scroll, in a piano roll drawn
+    1200 px wide and shown 316 px wide (labels a quarter of their size).  Now the page scrolls to the
+    output and the roll is drawn for the column's width at the screen's pixel ratio."""
+    executable = chromium_or_skip()
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (in the dev extra)")
+    tune = write_midi(tmp_path / "tune.mid", scale_tune(60, 100))
+    app = web.create_app(served, root=tmp_path / "jobs")
+    with ServerThread(app) as url, sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch_persistent_context(
+            str(tmp_path / "chromium-profile"), executable_path=executable, headless=True, args=CHROMIUM_ARGS,
+            viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True, has_touch=True)
+        try:
+            page = browser.new_page()
+            errors = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(url + "/")
+            page.wait_for_selector("#model option", state="attached")
+            assert page.input_value("#prompt_notes") == str(gen.DEFAULT_PROMPT_NOTES)
+            page.fill("#length", "40")
+            page.set_input_files("#prompt", str(tune))
+            page.click("#generate")
+            page.wait_for_function("() => document.querySelector('#results img') && "
+                                   "document.querySelector('#results img').naturalWidth > 0", timeout=60_000)
+            # the first piece's piano roll comes into view, whole, without the user scrolling
+            page.wait_for_function("() => { const box = document.querySelector('#results img')"
+                                   ".getBoundingClientRect(); return box.top >= 0 && box.bottom <= innerHeight; }",
+                                   timeout=10_000)
+            assert page.evaluate("() => scrollY") > 400  # the page scrolled by itself to the output below the form
+            image = page.eval_on_selector("#results img", "i => [i.naturalWidth, i.clientWidth, devicePixelRatio]")
+            natural, shown, ratio = image
+            assert ratio == 2 and 280 <= shown <= 390
+            assert abs(natural - shown * ratio) <= 2 * ratio, image  # drawn for the width it is shown at
+            assert page.eval_on_selector("html", "h => h.scrollWidth") <= 390  # nothing wider than the phone
+            caption = page.inner_text("#results figcaption")
+            assert f"{gen.DEFAULT_PROMPT_NOTES} prompt notes + 40 new notes" in caption, caption
+            assert page.inner_text("#seed-used").startswith("Seed ")
+            assert page.is_hidden("#error") and not errors
+            page.screenshot(path=str(tmp_path / "phone.png"))
+        finally:
+            browser.close()
+    assert png_size((tmp_path / "phone.png").read_bytes()) == (780, 1688)

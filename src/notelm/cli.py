@@ -130,10 +130,10 @@ def cmd_generate(a):
         raise NotelmError(f"the model is given with --model: notelm generate --model {shlex.quote(a.run)} ...")
     length, seconds = parse_length(a.length)
     pieces = PieceOptions(num=a.num, length=length, seconds=seconds, condition=a.condition)
-    prompt = PromptOptions(prompt=a.prompt, prompt_events=a.prompt_events, prompt_bars=a.prompt_bars,
+    prompt = PromptOptions(prompt=a.prompt, prompt_notes=a.prompt_notes, prompt_bars=a.prompt_bars,
                            prompt_from_test=a.prompt_from_test, corpus=a.corpus)
     sampling = SamplingConfig(**{f.name: getattr(a, f.name) for f in dataclasses.fields(SamplingConfig)})
-    output = OutputOptions(wav=a.wav, png=a.png, qpm=a.qpm, soundfont=a.soundfont)
+    output = OutputOptions(wav=a.wav, png=a.png, qpm=a.qpm, soundfont=a.soundfont, force=a.force)
     generate(a.model, a.output, pieces, prompt, sampling, output)
 
 
@@ -344,22 +344,33 @@ def _reproduce_parser(sub):
 
 
 def _generate_parser(sub):
+    from notelm.generate import DEFAULT_PROMPT_NOTES
+
     s = sub.add_parser("generate", help="write new pieces with a trained model (MIDI, and WAV / piano roll on "
                                         "request)",
                        description="Sample new pieces from a model (the shipped default model if --model is not "
                                    "given), all pieces as one batch. Continue a MIDI file with --prompt, or an "
-                                   "excerpt of a held-out song with --prompt-from-test.")
+                                   "excerpt of a held-out song with --prompt-from-test. Every run draws a new "
+                                   "random seed unless --seed is given; the seed is printed and saved in "
+                                   "OUT_DIR/generation.json, and the same seed with the same settings writes the "
+                                   "same files again. A folder that holds an earlier generation is refused unless "
+                                   "--force replaces it.")
     s.add_argument("run", nargs="?", help=argparse.SUPPRESS)  # a model given without --model: answered with a hint
     s.add_argument("--model", metavar="RUN_OR_MODEL", help="a run directory or model directory (default: the "
                                                             "shipped model)")
     s.add_argument("-o", "--output", default="out", metavar="OUT_DIR", help="where the files go (default: out)")
+    s.add_argument("--force", action="store_true", help="replace an earlier generation in OUT_DIR (all its files)")
     s.add_argument("--num", type=int, default=4, help="pieces to write (default 4)")
-    s.add_argument("--length", default="256", help="events per piece (e.g. 256) or seconds (e.g. 30s); default 256")
+    s.add_argument("--length", default="256", help="new notes per piece after the prompt (e.g. 256), or seconds "
+                                                   "of new music (e.g. 30s); default 256")
     _sampling_flags(s)
     s.add_argument("--prompt", metavar="FILE.mid", help="continue this MIDI file")
-    s.add_argument("--prompt-events", type=int, help="take only the first N events of the prompt")
-    s.add_argument("--prompt-bars", type=float, help="take only the first N bars of the prompt")
-    s.add_argument("--prompt-from-test", type=int, metavar="K", help="continue an excerpt of the K-th held-out song")
+    s.add_argument("--prompt-notes", "--prompt-events", dest="prompt_notes", type=int, metavar="N",
+                   help=f"continue the first N notes of the prompt (default {DEFAULT_PROMPT_NOTES}, or all the "
+                        "notes of --prompt-bars)")
+    s.add_argument("--prompt-bars", type=float, help="continue the first N bars of the prompt")
+    s.add_argument("--prompt-from-test", type=int, metavar="K",
+                   help="continue the start of the K-th held-out song (as --prompt-notes or --prompt-bars bound it)")
     s.add_argument("--corpus", metavar="CORPUS_DIR", help="the corpus for --prompt-from-test (default: the run's)")
     s.add_argument("--condition", metavar="collection=NAME",
                    help="write in the style of a collection the model was trained on")
@@ -376,18 +387,20 @@ def _sampling_flags(s) -> None:
     from notelm.config import SamplingConfig
 
     for f in dataclasses.fields(SamplingConfig):
+        shown = "" if f.default is None else f" (default {f.default})"  # a None default says itself in the doc
         s.add_argument(SamplingConfig.label(f.name), type=f.metadata["kind"], default=f.default,
-                       help=f"{f.metadata['doc']} (default {f.default})")
+                       help=f"{f.metadata['doc']}{shown}")
 
 
 def _render_parser(sub):
     s = sub.add_parser("render", help="render a MIDI file to WAV (SoundFont synthesizer) and/or a piano-roll PNG",
-                       description="Render a MIDI file to FILE.wav (General MIDI SoundFont) and/or FILE.png (piano "
-                                   "roll), beside the file or in -o DIR. With neither --wav nor --png, both.")
+                       description="Render a MIDI file to DIR/FILE.wav (General MIDI SoundFont) and/or "
+                                   "DIR/FILE.png (piano roll), DIR being -o or the current folder. With neither "
+                                   "--wav nor --png, both.")
     s.add_argument("midi", metavar="FILE.mid")
     s.add_argument("--wav", action="store_true", help="write a 16-bit 44.1 kHz stereo WAV")
     s.add_argument("--png", action="store_true", help="write a piano-roll PNG")
-    s.add_argument("-o", "--output", metavar="DIR", help="output folder (default: beside the MIDI file)")
+    s.add_argument("-o", "--output", default=".", metavar="DIR", help="output folder (default: the current folder)")
     s.add_argument("--soundfont", metavar="SF2", help="SoundFont (.sf2/.sf3); default $NOTELM_SOUNDFONT, then the "
                                                       "venv's share/notelm, then /usr/share/sounds/sf2")
     s.set_defaults(func=cmd_render)

@@ -27,6 +27,7 @@ from notelm.settings import Settings, parse_override, setting
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 SECTIONS = ("data", "model", "train")
+MAX_SEED = 2**32 - 1  # numpy takes any non-negative seed; the web page and the docs promise this range
 
 
 # --------------------------------------------------------------------------- the sections of a run
@@ -88,7 +89,9 @@ class SamplingConfig(Settings):
                                              "(1 = off)")
     penalty_window: int = setting(16, "how many recent events the repetition penalty looks at")
     max_repeat: int = setting(0, "never the same pitch more than this many times in a row (0 = off)")
-    seed: int = setting(0, "random seed: the same seed gives the same pieces")
+    seed: int = setting(None, "random seed, 0..2**32-1 (default: a new one each run, printed and saved in "
+                              "generation.json; the same seed and settings give the same pieces)", kind=int,
+                        minimum=0, maximum=MAX_SEED)
 
     def check(self) -> None:
         from notelm.sampling import build_processors

@@ -30,12 +30,13 @@ def demo(out_dir="demo", train: bool = False, num: int = 3, length: str = "20s",
     sampling = SamplingConfig(temperature=0.95, top_p=0.95, max_repeat=4, seed=seed)
     try:
         report = generate(model, out_dir / "pieces", pieces, sampling=sampling,
-                          output=OutputOptions(wav=True, png=True), log=log)
+                          output=OutputOptions(wav=True, png=True, force=True), log=log)
     except NotelmError as e:
         if "SoundFont" not in str(e) and "soundfont" not in str(e):
             raise
         log(f"note: {e}; writing MIDI and piano rolls only")
-        report = generate(model, out_dir / "pieces", pieces, sampling=sampling, output=OutputOptions(png=True), log=log)
+        report = generate(model, out_dir / "pieces", pieces, sampling=sampling,
+                          output=OutputOptions(png=True, force=True), log=log)
     log("")
     log("Open these:")
     for row in report["pieces"]:

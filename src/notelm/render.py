@@ -178,11 +178,13 @@ def _note_boxes(start, length, pitch, height=0.8):
 
 
 def render_pianoroll(notes: Notes, path, title: str | None = None, qpm: float = DEFAULT_QPM,
-                     meta: SongMeta | None = None) -> Path:
-    """Draw a piano roll PNG (1200 x 500 px): time in beats across, MIDI pitch up.
+                     meta: SongMeta | None = None, prompt_end: float | None = None, width: int = 1200,
+                     height: int = 500, scale: float = 1.0) -> Path:
+    """Draw a piano roll PNG (``width`` x ``height`` px, times ``scale``): time in beats across, MIDI pitch up.
 
     One color per track, opacity by velocity; drum hits are dark diamonds at their
-    onsets (their pitch is an instrument, their length meaningless).
+    onsets (their pitch is an instrument, their length meaningless).  ``prompt_end``
+    (a beat) shades the prompt.  ``scale`` (a screen's pixel ratio) adds pixels, not text size.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.collections import PolyCollection
@@ -200,7 +202,7 @@ def render_pianoroll(notes: Notes, path, title: str | None = None, qpm: float = 
     end = float((onset + length).max())
     low, high = int(pitch.min()) - 2, int(pitch.max()) + 2
 
-    fig = Figure(figsize=(12, 5), dpi=100)
+    fig = Figure(figsize=(width / 100, height / 100), dpi=100 * scale)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     ax.set_xlim(-0.01 * end, end * 1.01)  # a small margin so hits at 0 and the last note's edge show
@@ -217,6 +219,8 @@ def render_pianoroll(notes: Notes, path, title: str | None = None, qpm: float = 
     bar_step = beats_per_bar * max(1, int(np.ceil(end / beats_per_bar / MAX_BAR_LINES)))  # every k-th bar if many
     ax.vlines(np.arange(0, end, bar_step), low - 0.5, high + 0.5, colors=(0.75, 0.75, 0.8), linewidth=0.6, zorder=1)
 
+    if prompt_end is not None:
+        _mark_prompt(ax, -0.01 * end, prompt_end, high + 0.5)
     palette = to_rgba_array([f"C{i}" for i in range(10)])
     tracks = np.unique(notes["track"][~drum])
     for i, track in enumerate(tracks):
@@ -247,12 +251,22 @@ def render_pianoroll(notes: Notes, path, title: str | None = None, qpm: float = 
     return path
 
 
+def _mark_prompt(ax, left: float, start: float, top: float) -> None:
+    """Shade the prompt (up to beat ``start``) and draw a line where the continuation starts."""
+    ax.axvspan(left, start, color=(0.55, 0.6, 0.7), alpha=0.16, linewidth=0, zorder=0.5)
+    ax.axvline(start, color=(0.2, 0.25, 0.35), linewidth=1.4, linestyle="--", zorder=4)
+    ax.annotate("prompt | continuation", (start, top), xytext=(0, -2), textcoords="offset points", ha="center",
+                va="top", fontsize=8, color=(0.2, 0.25, 0.35), zorder=5,
+                bbox={"boxstyle": "round,pad=0.2", "facecolor": "white", "edgecolor": "none", "alpha": 0.8})
+
+
 # --------------------------------------------------------------------------- files
 
-def render_file(midi_path, out_dir=None, wav: bool = False, png: bool = False, soundfont: str | None = None) -> dict:
+def render_file(midi_path, out_dir=".", wav: bool = False, png: bool = False, soundfont: str | None = None) -> dict:
     """Render a MIDI file to FILE.wav and/or FILE.png (both when neither is asked for).
 
-    Outputs go beside the MIDI file or into ``out_dir``.  Returns {"wav": render_wav's
+    Outputs go into ``out_dir`` (default: the current folder), never silently beside
+    the input, which may sit in a dataset's folder.  Returns {"wav": render_wav's
     dict, "png": path} for what was written.
     """
     midi_path = Path(midi_path)
@@ -261,6 +275,9 @@ def render_file(midi_path, out_dir=None, wav: bool = False, png: bool = False, s
         wav = png = True
     if not midi_path.exists():
         raise NotelmError(f"{shown}: no such file")
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise NotelmError(f"-o {printable(out_dir)}: a file, not a folder; name a folder for the output")
     if wav:
         soundfont = str(find_soundfont(soundfont))  # fail before any work when there is none
     try:
@@ -269,7 +286,6 @@ def render_file(midi_path, out_dir=None, wav: bool = False, png: bool = False, s
         raise NotelmError(f"{shown}: not a readable MIDI file ({e})") from None
     if num_notes(notes) == 0:
         raise NotelmError(f"{shown}: no notes to render")
-    out_dir = Path(out_dir) if out_dir is not None else midi_path.parent
     written = {}
     if wav:
         written["wav"] = render_wav(notes, out_dir / f"{midi_path.stem}.wav", qpm=meta.first_qpm,

@@ -15,7 +15,8 @@ async function loadModels() {
   select.replaceChildren(...models.map((m) => new Option(`${m.name} (${m.family})`, m.id, m.selected, m.selected)));
   $("length").max = limits.max_events;
   $("num").max = limits.max_pieces;
-  $("prompt_events").max = limits.max_prompt_events;
+  $("prompt_notes").max = limits.max_prompt_notes;
+  $("prompt_notes").value = limits.default_prompt_notes;
   $("upload-hint").textContent = `A .mid file of at most ${megabytes(limits.max_upload_bytes)} MB.`;
   showCollections();
 }
@@ -59,10 +60,13 @@ async function generate(event) {
   showError("");
   $("warning").hidden = true;
   const form = new FormData();
-  const fields = ["model", "collection", "temperature", "top_k", "top_p", "length", "num", "seed", "prompt_events"];
+  const fields = ["model", "collection", "temperature", "top_k", "top_p", "length", "num", "seed", "prompt_notes"];
   for (const name of fields) {
     form.append(name, $(name).value);
   }
+  // the piano roll is drawn for the width it will be shown at, at this screen's pixel ratio: legible on a phone
+  form.append("roll_width", $("results").clientWidth);
+  form.append("roll_scale", window.devicePixelRatio || 1);
   const file = $("prompt").files[0];
   if (file) {
     if (file.size > limits.max_upload_bytes) {  // the server checks too; this just saves the upload
@@ -74,6 +78,7 @@ async function generate(event) {
   }
   setBusy(true);
   showStatus("sending…", 0);
+  reveal();
   try {
     const response = await fetch("/api/generate", { method: "POST", body: form });
     const body = await response.json().catch(() => ({ detail: `the server answered ${response.status}` }));
@@ -82,11 +87,22 @@ async function generate(event) {
     }
     const job = await poll(body.status_url);
     showResults(job);
+    reveal();
   } catch (error) {
     showError(error.message);
     $("status").hidden = true;
   } finally {
     setBusy(false);
+  }
+}
+
+// On a narrow screen the output sits below the whole form: bring it into view when its status line or
+// first piece is out of sight (on a wide screen it sits beside the form, in view already).
+function reveal() {
+  const output = $("output").getBoundingClientRect();
+  const first = ($("results").firstElementChild || $("status")).getBoundingClientRect();
+  if (output.top < 0 || first.bottom > window.innerHeight) {
+    $("output").scrollIntoView({ behavior: "smooth", block: "start" });
   }
 }
 
@@ -105,7 +121,7 @@ async function poll(url) {
       return job;
     }
     const sampling = job.status === "running" && job.stage === "sampling";
-    const counted = sampling ? ` (${job.events_done} of ${job.length} notes)` : "";
+    const counted = sampling ? ` (${Math.min(job.events_done, job.length)} of ${job.length} new notes)` : "";
     showStatus(`${job.stage}${counted}… ${job.seconds.toFixed(0)} s`, job.progress);
     await new Promise((resolve) => setTimeout(resolve, POLL_MS));
   }
@@ -120,8 +136,17 @@ function link(url, text, filename) {
   return a;
 }
 
+function pieceCaption(piece) {
+  const notes = piece.prompt_notes
+    ? `${piece.prompt_notes} prompt notes + ${piece.new_notes} new notes`
+    : `${piece.new_notes} notes`;
+  return `Piece ${piece.index + 1} · ${notes} · ${piece.seconds.toFixed(1)} s`;
+}
+
 function showResults(job) {
   $("empty").hidden = true;
+  $("seed-used").textContent = `Seed ${job.seed}: enter it under Seed to hear these pieces again.`;
+  $("seed-used").hidden = false;
   if (job.warning) {
     $("warning").textContent = job.warning;
     $("warning").hidden = false;
@@ -130,10 +155,13 @@ function showResults(job) {
     const figure = document.createElement("figure");
     figure.className = "piece";
     const caption = document.createElement("figcaption");
-    caption.textContent = `Piece ${piece.index + 1} · ${piece.notes} notes · ${piece.seconds.toFixed(1)} s`;
+    caption.textContent = pieceCaption(piece);
     const img = document.createElement("img");
     img.src = piece.png_url;
-    img.alt = `piano roll of piece ${piece.index + 1}`;
+    img.alt = `piano roll of piece ${piece.index + 1}` + (piece.prompt_notes ? " (the prompt shaded)" : "");
+    if (piece.index === 0) {
+      img.addEventListener("load", reveal);  // its height is known only now
+    }
     figure.append(caption, img);
     if (piece.wav_url) {
       const audio = document.createElement("audio");
@@ -159,7 +187,7 @@ document.addEventListener("DOMContentLoaded", () => {
   $("model").addEventListener("change", showCollections);
   $("settings").addEventListener("submit", generate);
   $("random-seed").addEventListener("click", () => {
-    $("seed").value = Math.floor(Math.random() * 1_000_000);
+    $("seed").value = "";  // empty: a new random seed each time
   });
   setBusy(false);
   loadModels().catch((error) => showError(`cannot load the models: ${error.message}`));

@@ -58,7 +58,7 @@ FORM_OVERHEAD_BYTES = 64 * 1024  # the other form fields and multipart boundarie
 # Every piece also becomes a WAV and a PNG, so a page request stays well below the generate module's limits.
 MAX_PIECES = min(4, gen.MAX_PIECES)
 MAX_EVENTS = min(2000, gen.MAX_EVENTS)
-MAX_PROMPT_EVENTS = 1000
+MAX_PROMPT_NOTES = 1000
 MAX_WAITING_JOBS = 8  # queued or running; more is refused with 429
 KEEP_FINISHED_JOBS = 50  # older finished jobs (and their files) are deleted
 DEFAULT_WORKERS = 2
@@ -68,7 +68,12 @@ MIDI_HEADER = b"MThd"
 # WAV); a longer piece (a slow prompt tempo) gets its MIDI and piano roll and a warning instead.
 MAX_AUDIO_SECONDS = 1200.0
 TEMPERATURE_RANGE = (0.01, 100.0)  # beyond these the sampler's arithmetic leaves the floats
-MAX_SEED = 2**32 - 1
+MAX_SEED = gen.MAX_SEED
+# The piano roll is drawn for the width of the page's column (CSS px) at the screen's pixel ratio, so that
+# its labels stay as large as the page's small print on a phone; without a width, at the CLI's 1200 x 500.
+ROLL_WIDTHS = (280, 1200)
+ROLL_HEIGHTS = (260, 500)
+ROLL_SCALES = (1.0, 3.0)
 MAX_NAME_CHARS = 200  # a collection name longer than any a model knows is refused without echoing it
 
 # The page loads only its own files: no inline scripts, no CDN, nothing from elsewhere.  Referrer policy
@@ -149,6 +154,7 @@ class Request:
     num: int
     prompt: dict[str, np.ndarray] | None
     qpm: float
+    roll: tuple[int, int, float] = gen.ROLL_SIZE  # piano roll width, height (CSS px) and pixel ratio
 
 
 @dataclass
@@ -156,6 +162,7 @@ class Job:
     id: str
     dir: Path
     length: int
+    seed: int
     status: str = "queued"  # queued -> running -> done | failed
     stage: str = "waiting for a free worker"
     events_done: int = 0
@@ -166,7 +173,7 @@ class Job:
     finished: float | None = None
 
     def info(self) -> dict:
-        return {"id": self.id, "status": self.status, "stage": self.stage, "error": self.error,
+        return {"id": self.id, "status": self.status, "stage": self.stage, "error": self.error, "seed": self.seed,
                 "warning": self.warning, "events_done": self.events_done, "length": self.length,
                 "progress": round(1.0 if self.status == "done" else min(self.events_done / self.length, 1.0) * 0.9, 3),
                 "seconds": round((self.finished or time.time()) - self.created, 1),
@@ -174,7 +181,8 @@ class Job:
 
     def _piece_info(self, index: int, row: dict) -> dict:
         urls = {f"{kind}_url": f"/api/jobs/{self.id}/files/{index}/{kind}" for kind in FILE_KINDS if kind in row}
-        return {"index": index, "notes": row["notes"], "seconds": row["seconds"], "events": row["events"], **urls}
+        return {"index": index, "notes": row["notes"], "prompt_notes": row["prompt_notes"],
+                "new_notes": row["new_notes"], "seconds": row["seconds"], "events": row["events"], **urls}
 
 
 class _ProgressModel:
@@ -218,7 +226,7 @@ class Jobs:
             job_id = secrets.token_hex(16)
             directory = self.root / job_id
             directory.mkdir()
-            job = self.jobs[job_id] = Job(job_id, directory, request.length)
+            job = self.jobs[job_id] = Job(job_id, directory, request.length, request.cfg.seed)
             self._forget_old_jobs()
         self.pool.submit(self._run, job, request)
         return job
@@ -228,11 +236,11 @@ class Jobs:
         try:
             model = request.model.model
             pieces = gen.sample(_ProgressModel(model, job), request.num, request.length, None, request.prompt,
-                                request.cond, request.cfg, request.qpm)
+                                request.cond, request.cfg, request.qpm, unit="notes")
             job.stage = "rendering audio and piano roll"
             with self.render_lock:
                 rows = gen.write_pieces(pieces, model.vocab, job.dir, qpm=request.qpm, wav=False, png=True,
-                                        log=lambda *a: None)
+                                        log=lambda *a: None, roll=request.roll)
                 job.warning = _render_audio(pieces, rows, job.dir, request.qpm)
                 job.pieces = rows
             job.status, job.stage = "done", "done"
@@ -275,14 +283,36 @@ def _render_audio(pieces, rows: list[dict], directory: Path, qpm: float) -> str 
 
 # --------------------------------------------------------------------------- request checks
 
-def check_limits(num: int, length: int, prompt_events: int) -> None:
+def check_limits(num: int, length: int, prompt_notes: int) -> None:
     if not 1 <= num <= MAX_PIECES:
         raise NotelmError(f"pieces {num}: between 1 and {MAX_PIECES} per generation")
     if not 1 <= length <= MAX_EVENTS:
-        raise NotelmError(f"length {length}: between 1 and {MAX_EVENTS} events per piece "
+        raise NotelmError(f"length {length}: between 1 and {MAX_EVENTS} new notes per piece "
                           "(use `notelm generate` for longer pieces)")
-    if not 1 <= prompt_events <= MAX_PROMPT_EVENTS:
-        raise NotelmError(f"prompt events {prompt_events}: between 1 and {MAX_PROMPT_EVENTS}")
+    if not 1 <= prompt_notes <= MAX_PROMPT_NOTES:
+        raise NotelmError(f"prompt notes {prompt_notes}: between 1 and {MAX_PROMPT_NOTES}")
+
+
+def parse_seed(text: str) -> int:
+    """The seed field: empty for a new random seed (the job reports it), else a whole number in range."""
+    text = text.strip()
+    if not text:
+        return gen.new_seed()
+    try:
+        return int(text)
+    except ValueError:
+        raise NotelmError(f"seed {printable(text[:40])!r}: a whole number from 0 to {MAX_SEED}, or empty for "
+                          "a random one") from None
+
+
+def roll_size(width: float, scale: float) -> tuple[int, int, float]:
+    """The piano roll for a page column ``width`` CSS px wide on a screen of pixel ratio ``scale`` (0: the
+    CLI's size); both clamped, so a request cannot ask for a huge image."""
+    if not (math.isfinite(width) and math.isfinite(scale)) or width <= 0:
+        return gen.ROLL_SIZE
+    width = int(min(max(width, ROLL_WIDTHS[0]), ROLL_WIDTHS[1]))
+    height = int(min(max(round(width * 0.6), ROLL_HEIGHTS[0]), ROLL_HEIGHTS[1]))
+    return width, height, round(min(max(scale, ROLL_SCALES[0]), ROLL_SCALES[1]), 2)
 
 
 def check_sampling(temperature: float, top_k: int, top_p: float, seed: int) -> "gen.SamplingConfig":
@@ -304,7 +334,7 @@ def check_sampling(temperature: float, top_k: int, top_p: float, seed: int) -> "
         raise NotelmError(str(e).removeprefix("--")) from None
 
 
-def read_prompt(data: bytes, filename: str, vocab, events: int) -> tuple[dict[str, np.ndarray], float]:
+def read_prompt(data: bytes, filename: str, vocab, max_notes: int) -> tuple[dict[str, np.ndarray], float]:
     """An uploaded MIDI prompt as model ids and its tempo; anything that is not MIDI is refused."""
     shown = printable((filename or "prompt")[-80:])  # named in messages only; never used as a path
     if len(data) > MAX_UPLOAD_BYTES:
@@ -323,7 +353,7 @@ def read_prompt(data: bytes, filename: str, vocab, events: int) -> tuple[dict[st
         raise NotelmError(f"{shown}: its tempo, {qpm:.3g} quarter notes per minute, is outside the "
                           f"{nt.MIN_QPM:g}-{nt.MAX_QPM:g} notelm writes")
     try:
-        prompt = gen.prompt_from_notes(vocab, notes, events)
+        prompt = gen.prompt_from_notes(vocab, notes, max_notes)
     except NotelmError as e:
         raise NotelmError(f"{shown}: {e}") from None
     return prompt, qpm
@@ -557,8 +587,8 @@ def _page_routes(app, models: list[ServedModel]) -> None:
     @app.get("/api/models")
     def list_models():
         return {"models": [m.info() for m in models],
-                "limits": {"max_pieces": MAX_PIECES, "max_events": MAX_EVENTS, "max_prompt_events": MAX_PROMPT_EVENTS,
-                           "max_upload_bytes": MAX_UPLOAD_BYTES}}
+                "limits": {"max_pieces": MAX_PIECES, "max_events": MAX_EVENTS, "max_prompt_notes": MAX_PROMPT_NOTES,
+                           "default_prompt_notes": gen.DEFAULT_PROMPT_NOTES, "max_upload_bytes": MAX_UPLOAD_BYTES}}
 
 
 def _generate_route(app, models: list[ServedModel], jobs: Jobs) -> None:
@@ -569,13 +599,15 @@ def _generate_route(app, models: list[ServedModel], jobs: Jobs) -> None:
     @app.post("/api/generate", status_code=202)
     def start_generation(model: str = Form(...), collection: str = Form(""), temperature: float = Form(1.0),
                          top_k: int = Form(0), top_p: float = Form(1.0), length: int = Form(256), num: int = Form(1),
-                         seed: int = Form(0), prompt_events: int = Form(64), prompt: UploadFile | None = File(None)):
+                         seed: str = Form(""), prompt_notes: int = Form(gen.DEFAULT_PROMPT_NOTES),
+                         roll_width: float = Form(0.0), roll_scale: float = Form(1.0),
+                         prompt: UploadFile | None = File(None)):
         try:
             served = by_id.get(model)
             if served is None:
                 raise NotelmError(f"unknown model {printable(model[:40])!r}; choose one of {', '.join(by_id)}")
-            check_limits(num, length, prompt_events)
-            cfg = check_sampling(temperature, top_k, top_p, seed)
+            check_limits(num, length, prompt_notes)
+            cfg = check_sampling(temperature, top_k, top_p, parse_seed(seed))
             if len(collection) > MAX_NAME_CHARS:
                 raise NotelmError(f"collection: a name of {len(collection):,} characters; no model knows one")
             cond = served.model.vocab.condition_id(collection) if collection else 0
@@ -583,8 +615,9 @@ def _generate_route(app, models: list[ServedModel], jobs: Jobs) -> None:
             if prompt is not None:
                 data = prompt.file.read(MAX_UPLOAD_BYTES + 1)  # never more than the limit in memory
                 if data or prompt.filename:
-                    prompt_ids, qpm = read_prompt(data, prompt.filename or "", served.model.vocab, prompt_events)
-            job = jobs.submit(Request(served, cond, cfg, length, num, prompt_ids, qpm))
+                    prompt_ids, qpm = read_prompt(data, prompt.filename or "", served.model.vocab, prompt_notes)
+            job = jobs.submit(Request(served, cond, cfg, length, num, prompt_ids, qpm,
+                                      roll_size(roll_width, roll_scale)))
         except TooLarge as e:
             raise HTTPException(413, str(e)) from None
         except NotelmError as e:
