@@ -116,6 +116,21 @@ def test_prediction_scores_add_up_streams_and_chunks():
     assert "| m ★ | 0.250 | 2.000 | 4.00 | 0.500 | 1.000 | 2.00 | 3.000 | 8.00 |" in table
 
 
+
+def test_prediction_scores_whole_event_accuracy_needs_every_stream_right():
+    # argmax pitch: 0, 1, 1; argmax duration: 0, 0, 1 -> targets (0, 0), (1, 1), (1, 1): events 0 and 2 right
+    pitch = np.log(np.array([[0.6, 0.4], [0.3, 0.7], [0.2, 0.8]]))
+    duration = np.log(np.array([[0.9, 0.1], [0.6, 0.4], [0.5 - 1e-3, 0.5 + 1e-3]]))
+    targets = {"pitch": np.array([0, 1, 1]), "duration": np.array([0, 1, 1])}
+    scores = PredictionScores(["pitch", "duration"])
+    scores.add({"pitch": pitch, "duration": duration}, targets)
+    total = scores.result()["total"]
+    assert scores.result()["pitch"]["accuracy"] == pytest.approx(1.0)
+    assert scores.result()["duration"]["accuracy"] == pytest.approx(2 / 3)
+    assert total["accuracy"] == pytest.approx(2 / 3)
+    assert total["expected_accuracy"] == pytest.approx((0.6 * 0.9 + 0.7 * 0.4 + 0.8 * (0.5 + 1e-3)) / 3)
+
+
 # ---------------------------------------------------------------------------- evaluate vs. the model's own predictions
 
 
