@@ -139,13 +139,17 @@ def test_evaluate_equals_hand_computation_from_predict(runs, encoded, tmp_path):
     model = load_model(runs["song"])
     test = encoded.ids("test")
     correct, nll, n = {"pitch": 0, "duration": 0}, {"pitch": 0.0, "duration": 0.0}, 0
+    both = 0
     for i in test:
         song = song_of(encoded, i)
         logprobs = model.predict(song)
+        right = []
         for name in ("pitch", "duration"):
             target = song[name][1:]  # every event after BOS, EOS included
-            correct[name] += int((logprobs[name].argmax(1) == target).sum())
+            right.append(logprobs[name].argmax(1) == target)
+            correct[name] += int(right[-1].sum())
             nll[name] -= float(logprobs[name][np.arange(len(target)), target].sum()) / LN2
+        both += int((right[0] & right[1]).sum())
         n += len(song["pitch"]) - 1
     assert report["targets"] == n and report["songs"] == len(test)
     for name in ("pitch", "duration"):
@@ -154,6 +158,7 @@ def test_evaluate_equals_hand_computation_from_predict(runs, encoded, tmp_path):
         assert got["bits"] == pytest.approx(nll[name] / n, rel=1e-5)
         assert got["perplexity"] == pytest.approx(2 ** (nll[name] / n), rel=1e-5)
     assert report["results"]["model"]["total"]["bits"] == pytest.approx(sum(nll.values()) / n, rel=1e-5)
+    assert report["results"]["model"]["total"]["accuracy"] == pytest.approx(both / n)
 
     # the baselines on the same targets: fitted on the train split
     train_ids = encoded.ids("train")
