@@ -28,6 +28,7 @@ from notelm.metrics import PredictionScores, accuracy, bits_per_event, expected_
 from notelm.models.base import NextEventModel
 from notelm.models.baselines import MajorityModel, StratifiedModel
 from notelm.models.ngram import NGramModel
+from notelm.models.song_cache import mix
 from notelm.train import train
 
 from conftest import melody_corpus, quiet
@@ -242,6 +243,23 @@ def test_transpose_average_of_a_prior_spreads_it_over_pitch_classes(encoded):
     p = prior.prior("pitch")
     expected = np.concatenate([[0, 0, p[EOS]], np.full(12, p[3:].mean())])  # every rotation of the prior, averaged
     np.testing.assert_allclose(np.exp(averaged["pitch"][0]), expected, atol=1e-6)
+
+
+def test_evaluate_blends_the_song_cache(runs, encoded, tmp_path):
+    report = evaluate(runs["song"], EvalOptions(song_cache=0.1), out_dir=tmp_path, progress=False, log=quiet)
+    assert report["song_cache"] == 0.1 and "song cache 0.1" in report["model"]["label"]
+    model, names = load_model(runs["song"]), encoded.vocab.names
+    right, n = 0, 0
+    for i in song_targets(encoded, "test").songs:
+        song = song_of(encoded, i)
+        rows = np.arange(len(song["pitch"]) - 1)
+        tokens = np.stack([song[name] for name in names], -1)
+        blended = mix(model.predict(song), tokens, rows, names, encoded.vocab.sizes, 0.1)
+        right += int((blended["pitch"].argmax(1) == song["pitch"][1:]).sum())
+        n += len(rows)
+    assert report["results"]["model"]["pitch"]["accuracy"] == pytest.approx(right / n)
+    with pytest.raises(NotelmError, match="--song-cache.*--context"):
+        evaluate(runs["song"], EvalOptions(song_cache=0.1, context=4), out_dir=tmp_path, progress=False, log=quiet)
 
 
 def test_window_split_scores_only_the_test_windows(runs, encoded, tmp_path):

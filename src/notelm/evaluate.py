@@ -1,6 +1,7 @@
 """Evaluation: how well a trained model predicts held-out music, beside the baselines.
 
-    notelm evaluate RUN_DIR [--corpus CORPUS] [--split test] [--context N] [--transpose-average] [--generate N]
+    notelm evaluate RUN_DIR [--corpus CORPUS] [--split test] [--context N] [--transpose-average] [--song-cache W]
+                    [--generate N]
 
 ``evaluate(run_dir, EvalOptions(...))``: the options are the command's flags.
 
@@ -25,6 +26,9 @@ Options
     ``transpose_average``: the representation's pitch stream is shifted by each of
     its 12 transpositions, predicted, mapped back and the 12 distributions averaged
     in probability space (shifts that would move a note out of range are skipped).
+    ``song_cache``: each prediction is blended with what followed earlier
+    occurrences of its context in the same song (``models.song_cache``; weight
+    ``min(W * matched events, 0.9)``), after any transposition average.
 
 Baselines, on exactly the same targets
     majority, stratified (its accuracy is the *expected* accuracy of a guess drawn
@@ -70,6 +74,7 @@ from notelm.generate import sample, write_pieces
 from notelm.io import NotelmError, atomic_path, read_json, write_json, write_text
 from notelm.metrics import CorpusIndex, PredictionScores, compare_sets, copy_report, format_table, prediction_table
 from notelm.models import NextEventModel
+from notelm.models import song_cache as cache
 from notelm.models.baselines import MajorityModel, StratifiedModel
 from notelm.models.ngram import NGramModel
 from notelm.names import plural
@@ -209,8 +214,10 @@ def predict_rows_transposed(model, song, cond, rows, context, tables: dict[int, 
 
 
 def score_model(model, encoded, targets: Targets, cond_of_song: np.ndarray | None = None, context: int | None = None,
-                transpose_average: bool = False, progress: bool = False, desc: str = "evaluate") -> dict:
-    """``PredictionScores.result()`` of ``model`` on ``targets`` (+ ``"shifts"``: mean transpositions per song)."""
+                transpose_average: bool = False, progress: bool = False, desc: str = "evaluate",
+                song_cache: float = 0.0) -> dict:
+    """``PredictionScores.result()`` of ``model`` on ``targets`` (+ ``"shifts"``: mean transpositions per song);
+    ``song_cache``: the weight per matched event of the song cache blended in (0: none)."""
     from tqdm import tqdm
 
     names = model.vocab.names
@@ -220,6 +227,8 @@ def score_model(model, encoded, targets: Targets, cond_of_song: np.ndarray | Non
         tables = rep.transpositions()
         if tables is None:
             raise NotelmError(f"--transpose-average: the {rep.name} representation cannot be transposed")
+    if song_cache and context is not None:
+        raise NotelmError("--song-cache reads the whole song so far; it cannot be combined with --context")
     scores = PredictionScores(names)
     shifts = []
     for song_id, rows in tqdm(list(zip(targets.songs, targets.rows)), desc=desc, unit="song", disable=not progress,
@@ -234,6 +243,9 @@ def score_model(model, encoded, targets: Targets, cond_of_song: np.ndarray | Non
             shifts.append(used)
         else:
             logprobs = predict_rows(model, song, cond, rows, context)
+        if song_cache:
+            tokens = np.stack([song[name] for name in names], -1)
+            logprobs = cache.mix(logprobs, tokens, rows, names, model.vocab.sizes, song_cache)
         scores.add(logprobs, {name: song[name][rows + 1] for name in names})
     result = scores.result()
     if tables:
@@ -432,6 +444,9 @@ class EvalOptions(Settings):
     context: int = setting(None, "each prediction sees at most N previous events (default: the whole song)",
                            kind=int, minimum=1)
     transpose_average: bool = setting(False, "average the predictions of the transpositions of the input")
+    song_cache: float = setting(0.0, "blend each prediction with what followed earlier occurrences of its context "
+                                     "in the same song, weight W per matched event (at most 0.9); 0: off",
+                                minimum=0.0)
     generate: int = setting(0, "also sample N pieces (and N from the best n-gram) and compare their music with "
                                "real songs", minimum=0)
     generate_length: int = setting(GENERATE_LENGTH, "events per sampled piece", minimum=1)
@@ -467,15 +482,18 @@ def evaluate(run_dir, options: EvalOptions | None = None, out_dir=None, progress
     cond_of_song = condition_map(vocab, encoded.vocab, conditioned)[np.asarray(encoded.cond, np.int64)]
     context, average = scoring.context, options.transpose_average
     label = (f"{model.family} ({'context ' + str(context) if context else 'whole song'}"
-             f"{', transposition average' if average else ''})")
-    model_result = score_model(model, encoded, targets, cond_of_song, context, average, progress, desc=model.family)
+             f"{', transposition average' if average else ''}"
+             f"{f', song cache {options.song_cache:g}' if options.song_cache else ''})")
+    model_result = score_model(model, encoded, targets, cond_of_song, context, average, progress, desc=model.family,
+                               song_cache=options.song_cache)
     fit_corpus, baselines = _baselines(scoring, options.split, progress, log, baseline_cache)
     best = baselines["best_ngram"]
     report = {
         "run": str(run_dir), "model": {"family": model.family, "label": label, "ordered": bool(model.ordered)},
         "corpus": str(scoring.corpus), "representation": vocab.representation, "streams": vocab.names,
         "split": options.split, "split_kind": targets.kind, "songs": int(len(targets.songs)), "targets": targets.n,
-        "context": context, "transpose_average": average, "conditioned": conditioned,
+        "context": context, "transpose_average": average, "song_cache": options.song_cache,
+        "conditioned": conditioned,
         "baselines": {"fitted_on": baselines["fitted_on"], "corpus": baselines["fit_corpus"], "best_ngram": best,
                       "selection": baselines["selection"]},
         "results": _plain({"model": model_result, **baselines["results"]}),
@@ -580,7 +598,9 @@ def report_markdown(report: dict) -> str:
         f"{report['targets']:,} targets ({what})",
         f"- context: {context}"
         + (f"; predictions averaged over transpositions ({results['model'].get('shifts', 0):.1f} shifts per song)"
-           if report["transpose_average"] else ""),
+           if report["transpose_average"] else "")
+        + (f"; blended with the song cache (weight {report['song_cache']:g} per matched event)"
+           if report.get("song_cache") else ""),
         f"- baselines fitted on {report['baselines']['fitted_on']} of `{report['baselines']['corpus']}`; "
         f"best n-gram ★ = {best} ({chosen_on})", "",
         prediction_table({n: results[n] for n in names}, report["streams"], marks={best: " ★"},
@@ -674,6 +694,7 @@ def compare(paths: list, out=None, log=print) -> str:
     for r in reports:
         model, best = r["results"]["model"], r["baselines"]["best_ngram"]
         context = (f"{r['context']}" if r["context"] else "song") + (" + transp. avg" if r["transpose_average"] else "")
+        context += " + song cache" if r.get("song_cache") else ""
 
         def cell(s, key, model=model):
             return "–" if s not in model or model[s][key] is None else f"{model[s][key]:.3f}"
