@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 
@@ -260,6 +261,16 @@ def test_evaluate_blends_the_song_cache(runs, encoded, tmp_path):
     assert report["results"]["model"]["pitch"]["accuracy"] == pytest.approx(right / n)
     with pytest.raises(NotelmError, match="--song-cache.*--context"):
         evaluate(runs["song"], EvalOptions(song_cache=0.1, context=4), out_dir=tmp_path, progress=False, log=quiet)
+
+
+def test_song_cache_flag_of_the_command(runs, tmp_path):
+    from notelm.cli import main
+
+    assert main(["evaluate", str(runs["song"]), "--song-cache", "0.05", "--transpose-average", "-o", str(tmp_path),
+                 "--quiet"]) == 0
+    report = json.loads((tmp_path / "evaluation.json").read_text())
+    assert report["song_cache"] == 0.05 and report["transpose_average"]
+    assert "blended with the song cache (weight 0.05 per matched event)" in (tmp_path / "evaluation.md").read_text()
 
 
 def test_window_split_scores_only_the_test_windows(runs, encoded, tmp_path):
