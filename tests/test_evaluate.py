@@ -17,6 +17,7 @@ from notelm.encoding import from_vocab, load_or_encode
 from notelm.encoding.vocab import EOS
 from notelm.evaluate import (
     EvalOptions,
+    blend_logprobs,
     compare,
     evaluate,
     predict_rows,
@@ -263,13 +264,40 @@ def test_evaluate_blends_the_song_cache(runs, encoded, tmp_path):
         evaluate(runs["song"], EvalOptions(song_cache=0.1, context=4), out_dir=tmp_path, progress=False, log=quiet)
 
 
+def test_blend_logprobs_mixes_probabilities():
+    with np.errstate(divide="ignore"):
+        a = {"pitch": np.log(np.array([[0.5, 0.5, 0.0]]))}
+        b = {"pitch": np.log(np.array([[0.0, 0.2, 0.8]]))}
+    mixed = blend_logprobs(a, b, 0.25)
+    np.testing.assert_allclose(np.exp(mixed["pitch"]), [[0.375, 0.425, 0.2]], rtol=1e-6)
+
+
+def test_evaluate_mixes_in_the_best_ngram_before_the_song_cache(runs, encoded, tmp_path):
+    report = evaluate(runs["song"], EvalOptions(ngram_blend=0.4, song_cache=0.1), out_dir=tmp_path, progress=False,
+                      log=quiet)
+    best = report["baselines"]["best_ngram"]
+    assert report["ngram_blend"] == 0.4 and f"blended with {best} 0.4" in report["model"]["label"]
+    model, names = load_model(runs["song"]), encoded.vocab.names
+    ngram = NGramModel(encoded.vocab, order=int(best[-1]), joint=best.startswith("joint"))
+    ngram.fit(encoded.streams, encoded.offsets, encoded.ids("train"))
+    right, n = 0, 0
+    for i in song_targets(encoded, "test").songs:
+        song = song_of(encoded, i)
+        rows = np.arange(len(song["pitch"]) - 1)
+        mixed = blend_logprobs(model.predict(song), ngram.predict(song), 0.4)
+        mixed = mix(mixed, np.stack([song[name] for name in names], -1), rows, names, encoded.vocab.sizes, 0.1)
+        right += int((mixed["pitch"].argmax(1) == song["pitch"][1:]).sum())
+        n += len(rows)
+    assert report["results"]["model"]["pitch"]["accuracy"] == pytest.approx(right / n)
+
+
 def test_song_cache_flag_of_the_command(runs, tmp_path):
     from notelm.cli import main
 
-    assert main(["evaluate", str(runs["song"]), "--song-cache", "0.05", "--transpose-average", "-o", str(tmp_path),
-                 "--quiet"]) == 0
+    assert main(["evaluate", str(runs["song"]), "--song-cache", "0.05", "--ngram-blend", "0.3", "--transpose-average",
+                 "-o", str(tmp_path), "--quiet"]) == 0
     report = json.loads((tmp_path / "evaluation.json").read_text())
-    assert report["song_cache"] == 0.05 and report["transpose_average"]
+    assert report["song_cache"] == 0.05 and report["ngram_blend"] == 0.3 and report["transpose_average"]
     assert "blended with the song cache (weight 0.05 per matched event)" in (tmp_path / "evaluation.md").read_text()
 
 
