@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 
@@ -16,6 +17,7 @@ from notelm.encoding import from_vocab, load_or_encode
 from notelm.encoding.vocab import EOS
 from notelm.evaluate import (
     EvalOptions,
+    blend_logprobs,
     compare,
     evaluate,
     predict_rows,
@@ -28,6 +30,7 @@ from notelm.metrics import PredictionScores, accuracy, bits_per_event, expected_
 from notelm.models.base import NextEventModel
 from notelm.models.baselines import MajorityModel, StratifiedModel
 from notelm.models.ngram import NGramModel
+from notelm.models.song_cache import mix
 from notelm.train import train
 
 from conftest import melody_corpus, quiet
@@ -116,6 +119,21 @@ def test_prediction_scores_add_up_streams_and_chunks():
     assert "| m ★ | 0.250 | 2.000 | 4.00 | 0.500 | 1.000 | 2.00 | 3.000 | 8.00 |" in table
 
 
+
+def test_prediction_scores_whole_event_accuracy_needs_every_stream_right():
+    # argmax pitch: 0, 1, 1; argmax duration: 0, 0, 1 -> targets (0, 0), (1, 1), (1, 1): events 0 and 2 right
+    pitch = np.log(np.array([[0.6, 0.4], [0.3, 0.7], [0.2, 0.8]]))
+    duration = np.log(np.array([[0.9, 0.1], [0.6, 0.4], [0.5 - 1e-3, 0.5 + 1e-3]]))
+    targets = {"pitch": np.array([0, 1, 1]), "duration": np.array([0, 1, 1])}
+    scores = PredictionScores(["pitch", "duration"])
+    scores.add({"pitch": pitch, "duration": duration}, targets)
+    total = scores.result()["total"]
+    assert scores.result()["pitch"]["accuracy"] == pytest.approx(1.0)
+    assert scores.result()["duration"]["accuracy"] == pytest.approx(2 / 3)
+    assert total["accuracy"] == pytest.approx(2 / 3)
+    assert total["expected_accuracy"] == pytest.approx((0.6 * 0.9 + 0.7 * 0.4 + 0.8 * (0.5 + 1e-3)) / 3)
+
+
 # ---------------------------------------------------------------------------- evaluate vs. the model's own predictions
 
 
@@ -124,13 +142,17 @@ def test_evaluate_equals_hand_computation_from_predict(runs, encoded, tmp_path):
     model = load_model(runs["song"])
     test = encoded.ids("test")
     correct, nll, n = {"pitch": 0, "duration": 0}, {"pitch": 0.0, "duration": 0.0}, 0
+    both = 0
     for i in test:
         song = song_of(encoded, i)
         logprobs = model.predict(song)
+        right = []
         for name in ("pitch", "duration"):
             target = song[name][1:]  # every event after BOS, EOS included
-            correct[name] += int((logprobs[name].argmax(1) == target).sum())
+            right.append(logprobs[name].argmax(1) == target)
+            correct[name] += int(right[-1].sum())
             nll[name] -= float(logprobs[name][np.arange(len(target)), target].sum()) / LN2
+        both += int((right[0] & right[1]).sum())
         n += len(song["pitch"]) - 1
     assert report["targets"] == n and report["songs"] == len(test)
     for name in ("pitch", "duration"):
@@ -139,6 +161,7 @@ def test_evaluate_equals_hand_computation_from_predict(runs, encoded, tmp_path):
         assert got["bits"] == pytest.approx(nll[name] / n, rel=1e-5)
         assert got["perplexity"] == pytest.approx(2 ** (nll[name] / n), rel=1e-5)
     assert report["results"]["model"]["total"]["bits"] == pytest.approx(sum(nll.values()) / n, rel=1e-5)
+    assert report["results"]["model"]["total"]["accuracy"] == pytest.approx(both / n)
 
     # the baselines on the same targets: fitted on the train split
     train_ids = encoded.ids("train")
@@ -222,6 +245,60 @@ def test_transpose_average_of_a_prior_spreads_it_over_pitch_classes(encoded):
     p = prior.prior("pitch")
     expected = np.concatenate([[0, 0, p[EOS]], np.full(12, p[3:].mean())])  # every rotation of the prior, averaged
     np.testing.assert_allclose(np.exp(averaged["pitch"][0]), expected, atol=1e-6)
+
+
+def test_evaluate_blends_the_song_cache(runs, encoded, tmp_path):
+    report = evaluate(runs["song"], EvalOptions(song_cache=0.1), out_dir=tmp_path, progress=False, log=quiet)
+    assert report["song_cache"] == 0.1 and "song cache 0.1" in report["model"]["label"]
+    model, names = load_model(runs["song"]), encoded.vocab.names
+    right, n = 0, 0
+    for i in song_targets(encoded, "test").songs:
+        song = song_of(encoded, i)
+        rows = np.arange(len(song["pitch"]) - 1)
+        tokens = np.stack([song[name] for name in names], -1)
+        blended = mix(model.predict(song), tokens, rows, names, encoded.vocab.sizes, 0.1)
+        right += int((blended["pitch"].argmax(1) == song["pitch"][1:]).sum())
+        n += len(rows)
+    assert report["results"]["model"]["pitch"]["accuracy"] == pytest.approx(right / n)
+    with pytest.raises(NotelmError, match="--song-cache.*--context"):
+        evaluate(runs["song"], EvalOptions(song_cache=0.1, context=4), out_dir=tmp_path, progress=False, log=quiet)
+
+
+def test_blend_logprobs_mixes_probabilities():
+    with np.errstate(divide="ignore"):
+        a = {"pitch": np.log(np.array([[0.5, 0.5, 0.0]]))}
+        b = {"pitch": np.log(np.array([[0.0, 0.2, 0.8]]))}
+    mixed = blend_logprobs(a, b, 0.25)
+    np.testing.assert_allclose(np.exp(mixed["pitch"]), [[0.375, 0.425, 0.2]], rtol=1e-6)
+
+
+def test_evaluate_mixes_in_the_best_ngram_before_the_song_cache(runs, encoded, tmp_path):
+    report = evaluate(runs["song"], EvalOptions(ngram_blend=0.4, song_cache=0.1), out_dir=tmp_path, progress=False,
+                      log=quiet)
+    best = report["baselines"]["best_ngram"]
+    assert report["ngram_blend"] == 0.4 and f"blended with {best} 0.4" in report["model"]["label"]
+    model, names = load_model(runs["song"]), encoded.vocab.names
+    ngram = NGramModel(encoded.vocab, order=int(best[-1]), joint=best.startswith("joint"))
+    ngram.fit(encoded.streams, encoded.offsets, encoded.ids("train"))
+    right, n = 0, 0
+    for i in song_targets(encoded, "test").songs:
+        song = song_of(encoded, i)
+        rows = np.arange(len(song["pitch"]) - 1)
+        mixed = blend_logprobs(model.predict(song), ngram.predict(song), 0.4)
+        mixed = mix(mixed, np.stack([song[name] for name in names], -1), rows, names, encoded.vocab.sizes, 0.1)
+        right += int((mixed["pitch"].argmax(1) == song["pitch"][1:]).sum())
+        n += len(rows)
+    assert report["results"]["model"]["pitch"]["accuracy"] == pytest.approx(right / n)
+
+
+def test_song_cache_flag_of_the_command(runs, tmp_path):
+    from notelm.cli import main
+
+    assert main(["evaluate", str(runs["song"]), "--song-cache", "0.05", "--ngram-blend", "0.3", "--transpose-average",
+                 "-o", str(tmp_path), "--quiet"]) == 0
+    report = json.loads((tmp_path / "evaluation.json").read_text())
+    assert report["song_cache"] == 0.05 and report["ngram_blend"] == 0.3 and report["transpose_average"]
+    assert "blended with the song cache (weight 0.05 per matched event)" in (tmp_path / "evaluation.md").read_text()
 
 
 def test_window_split_scores_only_the_test_windows(runs, encoded, tmp_path):

@@ -105,7 +105,8 @@ def cmd_evaluate(a):
     from notelm.evaluate import EvalOptions, evaluate
 
     options = EvalOptions(corpus=a.corpus, split=a.split, context=a.context, transpose_average=a.transpose_average,
-                          generate=a.generate, generate_length=a.generate_length)
+                          ngram_blend=a.ngram_blend, song_cache=a.song_cache, generate=a.generate,
+                          generate_length=a.generate_length)
     evaluate(a.run, options, out_dir=a.output, progress=not a.quiet)
 
 
@@ -303,6 +304,12 @@ def _evaluate_parser(sub):
                    help="each prediction sees at most N previous events (default: the whole song)")
     s.add_argument("--transpose-average", action="store_true",
                    help="average the predictions of the 12 transpositions of the input (where they fit)")
+    s.add_argument("--ngram-blend", type=float, default=0.0, metavar="W",
+                   help="mix each prediction with the best n-gram's (fitted on the train split), weight W "
+                        "(default 0: off)")
+    s.add_argument("--song-cache", type=float, default=0.0, metavar="W",
+                   help="blend each prediction with what followed earlier occurrences of its context in the same "
+                        "song, weight W per matched event, at most 0.9 (default 0: off)")
     s.add_argument("--generate", type=int, default=0, metavar="N",
                    help="also sample N pieces (and N from the best n-gram) and compare their music metrics with "
                         "real songs")

@@ -1,6 +1,7 @@
 """Evaluation: how well a trained model predicts held-out music, beside the baselines.
 
-    notelm evaluate RUN_DIR [--corpus CORPUS] [--split test] [--context N] [--transpose-average] [--generate N]
+    notelm evaluate RUN_DIR [--corpus CORPUS] [--split test] [--context N] [--transpose-average] [--ngram-blend W]
+                    [--song-cache W] [--generate N]
 
 ``evaluate(run_dir, EvalOptions(...))``: the options are the command's flags.
 
@@ -25,6 +26,11 @@ Options
     ``transpose_average``: the representation's pitch stream is shifted by each of
     its 12 transpositions, predicted, mapped back and the 12 distributions averaged
     in probability space (shifts that would move a note out of range are skipped).
+    ``ngram_blend``: each prediction is mixed with the best n-gram's (below), weight W
+    in probability space: an interpolation of two models that err differently.
+    ``song_cache``: each prediction is blended with what followed earlier
+    occurrences of its context in the same song (``models.song_cache``; weight
+    ``min(W * matched events, 0.9)``), after any transposition average and n-gram blend.
 
 Baselines, on exactly the same targets
     majority, stratified (its accuracy is the *expected* accuracy of a guess drawn
@@ -70,6 +76,7 @@ from notelm.generate import sample, write_pieces
 from notelm.io import NotelmError, atomic_path, read_json, write_json, write_text
 from notelm.metrics import CorpusIndex, PredictionScores, compare_sets, copy_report, format_table, prediction_table
 from notelm.models import NextEventModel
+from notelm.models import song_cache as cache
 from notelm.models.baselines import MajorityModel, StratifiedModel
 from notelm.models.ngram import NGramModel
 from notelm.names import plural
@@ -209,8 +216,11 @@ def predict_rows_transposed(model, song, cond, rows, context, tables: dict[int, 
 
 
 def score_model(model, encoded, targets: Targets, cond_of_song: np.ndarray | None = None, context: int | None = None,
-                transpose_average: bool = False, progress: bool = False, desc: str = "evaluate") -> dict:
-    """``PredictionScores.result()`` of ``model`` on ``targets`` (+ ``"shifts"``: mean transpositions per song)."""
+                transpose_average: bool = False, progress: bool = False, desc: str = "evaluate",
+                song_cache: float = 0.0, blend: tuple[NextEventModel, float] | None = None) -> dict:
+    """``PredictionScores.result()`` of ``model`` on ``targets`` (+ ``"shifts"``: mean transpositions per song);
+    ``blend``: (another model, its weight) mixed into every prediction; ``song_cache``: the weight per
+    matched event of the song cache blended in last (0: none)."""
     from tqdm import tqdm
 
     names = model.vocab.names
@@ -220,6 +230,8 @@ def score_model(model, encoded, targets: Targets, cond_of_song: np.ndarray | Non
         tables = rep.transpositions()
         if tables is None:
             raise NotelmError(f"--transpose-average: the {rep.name} representation cannot be transposed")
+    if song_cache and context is not None:
+        raise NotelmError("--song-cache reads the whole song so far; it cannot be combined with --context")
     scores = PredictionScores(names)
     shifts = []
     for song_id, rows in tqdm(list(zip(targets.songs, targets.rows)), desc=desc, unit="song", disable=not progress,
@@ -234,11 +246,26 @@ def score_model(model, encoded, targets: Targets, cond_of_song: np.ndarray | Non
             shifts.append(used)
         else:
             logprobs = predict_rows(model, song, cond, rows, context)
+        if blend:
+            logprobs = blend_logprobs(logprobs, predict_rows(blend[0], song, cond, rows, context), blend[1])
+        if song_cache:
+            tokens = np.stack([song[name] for name in names], -1)
+            logprobs = cache.mix(logprobs, tokens, rows, names, model.vocab.sizes, song_cache)
         scores.add(logprobs, {name: song[name][rows + 1] for name in names})
     result = scores.result()
     if tables:
         result["shifts"] = float(np.mean(shifts)) if shifts else math.nan
     return result
+
+
+def blend_logprobs(a: dict[str, np.ndarray], b: dict[str, np.ndarray], weight: float) -> dict[str, np.ndarray]:
+    """``(1 - weight) * a + weight * b`` per stream, in probability space (log-probabilities in and out)."""
+    out = {}
+    for name in a:
+        mixed = (1 - weight) * np.exp(a[name].astype(np.float64)) + weight * np.exp(b[name].astype(np.float64))
+        with np.errstate(divide="ignore"):
+            out[name] = np.log(mixed).astype(np.float32)
+    return out
 
 
 # =============================================================================
@@ -432,6 +459,12 @@ class EvalOptions(Settings):
     context: int = setting(None, "each prediction sees at most N previous events (default: the whole song)",
                            kind=int, minimum=1)
     transpose_average: bool = setting(False, "average the predictions of the transpositions of the input")
+    ngram_blend: float = setting(0.0, "mix each prediction with the best n-gram's (fitted on the train split, chosen "
+                                      "on the valid split), weight W in probability space; 0: off",
+                                 minimum=0.0, maximum=1.0)
+    song_cache: float = setting(0.0, "blend each prediction with what followed earlier occurrences of its context "
+                                     "in the same song, weight W per matched event (at most 0.9); 0: off",
+                                minimum=0.0)
     generate: int = setting(0, "also sample N pieces (and N from the best n-gram) and compare their music with "
                                "real songs", minimum=0)
     generate_length: int = setting(GENERATE_LENGTH, "events per sampled piece", minimum=1)
@@ -466,16 +499,22 @@ def evaluate(run_dir, options: EvalOptions | None = None, out_dir=None, progress
     conditioned = bool(vocab.conditions) and float(scoring.run.get("train", {}).get("cond_dropout", 0.0)) < 1.0
     cond_of_song = condition_map(vocab, encoded.vocab, conditioned)[np.asarray(encoded.cond, np.int64)]
     context, average = scoring.context, options.transpose_average
-    label = (f"{model.family} ({'context ' + str(context) if context else 'whole song'}"
-             f"{', transposition average' if average else ''})")
-    model_result = score_model(model, encoded, targets, cond_of_song, context, average, progress, desc=model.family)
     fit_corpus, baselines = _baselines(scoring, options.split, progress, log, baseline_cache)
     best = baselines["best_ngram"]
+    blend = (baselines["models"][best], options.ngram_blend) if options.ngram_blend else None
+    label = (f"{model.family} ({'context ' + str(context) if context else 'whole song'}"
+             f"{', transposition average' if average else ''}"
+             f"{f', blended with {best} {options.ngram_blend:g}' if blend else ''}"
+             f"{f', song cache {options.song_cache:g}' if options.song_cache else ''})")
+    model_result = score_model(model, encoded, targets, cond_of_song, context, average, progress, desc=model.family,
+                               song_cache=options.song_cache, blend=blend)
     report = {
         "run": str(run_dir), "model": {"family": model.family, "label": label, "ordered": bool(model.ordered)},
         "corpus": str(scoring.corpus), "representation": vocab.representation, "streams": vocab.names,
         "split": options.split, "split_kind": targets.kind, "songs": int(len(targets.songs)), "targets": targets.n,
-        "context": context, "transpose_average": average, "conditioned": conditioned,
+        "context": context, "transpose_average": average, "ngram_blend": options.ngram_blend,
+        "song_cache": options.song_cache,
+        "conditioned": conditioned,
         "baselines": {"fitted_on": baselines["fitted_on"], "corpus": baselines["fit_corpus"], "best_ngram": best,
                       "selection": baselines["selection"]},
         "results": _plain({"model": model_result, **baselines["results"]}),
@@ -580,7 +619,10 @@ def report_markdown(report: dict) -> str:
         f"{report['targets']:,} targets ({what})",
         f"- context: {context}"
         + (f"; predictions averaged over transpositions ({results['model'].get('shifts', 0):.1f} shifts per song)"
-           if report["transpose_average"] else ""),
+           if report["transpose_average"] else "")
+        + (f"; mixed with {best} (weight {report['ngram_blend']:g})" if report.get("ngram_blend") else "")
+        + (f"; blended with the song cache (weight {report['song_cache']:g} per matched event)"
+           if report.get("song_cache") else ""),
         f"- baselines fitted on {report['baselines']['fitted_on']} of `{report['baselines']['corpus']}`; "
         f"best n-gram ★ = {best} ({chosen_on})", "",
         prediction_table({n: results[n] for n in names}, report["streams"], marks={best: " ★"},
@@ -674,6 +716,8 @@ def compare(paths: list, out=None, log=print) -> str:
     for r in reports:
         model, best = r["results"]["model"], r["baselines"]["best_ngram"]
         context = (f"{r['context']}" if r["context"] else "song") + (" + transp. avg" if r["transpose_average"] else "")
+        context += " + n-gram blend" if r.get("ngram_blend") else ""
+        context += " + song cache" if r.get("song_cache") else ""
 
         def cell(s, key, model=model):
             return "–" if s not in model or model[s][key] is None else f"{model[s][key]:.3f}"

@@ -666,8 +666,10 @@ class PredictionScores:
     """Running sums of accuracy and NLL per stream over many batches of predictions.
 
     ``add({stream: logprobs [N, V]}, {stream: targets [N]})`` as often as needed,
-    then ``result()``.  Only four numbers per stream are kept, so a whole corpus
-    can be scored chunk by chunk.
+    then ``result()``.  Only four numbers per stream (and two for whole events) are
+    kept, so a whole corpus can be scored chunk by chunk.  A whole event is right
+    when every stream's most likely value is its target (``total.accuracy``); its
+    expected accuracy is the mean product of the streams' target probabilities.
     """
 
     def __init__(self, streams: list[str]):
@@ -676,20 +678,30 @@ class PredictionScores:
         self.correct = dict.fromkeys(self.streams, 0)
         self.nll_bits = dict.fromkeys(self.streams, 0.0)
         self.target_prob = dict.fromkeys(self.streams, 0.0)
+        self.joint_correct = 0
+        self.joint_prob = 0.0
 
     def add(self, logprobs: dict[str, np.ndarray], targets: dict[str, np.ndarray]) -> None:
         lengths = {len(np.asarray(targets[name])) for name in self.streams}
         if len(lengths) != 1:
             raise ValueError(f"every stream needs the same number of targets, got {sorted(lengths)}")
+        n = lengths.pop()
+        all_right, joint_lp = np.ones(n, bool), np.zeros(n)
         for name in self.streams:
             lp = target_logprobs(logprobs[name], targets[name])
-            self.correct[name] += int(np.count_nonzero(np.argmax(logprobs[name], axis=1) == np.asarray(targets[name])))
+            right = np.argmax(logprobs[name], axis=1) == np.asarray(targets[name])
+            self.correct[name] += int(np.count_nonzero(right))
             self.nll_bits[name] += float(-lp.sum() * LOG2_E)
             self.target_prob[name] += float(np.exp(lp).sum())
-        self.n += lengths.pop()
+            all_right &= right
+            joint_lp += lp
+        self.joint_correct += int(np.count_nonzero(all_right))
+        self.joint_prob += float(np.exp(joint_lp).sum())
+        self.n += n
 
     def result(self) -> dict[str, dict]:
-        """``{stream: {accuracy, expected_accuracy, bits, perplexity}, "total": {bits, perplexity}, "targets": N}``."""
+        """``{stream: {accuracy, expected_accuracy, bits, perplexity}, "total": {bits, perplexity, accuracy,
+        expected_accuracy}, "targets": N}``; ``total`` is the whole event (every stream)."""
         out: dict = {}
         n = max(self.n, 1)
         for name in self.streams:
@@ -698,7 +710,9 @@ class PredictionScores:
                          "expected_accuracy": self.target_prob[name] / n if self.n else math.nan,
                          "bits": bits, "perplexity": perplexity(bits)}
         total = sum(out[name]["bits"] for name in self.streams)
-        out["total"] = {"bits": total, "perplexity": perplexity(total)}
+        out["total"] = {"bits": total, "perplexity": perplexity(total),
+                        "accuracy": self.joint_correct / n if self.n else math.nan,
+                        "expected_accuracy": self.joint_prob / n if self.n else math.nan}
         out["targets"] = self.n
         return out
 

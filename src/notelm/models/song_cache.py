@@ -1,0 +1,75 @@
+"""The song cache: what followed earlier occurrences of the current context in the same song.
+
+Music repeats itself: a chorale sings its first two phrases twice, a part echoes
+a figure a few bars later.  A trained model reads the whole song too, but it is
+poor at copying an exact passage from far back; the cache does nothing else.
+For every position t of a song it finds the longest context (the last k whole
+events, 1 <= k <= ``max_context``) that occurred earlier in the song and counts
+the events that followed those occurrences.  ``mix`` blends a model's
+prediction with these counts, trusting longer matches more: the cache gets
+weight ``min(weight * k, MAX_WEIGHT)``, the model the rest; where nothing
+matched, the model's prediction stays as it is.
+
+Row t (the prediction of event t + 1) reads events 0..t only, like every
+prediction.  The cache works on whole events (all streams at once) and gives
+each stream the marginal of its counts.  It is the "cache" of cache language
+models (Kuhn & De Mori 1990), with the longest match of PPM.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+MAX_WEIGHT = 0.9  # the model always keeps some weight: a cache never rules a value out
+MAX_CONTEXT = 12  # longest context matched, in events
+
+
+def event_ids(tokens: np.ndarray, sizes: list[int]) -> np.ndarray:
+    """``[T, S]`` stream ids -> ``[T]`` one id per whole event (mixed radix, specials included)."""
+    ids = np.zeros(len(tokens), np.int64)
+    for s, size in enumerate(sizes):
+        ids = ids * size + tokens[:, s]
+    return ids
+
+
+def cache_counts(events: np.ndarray, n_values: int, max_context: int = MAX_CONTEXT):
+    """For each row t of a song of whole events ``events`` [T] (predicting event t + 1 from 0..t):
+    ``(k [T-1], counts [T-1, n_values])``: the longest context length k with an earlier occurrence
+    (0: none) and how often each event followed its occurrences."""
+    T = len(events)
+    k_found = np.zeros(max(T - 1, 0), np.int64)
+    counts = np.zeros((max(T - 1, 0), n_values))
+    for k in range(min(max_context, T - 1), 0, -1):
+        # context ending at t = events[t-k+1 .. t], for t = k-1 .. T-2 (rows that predict an event)
+        windows = np.lib.stride_tricks.sliding_window_view(events[:T - 1], k)
+        ends = np.arange(k - 1, T - 1)
+        _, group = np.unique(windows, axis=0, return_inverse=True)
+        order = np.lexsort((ends, group))  # occurrences of each context, earliest first
+        group, ends = group.reshape(-1)[order], ends[order]
+        follows = np.zeros((len(ends), n_values))
+        follows[np.arange(len(ends)), events[ends + 1]] = 1  # ends + 1 <= T - 1
+        seen = np.cumsum(follows, axis=0) - follows  # what followed the occurrences before this one ...
+        first = np.searchsorted(group, group)  # ... of the same context: minus what came before the group
+        seen -= np.cumsum(follows, axis=0)[first] - follows[first]
+        found = (seen.sum(1) > 0) & (k_found[ends] == 0)
+        k_found[ends[found]] = k
+        counts[ends[found]] = seen[found]
+    return k_found, counts
+
+
+def mix(logprobs: dict[str, np.ndarray], tokens: np.ndarray, rows: np.ndarray, names: list[str], sizes: list[int],
+        weight: float, max_context: int = MAX_CONTEXT) -> dict[str, np.ndarray]:
+    """A model's log-probabilities ``{stream: [len(rows), V]}`` of one song's rows blended with the song
+    cache of that song (``tokens`` [T, S] in the order of ``names``); returns the blended log-probabilities."""
+    k, counts = cache_counts(event_ids(tokens, sizes), int(np.prod(sizes)), max_context)
+    k, counts = k[rows], counts[rows].reshape(len(rows), *sizes)
+    share = np.minimum(weight * k, MAX_WEIGHT)[:, None]
+    total = np.maximum(counts.reshape(len(rows), -1).sum(1), 1)[:, None]
+    out = {}
+    for s, name in enumerate(names):
+        axes = tuple(a + 1 for a in range(len(sizes)) if a != s)
+        cache = counts.sum(axis=axes) / total  # the marginal of stream s
+        model = np.exp(logprobs[name].astype(np.float64))
+        with np.errstate(divide="ignore"):
+            out[name] = np.log((1 - share) * model + share * cache).astype(np.float32)
+    return out

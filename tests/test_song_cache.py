@@ -1,0 +1,53 @@
+"""The song cache: known answers for its counts and its blend, and its place in evaluation."""
+
+import numpy as np
+
+from notelm.models.song_cache import MAX_WEIGHT, cache_counts, event_ids, mix
+
+
+def test_counts_follow_the_longest_earlier_context():
+    # rows predict event t + 1 from events 0..t; 9 plays BOS
+    events = np.array([9, 1, 2, 1, 2, 1, 3])
+    k, counts = cache_counts(events, 10)
+    assert k.tolist() == [0, 0, 0, 1, 2, 3]  # [1] seen at 1; [1 2] at 1..2; [1 2 1] at 1..3
+    assert counts[:3].sum() == 0
+    assert np.flatnonzero(counts[3]).tolist() == [2] and counts[3, 2] == 1  # after "1": 2
+    assert np.flatnonzero(counts[4]).tolist() == [1] and counts[4, 1] == 1  # after "1 2": 1
+    assert np.flatnonzero(counts[5]).tolist() == [2] and counts[5, 2] == 1  # after "1 2 1": 2
+
+
+def test_counts_add_up_every_earlier_occurrence_and_never_the_future():
+    events = np.array([9, 1, 2, 1, 3, 1, 4])
+    k, counts = cache_counts(events, 10)
+    assert k[5] == 1 and counts[5].tolist() == [0, 0, 1, 1, 0, 0, 0, 0, 0, 0]  # "1" was followed by 2 and by 3
+    assert counts[3].tolist() == [0, 0, 1, 0, 0, 0, 0, 0, 0, 0]  # at row 3 only the first "1" is in the past
+    # changing the last event (what row 5 predicts) changes no row's counts
+    _, other = cache_counts(np.array([9, 1, 2, 1, 3, 1, 2]), 10)
+    np.testing.assert_array_equal(counts, other)
+
+
+def test_max_context_limits_the_match():
+    events = np.array([9, 1, 2, 3, 4, 1, 2, 3, 5])  # row 7 ends with "1 2 3", seen at 1..3 (then 4)
+    assert cache_counts(events, 10)[0][-1] == 3
+    assert cache_counts(events, 10, max_context=2)[0][-1] == 2
+    assert cache_counts(events, 10, max_context=2)[1][-1, 4] == 1
+
+
+def test_event_ids_are_mixed_radix():
+    tokens = np.array([[1, 1], [4, 3], [14, 7]])
+    assert event_ids(tokens, [15, 8]).tolist() == [1 * 8 + 1, 4 * 8 + 3, 14 * 8 + 7]
+
+
+def test_mix_blends_each_stream_with_the_marginal_of_the_counts():
+    # two streams of 2 and 3 values; the song (a, x) (b, y) (a, x) (b, ?): row 2 has seen "(a, x)" -> (b, y)
+    tokens = np.array([[0, 0], [1, 1], [0, 0], [1, 2]])
+    rows = np.arange(3)
+    uniform = {"p": np.log(np.full((3, 2), 1 / 2)), "d": np.log(np.full((3, 3), 1 / 3))}
+    out = mix(uniform, tokens, rows, ["p", "d"], [2, 3], weight=0.25)
+    np.testing.assert_allclose(np.exp(out["p"][:2]), 1 / 2)  # rows 0 and 1: nothing matched, unchanged
+    np.testing.assert_allclose(np.exp(out["p"][2]), [0.75 * 0.5, 0.75 * 0.5 + 0.25])
+    np.testing.assert_allclose(np.exp(out["d"][2]), [0.75 / 3, 0.75 / 3 + 0.25, 0.75 / 3])
+    # a long match is trusted at most MAX_WEIGHT
+    strong = mix(uniform, tokens, rows, ["p", "d"], [2, 3], weight=5.0)
+    np.testing.assert_allclose(np.exp(strong["p"][2]), [(1 - MAX_WEIGHT) * 0.5, (1 - MAX_WEIGHT) * 0.5 + MAX_WEIGHT])
+
