@@ -551,7 +551,7 @@ def test_invalid_json_config_is_refused(model_dir):
     from notelm.checkpoint import load_model
 
     (model_dir / "config.json").write_text('{"family": "lstm",')
-    with pytest.raises(NotelmError, match="config.json: not valid JSON"):
+    with pytest.raises(NotelmError, match="config.json: not readable JSON"):
         load_model(model_dir)
     (model_dir / "config.json").write_text("[1, 2]")
     with pytest.raises(NotelmError, match="expected a JSON object"):

@@ -16,13 +16,12 @@ and ``metrics.jsonl``; ``resolve`` finds the right one from either path.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from notelm.config import model_config, model_json
 from notelm.encoding import from_vocab
 from notelm.encoding.vocab import Vocab
-from notelm.io import NotelmError, atomic_dir, read_json, write_json
+from notelm.io import NotelmError, atomic_dir, printable, read_json, write_json
 from notelm.models import FAMILIES, NextEventModel, family_class
 
 PICKLE_SUFFIXES = {".pt", ".pth", ".pkl", ".pickle", ".bin", ".ckpt", ".joblib"}
@@ -60,6 +59,37 @@ def resolve(path) -> Path:
     raise NotelmError(f"{path}: not a notelm model (no config.json here or in best/ or checkpoint/)")
 
 
+def read_run(path) -> dict:
+    """A run's ``run.json`` (also when given its ``best/`` or ``checkpoint/``), or {} for a bare model
+    directory; checked where notelm reads it (``corpus``, ``init``, the ``[train]`` settings it knows),
+    so a damaged file is a one-line error naming it rather than a crash later."""
+    path = Path(path)
+    for candidate in (path, path.parent):
+        file = candidate / "run.json"
+        if file.exists():
+            return _checked_run(file, read_json(file))
+    return {}
+
+
+def _checked_run(file: Path, run) -> dict:
+    from notelm.config import TrainConfig
+
+    if not isinstance(run, dict):
+        raise NotelmError(f"{printable(file)}: expected a JSON object")
+    for key in ("corpus", "init"):
+        if run.get(key) is not None and not isinstance(run[key], str):
+            raise NotelmError(f"{printable(file)}: '{key}' must be a path (a string), not {run[key]!r:.40}")
+    train = run.get("train", {})
+    if not isinstance(train, dict):
+        raise NotelmError(f"{printable(file)}: 'train' must be an object")
+    known = {k: v for k, v in train.items() if k in TrainConfig.__dataclass_fields__}
+    try:
+        TrainConfig.from_dict(known)
+    except NotelmError as e:
+        raise NotelmError(f"{printable(file)}: {e}") from None
+    return run
+
+
 # --------------------------------------------------------------------------- tensors on disk
 
 
@@ -92,17 +122,23 @@ def load_tensors(file: Path, tensor_format: str = "torch") -> dict:
         raise NotelmError(f"{file}: not a readable safetensors file ({e})") from None
 
 
-def tensor_shapes(file: Path) -> dict[str, tuple]:
-    """Name -> shape of every tensor in a safetensors file, read from its header (no data loaded)."""
+def tensor_headers(file: Path) -> dict[str, tuple[str, tuple]]:
+    """Name -> (dtype, shape) of every tensor in a safetensors file, read from its header (no data loaded).
+    safetensors itself refuses a header whose byte ranges do not match the dtypes and shapes."""
     from safetensors import SafetensorError, safe_open
 
     if not file.exists():
         raise NotelmError(f"{file}: missing (a checkpoint needs its safetensors weights)")
     try:
         with safe_open(str(file), "numpy") as f:
-            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+            return {k: (f.get_slice(k).get_dtype(), tuple(f.get_slice(k).get_shape())) for k in f.keys()}
     except (SafetensorError, OSError, ValueError) as e:
         raise NotelmError(f"{file}: not a readable safetensors file ({e})") from None
+
+
+def tensor_shapes(file: Path) -> dict[str, tuple]:
+    """Name -> shape of every tensor in a safetensors file, read from its header (no data loaded)."""
+    return {k: shape for k, (_, shape) in tensor_headers(file).items()}
 
 
 # --------------------------------------------------------------------------- models of every family
@@ -124,10 +160,7 @@ def save_model(model: NextEventModel, directory, extra_config: dict | None = Non
 
 def read_config(directory: Path) -> dict:
     """A model directory's ``config.json``, checked to name a known family."""
-    try:
-        config = read_json(directory / "config.json")
-    except json.JSONDecodeError as e:
-        raise NotelmError(f"{directory / 'config.json'}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    config = read_json(directory / "config.json")
     if not isinstance(config, dict):
         raise NotelmError(f"{directory / 'config.json'}: expected a JSON object")
     family = config.get("family")
@@ -152,16 +185,50 @@ def model_from_directory(directory: Path, config: dict, device: str = "cpu") -> 
     cls = family_class(config["family"])
     vocab, cfg = _model_settings(directory, config)
     file = directory / WEIGHTS
-    problems = cls.shape_problems(vocab, cfg, tensor_shapes(file))
+    headers = tensor_headers(file)
+    problems = cls.shape_problems(vocab, cfg, {k: shape for k, (_, shape) in headers.items()})
     if problems:
-        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
-        raise NotelmError(f"{directory}: weights do not match the config: {'; '.join(problems[:3])}{more}")
+        raise NotelmError(f"{directory}: weights do not match the config: {_first(problems)}")
+    wrong = [f"{k}: {dtype}" for k, (dtype, _) in headers.items() if dtype not in cls.saved_dtypes]
+    if wrong:  # e.g. float32 weights relabelled int32: the same bytes, read as nonsense
+        raise NotelmError(f"{file}: tensors of the wrong type for the {cls.family} family ({_first(wrong)}; "
+                          f"expected {', '.join(cls.saved_dtypes)})")
     model = cls.build(vocab, cfg, device=device)
     try:
         model.load_tensors(load_tensors(file, cls.tensor_format))
     except NotelmError as e:
         raise NotelmError(f"{directory}: {e}") from None
+    bad = _value_problems(model.tensors())
+    if bad:  # NaN weights make every prediction NaN: generation wrote empty pieces, evaluate crashed
+        raise NotelmError(f"{file}: {_first(bad)}; the weights are damaged")
     return model
+
+
+def _first(problems: list[str], n: int = 3) -> str:
+    more = f" (and {len(problems) - n} more)" if len(problems) > n else ""
+    return "; ".join(problems[:n]) + more
+
+
+def _value_problems(tensors: dict) -> list[str]:
+    """Tensors no model can hold: NaN or infinite weights, negative counts or keys."""
+    import numpy as np
+    import torch
+
+    problems = []
+    for name, t in tensors.items():
+        if torch.is_tensor(t):
+            t = t.detach()
+            if t.is_floating_point():
+                n = int((~torch.isfinite(t)).sum())
+                problems += [f"{name} holds {n} NaN or infinite values"] if n else []
+            continue
+        t = np.asarray(t)
+        if t.dtype.kind == "f":
+            n = int((~np.isfinite(t)).sum())
+            problems += [f"{name} holds {n} NaN or infinite values"] if n else []
+        elif t.dtype.kind == "i" and t.size and t.min() < 0:
+            problems.append(f"{name} holds negative values")
+    return problems
 
 
 def _model_settings(directory: Path, config: dict):

@@ -49,7 +49,7 @@ from notelm.config import RunConfig, TrainConfig, apply_overrides, check_resume,
 from notelm.data import CropSampler, condition_map, transpose_batch, window_splits
 from notelm.encoding import from_vocab, load_or_encode
 from notelm.encoding.vocab import PAD, UNCONDITIONED
-from notelm.io import NotelmError, atomic_path, write_json
+from notelm.io import NotelmError, atomic_path, printable, read_jsonl, write_json
 from notelm.models import build_model
 from notelm.names import plural
 
@@ -457,6 +457,9 @@ def _truncate_log(path: Path, step: int) -> None:
     """Drop log lines written after the checkpoint being resumed (they will be written again)."""
     if not path.exists():
         return
-    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    records = read_jsonl(path)  # a last line cut short by a kill is left out
+    if not all(isinstance(r, dict) and isinstance(r.get("step"), int) for r in records):
+        raise NotelmError(f"{printable(path)}: holds lines that are not metrics records (an object with a step); "
+                          "repair or remove it to resume")
     with atomic_path(path) as tmp:
-        tmp.write_text("".join(line + "\n" for line in keep))
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in records if r["step"] <= step))

@@ -212,6 +212,6 @@ def _is_current(path: Path, stamp: dict) -> bool:
     """Is there a cache at ``path`` made from this very build of the corpus?"""
     try:
         info = read_json(path / "info.json")
-    except (OSError, ValueError):
+    except (OSError, ValueError, NotelmError):
         return False
-    return all(info.get(k) == v for k, v in stamp.items())
+    return isinstance(info, dict) and all(info.get(k) == v for k, v in stamp.items())
