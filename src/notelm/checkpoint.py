@@ -194,14 +194,23 @@ def model_from_directory(directory: Path, config: dict, device: str = "cpu") -> 
         raise NotelmError(f"{file}: tensors of the wrong type for the {cls.family} family ({_first(wrong)}; "
                           f"expected {', '.join(cls.saved_dtypes)})")
     model = cls.build(vocab, cfg, device=device)
+    tensors = load_tensors(file, cls.tensor_format)
+    _check_values(file, tensors)
     try:
-        model.load_tensors(load_tensors(file, cls.tensor_format))
+        model.load_tensors(tensors)
     except NotelmError as e:
         raise NotelmError(f"{directory}: {e}") from None
-    bad = _value_problems(model.tensors())
+    except (IndexError, ValueError, TypeError, OverflowError) as e:  # count tables that do not fit together
+        raise NotelmError(f"{file}: tables that do not fit together ({type(e).__name__}: "
+                          f"{' '.join(str(e).split())[:120]}); the file is damaged") from None
+    _check_values(file, model.tensors())  # float64 weights beyond float32's range became infinite
+    return model
+
+
+def _check_values(file: Path, tensors: dict) -> None:
+    bad = _value_problems(tensors)
     if bad:  # NaN weights make every prediction NaN: generation wrote empty pieces, evaluate crashed
         raise NotelmError(f"{file}: {_first(bad)}; the weights are damaged")
-    return model
 
 
 def _first(problems: list[str], n: int = 3) -> str:

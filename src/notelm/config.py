@@ -18,6 +18,7 @@ its logits processor (``sampling.py``).
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -95,6 +96,10 @@ class SamplingConfig(Settings):
     def check(self) -> None:
         from notelm.sampling import build_processors
 
+        for name in ("temperature", "top_p", "repetition_penalty"):  # inf passes a processor's "> 0"
+            value = getattr(self, name)
+            if not math.isfinite(value):
+                raise NotelmError(f"{self.label(name)} = {value!r}: expected a finite number")
         build_processors(self)  # each processor checks its own settings
 
 

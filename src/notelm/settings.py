@@ -97,8 +97,8 @@ class Settings:
                 kind = meta["kind"]
                 expected = _KIND_NAMES.get(kind, kind.__name__)
                 raise NotelmError(f"{self.label(f.name)} = {value!r}: expected {expected}") from None
-            if isinstance(value, float) and not math.isfinite(value):
-                # NaN passes every comparison (nan < 0 is False) and inf is no setting's meaning
+            if isinstance(value, float) and not math.isfinite(value) and _bounded(meta):
+                # NaN passes every comparison (nan < 0 is False): a bound alone would let it through
                 raise NotelmError(f"{self.label(f.name)} = {value!r}: expected a finite number")
             setattr(self, f.name, value)
             self._check_range(f.name, value, meta)
@@ -132,6 +132,10 @@ class Settings:
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             lines.append(f"{cls.label(f.name)} = {default!r}: {f.metadata.get('doc', '')}{_bounds(f.metadata)}")
         return "\n".join(lines)
+
+
+def _bounded(meta) -> bool:
+    return any(meta.get(key) is not None for key in ("minimum", "maximum", "above", "below"))
 
 
 def _bounds(meta) -> str:

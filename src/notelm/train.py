@@ -256,6 +256,7 @@ def _prepare(corpus_path, run: RunConfig | None, out_dir: Path, resume: bool, in
         torch.set_num_threads(run.train.threads)
     base, run = _base_model(run, out_dir, saved, init, dist)
     encoded = load_or_encode(corpus_path, run.representation, run.encoding)
+    check_memory(run, base.vocab if base else encoded.vocab, str(dist.device))
     model = base or build_model(encoded.vocab, run.model, device=str(dist.device))
     problems = model.vocab.differences(encoded.vocab)
     if problems:
@@ -291,6 +292,36 @@ def _base_model(run: RunConfig, out_dir: Path, saved: dict | None, init: str | N
         raise NotelmError(f"--init {init}: only neural models can be fine-tuned (this is {base.family})")
     data = dataclasses.replace(run.data, representation=base.vocab.representation, encoding=dict(base.vocab.config))
     return base, dataclasses.replace(run, data=data, model=base.cfg)
+
+
+def check_memory(run: RunConfig, vocab, device: str) -> None:
+    """Refuse a model and batch that cannot fit in this machine's memory before anything is allocated:
+    every setting has a bound, but their product can still ask for terabytes.  The need counted is a
+    floor (float32 weights, gradients and AdamW's two moments; the backbone's outputs and every stream's
+    logits for one batch, with their gradients), so a run refused here could never have trained."""
+    from notelm.models import family_class
+
+    with torch.device("meta"):  # shapes only
+        parameters = sum(p.numel() for p in family_class(run.family).net_class(vocab, run.model).parameters())
+    cfg = run.train
+    positions = cfg.batch_size * cfg.context
+    need = 16 * parameters + 8 * positions * (sum(vocab.sizes) + run.model.hidden * run.model.layers)
+    have = _total_memory(device)
+    if have and need > have:
+        raise NotelmError(f"this run needs at least {need / 1e9:,.1f} GB to train ({parameters:,} parameters, "
+                          f"{cfg.batch_size:,} crops of {cfg.context:,} events) and {device} has "
+                          f"{have / 1e9:,.1f} GB: lower train.batch_size, train.context, model.hidden or "
+                          "model.layers")
+
+
+def _total_memory(device: str) -> int:
+    """Bytes of memory of ``device`` (0 when unknown)."""
+    try:
+        if device.startswith("cuda"):
+            return int(torch.cuda.get_device_properties(torch.device(device)).total_memory)
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, RuntimeError, AssertionError):
+        return 0
 
 
 def _optimizer(net, cfg: TrainConfig) -> torch.optim.Optimizer:
