@@ -279,6 +279,9 @@ def test_settings_within_bounds_that_need_more_memory_than_the_machine_has_are_r
     huge = load_config("lstm", ["train.batch_size=65536", "train.context=65536"])
     with pytest.raises(NotelmError, match=r"needs at least .* GB to train .* lower train.batch_size"):
         check_memory(huge, vocab, "cpu")
+    crops = load_config("lstm", ["train.eval_crops=1000000", "train.context=65536", "train.batch_size=1"])
+    with pytest.raises(NotelmError, match=r"needs at least .* GB to train .* 1,000,000 valid crops"):
+        check_memory(crops, vocab, "cpu")
     wide = load_config("lstm", ["model.hidden=16384", "model.layers=256"])
     with pytest.raises(NotelmError, match=r"needs at least .* GB to train \(.* parameters"):
         check_memory(wide, vocab, "cpu")

@@ -306,12 +306,13 @@ def check_memory(run: RunConfig, vocab, device: str) -> None:
     cfg = run.train
     positions = cfg.batch_size * cfg.context
     need = 16 * parameters + 8 * positions * (sum(vocab.sizes) + run.model.hidden * run.model.layers)
+    need += cfg.eval_crops * (cfg.context + 1) * len(vocab.sizes)  # the fixed valid crops, a byte a token at least
     have = _total_memory(device)
     if have and need > have:
         raise NotelmError(f"this run needs at least {need / 1e9:,.1f} GB to train ({parameters:,} parameters, "
-                          f"{cfg.batch_size:,} crops of {cfg.context:,} events) and {device} has "
-                          f"{have / 1e9:,.1f} GB: lower train.batch_size, train.context, model.hidden or "
-                          "model.layers")
+                          f"{cfg.batch_size:,} crops of {cfg.context:,} events, {cfg.eval_crops:,} valid crops) and "
+                          f"{device} has {have / 1e9:,.1f} GB: lower train.batch_size, train.context, "
+                          "train.eval_crops, model.hidden or model.layers")
 
 
 def _total_memory(device: str) -> int:
