@@ -114,8 +114,7 @@ def load_tensors(file: Path, tensor_format: str = "torch") -> dict:
         from safetensors.torch import load_file
     else:
         from safetensors.numpy import load_file
-    if not file.exists():
-        raise NotelmError(f"{file}: missing (a checkpoint needs its safetensors weights)")
+    _check_regular(file)
     try:
         return load_file(str(file))
     except (SafetensorError, OSError, ValueError) as e:
@@ -127,13 +126,27 @@ def tensor_headers(file: Path) -> dict[str, tuple[str, tuple]]:
     safetensors itself refuses a header whose byte ranges do not match the dtypes and shapes."""
     from safetensors import SafetensorError, safe_open
 
-    if not file.exists():
-        raise NotelmError(f"{file}: missing (a checkpoint needs its safetensors weights)")
+    _check_regular(file)
     try:
         with safe_open(str(file), "numpy") as f:
             return {k: (f.get_slice(k).get_dtype(), tuple(f.get_slice(k).get_shape())) for k in f.keys()}
     except (SafetensorError, OSError, ValueError) as e:
         raise NotelmError(f"{file}: not a readable safetensors file ({e})") from None
+
+
+def _check_regular(file: Path) -> None:
+    """A safetensors file is memory-mapped: a FIFO in its place would block forever, a device map anything."""
+    import os
+    import stat
+
+    try:
+        mode = os.stat(file).st_mode
+    except FileNotFoundError:
+        raise NotelmError(f"{printable(file)}: missing (a checkpoint needs its safetensors weights)") from None
+    except OSError as e:
+        raise NotelmError(f"{printable(file)}: cannot read: {e.strerror or e}") from None
+    if not stat.S_ISREG(mode):
+        raise NotelmError(f"{printable(file)}: not a regular file (a safetensors file was expected)")
 
 
 def tensor_shapes(file: Path) -> dict[str, tuple]:
@@ -275,13 +288,40 @@ def optimizer_tensors(optimizer) -> dict:
 
 
 def restore_optimizer(optimizer, tensors: dict) -> None:
+    """Put the saved state (``optimizer_tensors``) back; a tensor of the wrong shape, kind or value raises
+    ValueError (it would fail at the next step, or train on NaN)."""
+    import torch
+
+    params = [p for group in optimizer.param_groups for p in group["params"]]
     state = optimizer.state_dict()
     restored: dict = {}
     for key, value in tensors.items():
         i, name = key.split(".", 1)
+        param = params[int(i)]
+        if not value.is_floating_point():
+            raise ValueError(f"{key}: {str(value.dtype).removeprefix('torch.')} where the optimizer keeps floats")
+        if not bool(torch.isfinite(value).all()):
+            raise ValueError(f"{key}: holds NaN or infinite values")
+        if name != "step" and value.shape != param.shape:
+            raise ValueError(f"{key}: shape {tuple(value.shape)} for a parameter of {tuple(param.shape)}")
         restored.setdefault(int(i), {})[name] = value
     state["state"] = restored
     optimizer.load_state_dict(state)
+
+
+# what the training state holds, of which JSON type (``train.Session.state``)
+TRAIN_STATE = {"step": int, "bad_evals": int, "events": int, "elapsed": float, "best_valid": float, "stopped": str}
+
+
+def _check_train_state(state) -> None:
+    if not isinstance(state, dict):
+        raise TypeError("train_state is not an object")
+    for key, kind in TRAIN_STATE.items():
+        value = state.get(key, kind())
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        ok = isinstance(value, str) if kind is str else number and (kind is float or isinstance(value, int))
+        if not ok or (number and (value != value or value < 0 or (key != "best_valid" and value == float("inf")))):
+            raise ValueError(f"train_state.{key} = {value!r:.40}")
 
 
 def save_training_checkpoint(directory, model, optimizer, run_json: dict, state: dict, rng_states: list) -> None:
@@ -299,6 +339,7 @@ def restore_training_state(directory: Path, config: dict, optimizer, rank: int) 
     the optimizer's state is restored in place."""
     try:
         state = config["train_state"]
+        _check_train_state(state)
         numpy_state = state["numpy_rng"][rank]
         torch_state = load_tensors(directory / "rng.safetensors")[f"rank{rank}.torch"]
         restore_optimizer(optimizer, load_tensors(directory / "optimizer.safetensors"))

@@ -198,7 +198,11 @@ def _saved_run(out_dir: Path) -> RunConfig:
     checkpoint_dir = out_dir / "checkpoint"
     if not (checkpoint_dir / "config.json").exists():
         raise NotelmError(f"{out_dir}: nothing to resume (no checkpoint/ yet); run without --resume")
-    return parse_config(read_config(checkpoint_dir).get("run", {}), saved=True)
+    saved = read_config(checkpoint_dir).get("run", {})
+    try:
+        return parse_config(saved, saved=True)
+    except NotelmError as e:
+        raise NotelmError(f"{printable(checkpoint_dir / 'config.json')}: the run's settings: {e}") from None
 
 
 # --------------------------------------------------------------------------- the run
