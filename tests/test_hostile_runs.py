@@ -12,6 +12,8 @@ import io
 import json
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -306,3 +308,96 @@ def test_config_that_is_a_folder_a_fifo_or_not_text_is_a_one_line_error(tmp_path
         with deadline(30):
             rc, _, err = run_cli("train", tmp_path / "no_corpus", "-o", tmp_path / "run", "--config", config)
         assert one_line_error(rc, err, message), err
+
+
+# --------------------------------------------------------------------------- resuming a damaged checkpoint
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A corpus of 12 short melodies and a 4-step run on it (a few seconds)."""
+    from notelm.config import load_config
+    from notelm.train import train
+
+    from conftest import prepare_quietly, write_midi
+
+    root = tmp_path_factory.mktemp("music")
+    rng = np.random.default_rng(3)
+    for i in range(12):
+        write_midi(root / "ab"[i % 2] / f"m{i}.mid",
+                   [(0, False, [(t * 0.5, 0.5, int(60 + rng.integers(-5, 8)), 80) for t in range(16)])])
+    corpus = tmp_path_factory.mktemp("corpus") / "c"
+    prepare_quietly(root, corpus)
+    run = tmp_path_factory.mktemp("run") / "run"
+    tiny = ["model.hidden=8", "model.embed_dim=4", "train.batch_size=2", "train.context=8", "train.eval_every=4",
+            "train.eval_crops=2", "train.log_every=2", "train.threads=1", "train.steps=4"]
+    train(corpus, load_config("seed", tiny), run, progress=False, log=lambda *a: None)
+    return corpus, run
+
+
+def _edit_state(run: Path, edit) -> None:
+    file = run / "checkpoint" / "config.json"
+    config = json.loads(file.read_text())
+    edit(config)
+    file.write_text(json.dumps(config))
+
+
+def _edit_optimizer(run: Path, edit) -> None:
+    from safetensors.torch import load_file, save_file
+
+    file = run / "checkpoint" / "optimizer.safetensors"
+    tensors = load_file(str(file))
+    name = next(k for k, v in tensors.items() if v.dim() > 1)
+    tensors[name] = edit(tensors[name])
+    save_file(tensors, str(file))
+
+
+def _nan_at_0(t):
+    t.view(-1)[0] = float("nan")
+    return t
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda r: _edit_state(r, lambda c: c["train_state"].update(step=-5)), "train_state.step = -5"),
+    (lambda r: _edit_state(r, lambda c: c["train_state"].update(step="x")), "train_state.step = 'x'"),
+    (lambda r: _edit_state(r, lambda c: c["train_state"].update(best_valid="low")), "train_state.best_valid = 'low'"),
+    (lambda r: _edit_state(r, lambda c: c["train_state"].update(elapsed=float("nan"))), "train_state.elapsed = nan"),
+    (lambda r: _edit_state(r, lambda c: c.update(run="x")),
+     "checkpoint/config.json: the run's settings: a run config must be a table"),
+    (lambda r: _edit_optimizer(r, _nan_at_0), "exp_avg: holds NaN or infinite values"),
+    (lambda r: _edit_optimizer(r, lambda t: t.view(__import__("torch").int32)), "exp_avg: int32 where the optimizer"),
+    (lambda r: _edit_optimizer(r, lambda t: t[:1].contiguous()), "exp_avg: shape (1, "),
+    (lambda r: (os.unlink(r / "checkpoint" / "rng.safetensors"), os.mkfifo(r / "checkpoint" / "rng.safetensors")),
+     "rng.safetensors: not a regular file"),
+    (lambda r: (r / "metrics.jsonl").write_text('{"step": 1,\n{"step": 2}\n'),
+     "metrics.jsonl line 1: not readable JSON"),
+], ids=["step_negative", "step_text", "best_text", "elapsed_nan", "run_text", "optimizer_nan", "optimizer_int",
+        "optimizer_shape", "rng_fifo", "metrics"])
+def test_resuming_a_damaged_checkpoint_is_a_one_line_error(trained, tmp_path, damage, message):
+    """Before: TypeError and RuntimeError tracebacks (some at the first step after loading), training on
+    from NaN optimizer moments, and a FIFO in place of rng.safetensors blocked forever."""
+    import shutil
+
+    corpus, original = trained
+    run = tmp_path / "run"
+    shutil.copytree(original, run)
+    damage(run)
+    # a child process: safetensors opens its files in native code, where no alarm can stop a blocked open
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run([sys.executable, "-m", "notelm", "train", str(corpus), "-o", str(run), "--resume",
+                           "--set", "train.steps=6", "-q"], capture_output=True, text=True, timeout=120, env=env)
+    assert one_line_error(done.returncode, done.stderr, message), done.stderr
+
+
+def test_resuming_after_a_kill_in_the_middle_of_a_log_line(trained, tmp_path):
+    """A kill while metrics.jsonl was appended leaves half a line: --resume drops it and goes on."""
+    import shutil
+
+    corpus, original = trained
+    run = tmp_path / "run"
+    shutil.copytree(original, run)
+    whole = (run / "metrics.jsonl").read_text()
+    (run / "metrics.jsonl").write_text(whole + '{"step": 5, "split": "tra')
+    rc, _, err = run_cli("train", corpus, "-o", run, "--resume", "--set", "train.steps=6", "-q")
+    assert rc == 0, err
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["split"] == "train"] == [2, 4, 6]
