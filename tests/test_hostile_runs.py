@@ -401,3 +401,28 @@ def test_resuming_after_a_kill_in_the_middle_of_a_log_line(trained, tmp_path):
     assert rc == 0, err
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if r["split"] == "train"] == [2, 4, 6]
+
+
+@pytest.mark.parametrize("array, damage", [
+    ("offsets", lambda a: np.array([0, 10**12])),
+    ("pitch", lambda a: np.full_like(a, 250)),
+    ("cond", lambda a: np.full_like(a, 10**6)),
+    ("split", lambda a: np.full_like(a, 9)),
+], ids=["offsets", "ids", "conditions", "splits"])
+def test_a_damaged_encoded_cache_is_made_again(trained, tmp_path, array, damage):
+    """Before: IndexError tracebacks in `evaluate` and `train` (an id, offset or condition out of range)."""
+    import shutil
+
+    from notelm.encoding import load_or_encode
+    from notelm.encoding.cache import EncodedCorpus
+
+    corpus = tmp_path / "c"
+    shutil.copytree(trained[0], corpus)
+    fresh = load_or_encode(corpus, "seed", {"order": "parts"})
+    file = fresh.path / f"{array}.npy"
+    before = np.load(file)
+    np.save(file, damage(before))
+    with pytest.raises(NotelmError, match="damaged encoded corpus"):
+        EncodedCorpus.load(fresh.path)
+    again = load_or_encode(corpus, "seed", {"order": "parts"})
+    assert not again.cached and np.array_equal(np.load(file), before)
