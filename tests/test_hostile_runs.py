@@ -258,10 +258,14 @@ def test_a_broken_evaluation_is_a_one_line_error_in_compare(tmp_path):
     ("train.seed=-1", "train.seed must be >= 0 (got -1)"),
     ("train.seed=99999999999999999999", "train.seed must be <= 4294967295"),
     ("train.threads=100000", "train.threads must be <= 1024"),
+    ("data.encoding.steps_per_quarter=1000000000", "events.steps_per_quarter must be <= 96"),
+    ("data.encoding.max_shift=1000000000", "events.max_shift must be <= 4096"),
+    ("data.encoding.max_duration=1000000000", "events.max_duration must be <= 16384"),
+    ("data.encoding.durations_per_octave=1000000000", "events.durations_per_octave must be <= 48"),
 ])
 def test_bad_training_settings_are_refused_before_anything_is_allocated(tmp_path, setting, message):
-    """Before: NaN learning rates trained to NaN weights, and hidden, batch and context sizes asked for
-    50-190 GB before failing."""
+    """Before: NaN learning rates trained to NaN weights, hidden, batch and context sizes asked for 50-190 GB
+    before failing, and encoder grids of a billion steps were killed for memory."""
     from notelm.config import load_config
 
     with pytest.raises(NotelmError, match=message.replace("(", r"\(").replace(")", r"\)")):
