@@ -182,8 +182,10 @@ def _fifo(path: Path) -> None:
      "run.json: train.context = nan: expected an integer"),
     ("run.json", lambda f: f.write_text('{"a": ' * 100_000), "run.json: not readable JSON (nested too deep)"),
     ("run.json", _fifo, "run.json: not a regular file (a FIFO)"),
+    ("best/config.json", lambda f: f.write_text('{"a": "' + "x" * (65 << 20) + '"}'),
+     "config.json: file is 65.0 MB, over the limit of 64.0 MB"),
 ], ids=["config_not_utf8", "config_deep", "config_fifo", "run_invalid", "run_list", "run_corpus", "run_train_type",
-        "run_train_nan", "run_deep", "run_fifo"])
+        "run_train_nan", "run_deep", "run_fifo", "config_huge"])
 def test_broken_model_and_run_files_are_one_line_errors(run_dir, where, damage, message):
     """Before: UnicodeDecodeError, RecursionError, JSONDecodeError, AttributeError and TypeError tracebacks,
     and a FIFO config.json blocked `evaluate` and `generate` forever."""

@@ -26,6 +26,8 @@ from notelm.models import FAMILIES, NextEventModel, family_class
 
 PICKLE_SUFFIXES = {".pt", ".pth", ".pkl", ".pickle", ".bin", ".ckpt", ".joblib"}
 WEIGHTS = "model.safetensors"
+MAX_CONFIG_BYTES = 64 << 20  # config.json and run.json: settings and a vocabulary, a few kB (a JSON parse takes
+# several times the file's size in memory, so a bigger one is refused unread)
 
 
 # --------------------------------------------------------------------------- finding a model
@@ -67,7 +69,7 @@ def read_run(path) -> dict:
     for candidate in (path, path.parent):
         file = candidate / "run.json"
         if file.exists():
-            return _checked_run(file, read_json(file))
+            return _checked_run(file, read_json(file, MAX_CONFIG_BYTES))
     return {}
 
 
@@ -173,7 +175,7 @@ def save_model(model: NextEventModel, directory, extra_config: dict | None = Non
 
 def read_config(directory: Path) -> dict:
     """A model directory's ``config.json``, checked to name a known family."""
-    config = read_json(directory / "config.json")
+    config = read_json(directory / "config.json", MAX_CONFIG_BYTES)
     if not isinstance(config, dict):
         raise NotelmError(f"{directory / 'config.json'}: expected a JSON object")
     family = config.get("family")
