@@ -26,8 +26,9 @@ from notelm.models import FAMILIES, NextEventModel, family_class
 
 PICKLE_SUFFIXES = {".pt", ".pth", ".pkl", ".pickle", ".bin", ".ckpt", ".joblib"}
 WEIGHTS = "model.safetensors"
-MAX_CONFIG_BYTES = 64 << 20  # config.json and run.json: settings and a vocabulary, a few kB (a JSON parse takes
-# several times the file's size in memory, so a bigger one is refused unread)
+# config.json and run.json hold settings and a vocabulary (a few kB); parsing JSON takes several times a file's
+# size in memory, so a bigger file is refused unread
+MAX_CONFIG_BYTES = 64 << 20
 
 
 # --------------------------------------------------------------------------- finding a model
@@ -149,11 +150,6 @@ def _check_regular(file: Path) -> None:
         raise NotelmError(f"{printable(file)}: cannot read: {e.strerror or e}") from None
     if not stat.S_ISREG(mode):
         raise NotelmError(f"{printable(file)}: not a regular file (a safetensors file was expected)")
-
-
-def tensor_shapes(file: Path) -> dict[str, tuple]:
-    """Name -> shape of every tensor in a safetensors file, read from its header (no data loaded)."""
-    return {k: shape for k, (_, shape) in tensor_headers(file).items()}
 
 
 # --------------------------------------------------------------------------- models of every family
