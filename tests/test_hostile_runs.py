@@ -202,7 +202,8 @@ def test_broken_model_and_run_files_are_one_line_errors(run_dir, where, damage, 
     ('{"step": "one", "split": "train"}\n', "metrics.jsonl: record 1 is not a metrics line"),
     ('{"step": 1, "split": "train", "acc_pitch": "high"}\n', "metrics.jsonl: record 1 is not a metrics line"),
     (b'{"step": 1, "split": "tr\xe9in"}\n', "metrics.jsonl: not readable JSON (not UTF-8 at byte 24)"),
-], ids=["invalid", "not_object", "step_type", "value_type", "not_utf8"])
+    ("", "metrics.jsonl: no learning curve yet"),
+], ids=["invalid", "not_object", "step_type", "value_type", "not_utf8", "empty"])
 def test_a_broken_metrics_log_is_a_one_line_error(run_dir, text, message):
     """Before: `plot` ended in a JSONDecodeError or KeyError traceback."""
     log = run_dir / "metrics.jsonl"

@@ -57,6 +57,9 @@ def plot(run_dir, out: str | None = None) -> Path:
     import matplotlib.pyplot as plt
 
     lines = curves(read_metrics(run_dir))
+    if not lines["bits"]:  # an empty plot (and a warning from matplotlib) would say nothing
+        raise NotelmError(f"{printable(Path(run_dir) / 'metrics.jsonl')}: no learning curve yet (training writes "
+                          "a line every train.log_every steps)")
     out_path = Path(out) if out else Path(run_dir) / "learning_curves.png"
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     for ax, (what, title) in zip(axes, (("bits", "cross-entropy (bits per event)"), ("accuracy", "accuracy"))):
