@@ -116,7 +116,11 @@ def train_run(corpus: Path, preset: str, overrides: list[str], run_dir: Path, pr
             raise NotelmError(f"{run_dir}: a run with other settings is already there; use another --work or remove it")
         if (run_dir / "summary.json").exists():
             log(f"{run_dir.name}: using the run trained before")
-            return read_json(run_dir / "summary.json")
+            summary = read_json(run_dir / "summary.json")
+            if not isinstance(summary, dict):
+                raise NotelmError(f"{run_dir / 'summary.json'}: expected a JSON object; remove the run to train "
+                                  "it again")
+            return summary
         if (run_dir / "checkpoint" / "config.json").exists():
             return train(corpus, run, run_dir, resume=True, progress=progress, log=log)
         shutil.rmtree(run_dir)  # stopped before its first checkpoint: nothing to resume, start over
