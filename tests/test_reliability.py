@@ -551,7 +551,7 @@ def test_invalid_json_config_is_refused(model_dir):
     from notelm.checkpoint import load_model
 
     (model_dir / "config.json").write_text('{"family": "lstm",')
-    with pytest.raises(NotelmError, match="config.json: not valid JSON"):
+    with pytest.raises(NotelmError, match="config.json: not readable JSON"):
         load_model(model_dir)
     (model_dir / "config.json").write_text("[1, 2]")
     with pytest.raises(NotelmError, match="expected a JSON object"):
@@ -559,12 +559,16 @@ def test_invalid_json_config_is_refused(model_dir):
 
 
 def test_a_config_asking_for_a_huge_network_is_refused_before_allocating(model_dir):
-    """2**20 hidden units would be terabytes: the shapes are compared on the meta device first."""
+    """2**20 hidden units would be terabytes: refused by the setting's bound; 256 layers of 2**14 (terabytes
+    too, within every bound) are refused by comparing the shapes on the meta device first."""
     import resource
 
     from notelm.checkpoint import load_model
 
     _edit_config(model_dir, lambda c: c["model"].update(hidden=2**20, embed_dim=2**12))
+    with pytest.raises(NotelmError, match=r"config.json: model.hidden must be <= 16384 \(got 1048576\)"):
+        load_model(model_dir)
+    _edit_config(model_dir, lambda c: c["model"].update(hidden=2**14, embed_dim=2**12, layers=256))
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     started = time.perf_counter()
     with pytest.raises(NotelmError, match="weights do not match the config"):

@@ -16,17 +16,19 @@ and ``metrics.jsonl``; ``resolve`` finds the right one from either path.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from notelm.config import model_config, model_json
 from notelm.encoding import from_vocab
 from notelm.encoding.vocab import Vocab
-from notelm.io import NotelmError, atomic_dir, read_json, write_json
+from notelm.io import NotelmError, atomic_dir, printable, read_json, write_json
 from notelm.models import FAMILIES, NextEventModel, family_class
 
 PICKLE_SUFFIXES = {".pt", ".pth", ".pkl", ".pickle", ".bin", ".ckpt", ".joblib"}
 WEIGHTS = "model.safetensors"
+# config.json and run.json hold settings and a vocabulary (a few kB); parsing JSON takes several times a file's
+# size in memory, so a bigger file is refused unread
+MAX_CONFIG_BYTES = 64 << 20
 
 
 # --------------------------------------------------------------------------- finding a model
@@ -60,6 +62,37 @@ def resolve(path) -> Path:
     raise NotelmError(f"{path}: not a notelm model (no config.json here or in best/ or checkpoint/)")
 
 
+def read_run(path) -> dict:
+    """A run's ``run.json`` (also when given its ``best/`` or ``checkpoint/``), or {} for a bare model
+    directory; checked where notelm reads it (``corpus``, ``init``, the ``[train]`` settings it knows),
+    so a damaged file is a one-line error naming it rather than a crash later."""
+    path = Path(path)
+    for candidate in (path, path.parent):
+        file = candidate / "run.json"
+        if file.exists():
+            return _checked_run(file, read_json(file, MAX_CONFIG_BYTES))
+    return {}
+
+
+def _checked_run(file: Path, run) -> dict:
+    from notelm.config import TrainConfig
+
+    if not isinstance(run, dict):
+        raise NotelmError(f"{printable(file)}: expected a JSON object")
+    for key in ("corpus", "init"):
+        if run.get(key) is not None and not isinstance(run[key], str):
+            raise NotelmError(f"{printable(file)}: '{key}' must be a path (a string), not {run[key]!r:.40}")
+    train = run.get("train", {})
+    if not isinstance(train, dict):
+        raise NotelmError(f"{printable(file)}: 'train' must be an object")
+    known = {k: v for k, v in train.items() if k in TrainConfig.__dataclass_fields__}
+    try:
+        TrainConfig.from_dict(known)
+    except NotelmError as e:
+        raise NotelmError(f"{printable(file)}: {e}") from None
+    return run
+
+
 # --------------------------------------------------------------------------- tensors on disk
 
 
@@ -84,25 +117,39 @@ def load_tensors(file: Path, tensor_format: str = "torch") -> dict:
         from safetensors.torch import load_file
     else:
         from safetensors.numpy import load_file
-    if not file.exists():
-        raise NotelmError(f"{file}: missing (a checkpoint needs its safetensors weights)")
+    _check_regular(file)
     try:
         return load_file(str(file))
     except (SafetensorError, OSError, ValueError) as e:
         raise NotelmError(f"{file}: not a readable safetensors file ({e})") from None
 
 
-def tensor_shapes(file: Path) -> dict[str, tuple]:
-    """Name -> shape of every tensor in a safetensors file, read from its header (no data loaded)."""
+def tensor_headers(file: Path) -> dict[str, tuple[str, tuple]]:
+    """Name -> (dtype, shape) of every tensor in a safetensors file, read from its header (no data loaded).
+    safetensors itself refuses a header whose byte ranges do not match the dtypes and shapes."""
     from safetensors import SafetensorError, safe_open
 
-    if not file.exists():
-        raise NotelmError(f"{file}: missing (a checkpoint needs its safetensors weights)")
+    _check_regular(file)
     try:
         with safe_open(str(file), "numpy") as f:
-            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+            return {k: (f.get_slice(k).get_dtype(), tuple(f.get_slice(k).get_shape())) for k in f.keys()}
     except (SafetensorError, OSError, ValueError) as e:
         raise NotelmError(f"{file}: not a readable safetensors file ({e})") from None
+
+
+def _check_regular(file: Path) -> None:
+    """A safetensors file is memory-mapped: a FIFO in its place would block forever, a device map anything."""
+    import os
+    import stat
+
+    try:
+        mode = os.stat(file).st_mode
+    except FileNotFoundError:
+        raise NotelmError(f"{printable(file)}: missing (a checkpoint needs its safetensors weights)") from None
+    except OSError as e:
+        raise NotelmError(f"{printable(file)}: cannot read: {e.strerror or e}") from None
+    if not stat.S_ISREG(mode):
+        raise NotelmError(f"{printable(file)}: not a regular file (a safetensors file was expected)")
 
 
 # --------------------------------------------------------------------------- models of every family
@@ -124,10 +171,7 @@ def save_model(model: NextEventModel, directory, extra_config: dict | None = Non
 
 def read_config(directory: Path) -> dict:
     """A model directory's ``config.json``, checked to name a known family."""
-    try:
-        config = read_json(directory / "config.json")
-    except json.JSONDecodeError as e:
-        raise NotelmError(f"{directory / 'config.json'}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    config = read_json(directory / "config.json", MAX_CONFIG_BYTES)
     if not isinstance(config, dict):
         raise NotelmError(f"{directory / 'config.json'}: expected a JSON object")
     family = config.get("family")
@@ -152,16 +196,59 @@ def model_from_directory(directory: Path, config: dict, device: str = "cpu") -> 
     cls = family_class(config["family"])
     vocab, cfg = _model_settings(directory, config)
     file = directory / WEIGHTS
-    problems = cls.shape_problems(vocab, cfg, tensor_shapes(file))
+    headers = tensor_headers(file)
+    problems = cls.shape_problems(vocab, cfg, {k: shape for k, (_, shape) in headers.items()})
     if problems:
-        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
-        raise NotelmError(f"{directory}: weights do not match the config: {'; '.join(problems[:3])}{more}")
+        raise NotelmError(f"{directory}: weights do not match the config: {_first(problems)}")
+    wrong = [f"{k}: {dtype}" for k, (dtype, _) in headers.items() if dtype not in cls.saved_dtypes]
+    if wrong:  # e.g. float32 weights relabelled int32: the same bytes, read as nonsense
+        raise NotelmError(f"{file}: tensors of the wrong type for the {cls.family} family ({_first(wrong)}; "
+                          f"expected {', '.join(cls.saved_dtypes)})")
     model = cls.build(vocab, cfg, device=device)
+    tensors = load_tensors(file, cls.tensor_format)
+    _check_values(file, tensors)
     try:
-        model.load_tensors(load_tensors(file, cls.tensor_format))
+        model.load_tensors(tensors)
     except NotelmError as e:
         raise NotelmError(f"{directory}: {e}") from None
+    except (IndexError, ValueError, TypeError, OverflowError) as e:  # count tables that do not fit together
+        raise NotelmError(f"{file}: tables that do not fit together ({type(e).__name__}: "
+                          f"{' '.join(str(e).split())[:120]}); the file is damaged") from None
+    _check_values(file, model.tensors())  # float64 weights beyond float32's range became infinite
     return model
+
+
+def _check_values(file: Path, tensors: dict) -> None:
+    bad = _value_problems(tensors)
+    if bad:  # NaN weights make every prediction NaN: generation wrote empty pieces, evaluate crashed
+        raise NotelmError(f"{file}: {_first(bad)}; the weights are damaged")
+
+
+def _first(problems: list[str], n: int = 3) -> str:
+    more = f" (and {len(problems) - n} more)" if len(problems) > n else ""
+    return "; ".join(problems[:n]) + more
+
+
+def _value_problems(tensors: dict) -> list[str]:
+    """Tensors no model can hold: NaN or infinite weights, negative counts or keys."""
+    import numpy as np
+    import torch
+
+    problems = []
+    for name, t in tensors.items():
+        if torch.is_tensor(t):
+            t = t.detach()
+            if t.is_floating_point():
+                n = int((~torch.isfinite(t)).sum())
+                problems += [f"{name} holds {n} NaN or infinite values"] if n else []
+            continue
+        t = np.asarray(t)
+        if t.dtype.kind == "f":
+            n = int((~np.isfinite(t)).sum())
+            problems += [f"{name} holds {n} NaN or infinite values"] if n else []
+        elif t.dtype.kind == "i" and t.size and t.min() < 0:
+            problems.append(f"{name} holds negative values")
+    return problems
 
 
 def _model_settings(directory: Path, config: dict):
@@ -199,13 +286,40 @@ def optimizer_tensors(optimizer) -> dict:
 
 
 def restore_optimizer(optimizer, tensors: dict) -> None:
+    """Put the saved state (``optimizer_tensors``) back; a tensor of the wrong shape, kind or value raises
+    ValueError (it would fail at the next step, or train on NaN)."""
+    import torch
+
+    params = [p for group in optimizer.param_groups for p in group["params"]]
     state = optimizer.state_dict()
     restored: dict = {}
     for key, value in tensors.items():
         i, name = key.split(".", 1)
+        param = params[int(i)]
+        if not value.is_floating_point():
+            raise ValueError(f"{key}: {str(value.dtype).removeprefix('torch.')} where the optimizer keeps floats")
+        if not bool(torch.isfinite(value).all()):
+            raise ValueError(f"{key}: holds NaN or infinite values")
+        if name != "step" and value.shape != param.shape:
+            raise ValueError(f"{key}: shape {tuple(value.shape)} for a parameter of {tuple(param.shape)}")
         restored.setdefault(int(i), {})[name] = value
     state["state"] = restored
     optimizer.load_state_dict(state)
+
+
+# what the training state holds, of which JSON type (``train.Session.state``)
+TRAIN_STATE = {"step": int, "bad_evals": int, "events": int, "elapsed": float, "best_valid": float, "stopped": str}
+
+
+def _check_train_state(state) -> None:
+    if not isinstance(state, dict):
+        raise TypeError("train_state is not an object")
+    for key, kind in TRAIN_STATE.items():
+        value = state.get(key, kind())
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        ok = isinstance(value, str) if kind is str else number and (kind is float or isinstance(value, int))
+        if not ok or (number and (value != value or value < 0 or (key != "best_valid" and value == float("inf")))):
+            raise ValueError(f"train_state.{key} = {value!r:.40}")
 
 
 def save_training_checkpoint(directory, model, optimizer, run_json: dict, state: dict, rng_states: list) -> None:
@@ -223,6 +337,7 @@ def restore_training_state(directory: Path, config: dict, optimizer, rank: int) 
     the optimizer's state is restored in place."""
     try:
         state = config["train_state"]
+        _check_train_state(state)
         numpy_state = state["numpy_rng"][rank]
         torch_state = load_tensors(directory / "rng.safetensors")[f"rank{rank}.torch"]
         restore_optimizer(optimizer, load_tensors(directory / "optimizer.safetensors"))

@@ -18,14 +18,16 @@ its logits processor (``sampling.py``).
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from notelm.io import NotelmError
+from notelm.io import NotelmError, printable, read_text
 from notelm.settings import Settings, parse_override, setting
 
 CONFIG_DIR = Path(__file__).parent / "configs"
+MAX_PRESET_BYTES = 1 << 20  # a preset is a few lines
 SECTIONS = ("data", "model", "train")
 MAX_SEED = 2**32 - 1  # numpy takes any non-negative seed; the web page and the docs promise this range
 
@@ -54,26 +56,27 @@ class TrainConfig(Settings):
     section: ClassVar[str] = "train"
     objective: str = setting("full", "'full': the loss at every position of a crop; 'last': only on the event "
                                      "after a window (the original experiment)", choices=("full", "last"))
-    context: int = setting(128, "events per crop (the window length for 'last')", minimum=1)
-    batch_size: int = setting(32, "crops per step (per process under torchrun)", minimum=1)
-    steps: int = setting(2000, "optimizer steps: the training budget", minimum=1)
+    context: int = setting(128, "events per crop (the window length for 'last')", minimum=1, maximum=65536)
+    batch_size: int = setting(32, "crops per step (per process under torchrun)", minimum=1, maximum=65536)
+    steps: int = setting(2000, "optimizer steps: the training budget", minimum=1, maximum=10**9)
     lr: float = setting(2e-3, "peak learning rate (AdamW), reached after the warmup", minimum=0.0)
     min_lr: float = setting(1e-4, "learning rate at the end of the cosine decay", minimum=0.0)
-    warmup: int = setting(100, "steps of linear warmup", minimum=0)
+    warmup: int = setting(100, "steps of linear warmup", minimum=0, maximum=10**9)
     weight_decay: float = setting(0.01, "AdamW weight decay of matrices (not of biases and norms)", minimum=0.0)
     clip: float = setting(1.0, "gradient norm clipping", above=0.0)
     transpose: bool = setting(True, "shift every crop's pitches by a random interval, where the representation "
                                     "can transpose")
     cond_dropout: float = setting(0.2, "chance of training a crop unconditioned", minimum=0.0, maximum=1.0)
     eval_every: int = setting(200, "steps between evaluations on the valid split (and checkpoints)", minimum=1)
-    eval_crops: int = setting(256, "valid crops per evaluation", minimum=1)
+    eval_crops: int = setting(256, "valid crops per evaluation", minimum=1, maximum=1_000_000)
     patience: int = setting(5, "evaluations without improvement before stopping early", minimum=1)
     log_every: int = setting(20, "steps between lines of metrics.jsonl", minimum=1)
-    seed: int = setting(0, "random seed of the model's initialization and of the crops")
+    seed: int = setting(0, "random seed of the model's initialization and of the crops", minimum=0,
+                         maximum=2**32 - 1)
     split: str = setting("song", "'song': train/valid/test by song; 'window': the original's random split of "
                                  "windows (it leaks: neighbouring windows overlap)", choices=("song", "window"))
     time_limit: float = setting(0.0, "seconds of training after which the run stops (0: no limit)", minimum=0.0)
-    threads: int = setting(0, "torch CPU threads (0: all cores)", minimum=0)
+    threads: int = setting(0, "torch CPU threads (0: all cores)", minimum=0, maximum=1024)
 
 
 @dataclass
@@ -96,6 +99,10 @@ class SamplingConfig(Settings):
     def check(self) -> None:
         from notelm.sampling import build_processors
 
+        for name in ("temperature", "top_p", "repetition_penalty"):  # inf passes a processor's "> 0"
+            value = getattr(self, name)
+            if not math.isfinite(value):
+                raise NotelmError(f"{self.label(name)} = {value!r}: expected a finite number")
         build_processors(self)  # each processor checks its own settings
 
 
@@ -195,10 +202,11 @@ def read_preset(name_or_path: str | None) -> dict:
     if not path.exists():
         presets = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.toml")))
         raise NotelmError(f"config {name_or_path!r}: no such file or preset (presets: {presets})")
+    text = read_text(path, MAX_PRESET_BYTES, "not readable TOML")  # a folder, a FIFO, not UTF-8: one line
     try:
-        return tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as e:
-        raise NotelmError(f"{path}: invalid TOML: {e}") from None
+        return tomllib.loads(text)
+    except (tomllib.TOMLDecodeError, RecursionError) as e:
+        raise NotelmError(f"{printable(path)}: invalid TOML: {' '.join(str(e).split())[:200]}") from None
 
 
 def load_config(name_or_path: str | None, overrides=()) -> RunConfig:

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
-import json
 import math
 import os
 import shutil
@@ -51,7 +50,7 @@ from notelm.ingest import (
     read_chunk,
     write_notes_part,
 )
-from notelm.io import NotelmError, atomic_dir, hash_unit, printable, write_json
+from notelm.io import NotelmError, atomic_dir, hash_unit, printable, read_json, write_json
 from notelm.sources import iter_files, read_sidecar
 
 FORMAT = "notelm-corpus"
@@ -178,17 +177,10 @@ MANIFEST_FIELDS = {"format": str, "version": int, "split": dict, "counts": dict,
 
 def read_manifest(path: Path) -> dict:
     """A corpus's manifest.json, checked; a one-line NotelmError naming the file otherwise."""
-    from notelm.io import FileRefused, read_regular_file
-
     file = Path(path) / "manifest.json"
     if not file.exists():
         raise NotelmError(f"{printable(path)}: not a notelm corpus (no manifest.json); make one with `notelm prepare`")
-    try:
-        manifest = json.loads(read_regular_file(file, MAX_MANIFEST_BYTES).decode("utf-8"))
-    except FileRefused as e:
-        raise NotelmError(f"{printable(file)}: {e}") from None
-    except (UnicodeDecodeError, ValueError, RecursionError) as e:
-        raise NotelmError(f"{printable(file)}: not readable JSON ({' '.join(str(e).split())[:200]})") from None
+    manifest = read_json(file, MAX_MANIFEST_BYTES)
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise NotelmError(f"{printable(file)}: not a notelm corpus manifest")
     if manifest.get("version") not in READS:

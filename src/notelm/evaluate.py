@@ -66,14 +66,14 @@ from typing import ClassVar
 
 import numpy as np
 
-from notelm.checkpoint import load_model
+from notelm.checkpoint import load_model, read_run
 from notelm.config import SamplingConfig
 from notelm.corpus import SPLITS
 from notelm.data import CropSampler, condition_map, window_splits
 from notelm.encoding import from_vocab, load_or_encode
 from notelm.encoding.vocab import N_SPECIAL, Vocab
 from notelm.generate import sample, write_pieces
-from notelm.io import NotelmError, atomic_path, read_json, write_json, write_text
+from notelm.io import NotelmError, atomic_path, printable, read_json, write_json, write_text
 from notelm.metrics import CorpusIndex, PredictionScores, compare_sets, copy_report, format_table, prediction_table
 from notelm.models import NextEventModel
 from notelm.models import song_cache as cache
@@ -435,14 +435,6 @@ def _plain(obj):
 # The verb
 # =============================================================================
 
-def read_run(run_dir: Path) -> dict:
-    """A run's ``run.json`` (also when given its ``best/`` or ``checkpoint/``), or {} for a bare model directory."""
-    for candidate in (run_dir, run_dir.parent):
-        if (candidate / "run.json").exists():
-            return read_json(candidate / "run.json")
-    return {}
-
-
 def _same_path(a, b) -> bool:
     return a is not None and b is not None and Path(a).resolve() == Path(b).resolve()
 
@@ -702,29 +694,21 @@ def compare(paths: list, out=None, log=print) -> str:
     """A Markdown table of several runs' evaluations side by side; written to ``out`` and returned."""
     if not paths:
         raise NotelmError("compare needs at least one run directory")
-    reports = []
-    for path in paths:
-        file = find_evaluation(path)
-        try:
-            reports.append(read_json(file))
-        except (OSError, ValueError) as e:
-            raise NotelmError(f"{file}: unreadable evaluation ({e})") from None
-    streams = list(dict.fromkeys(s for r in reports for s in r["streams"]))
+    files = [find_evaluation(path) for path in paths]
+    reports = [read_json(file) for file in files]
+    for file, r in zip(files, reports):
+        if not isinstance(r, dict) or not isinstance(r.get("streams"), list):
+            raise NotelmError(f"{printable(file)}: not a notelm evaluation (no list of streams)")
+    streams = list(dict.fromkeys(printable(s) for r in reports for s in r["streams"]))
     header = (["run", "model", "corpus", "split", "context", "targets"] + [f"{s} acc" for s in streams]
               + [f"{s} bits" for s in streams] + ["total bits", "best n-gram", "n-gram total bits"])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * 6 + "---:|" * (len(header) - 8) + "---|---:|"]
-    for r in reports:
-        model, best = r["results"]["model"], r["baselines"]["best_ngram"]
-        context = (f"{r['context']}" if r["context"] else "song") + (" + transp. avg" if r["transpose_average"] else "")
-        context += " + n-gram blend" if r.get("ngram_blend") else ""
-        context += " + song cache" if r.get("song_cache") else ""
-
-        def cell(s, key, model=model):
-            return "–" if s not in model or model[s][key] is None else f"{model[s][key]:.3f}"
-
-        cells = ([r["run"], r["model"]["family"], Path(r["corpus"]).name, f"{r['split']} ({r['split_kind']})", context,
-                  f"{r['targets']:,}"] + [cell(s, "accuracy") for s in streams] + [cell(s, "bits") for s in streams]
-                 + [f"{model['total']['bits']:.3f}", best, f"{r['results'][best]['total']['bits']:.3f}"])
+    for file, r in zip(files, reports):
+        try:
+            cells = _compare_cells(r, streams)
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:  # a damaged or foreign JSON
+            raise NotelmError(f"{printable(file)}: not a notelm evaluation ({type(e).__name__}: "
+                              f"{' '.join(str(e).split())[:80]})") from None
         lines.append("| " + " | ".join(cells) + " |")
     table = "\n".join(lines) + "\n"
     out = Path(out) if out else Path("comparison.md")
@@ -732,3 +716,19 @@ def compare(paths: list, out=None, log=print) -> str:
     log(table)
     log(f"compared {len(reports)} evaluations -> {out}")
     return table
+
+
+def _compare_cells(r: dict, streams: list[str]) -> list[str]:
+    """One run's row of the comparison table."""
+    model, best = r["results"]["model"], r["baselines"]["best_ngram"]
+    context = (f"{r['context']}" if r["context"] else "song") + (" + transp. avg" if r["transpose_average"] else "")
+    context += " + n-gram blend" if r.get("ngram_blend") else ""
+    context += " + song cache" if r.get("song_cache") else ""
+
+    def cell(s, key):
+        return "–" if s not in model or model[s][key] is None else f"{model[s][key]:.3f}"
+
+    return ([printable(r["run"]), printable(r["model"]["family"]), printable(Path(r["corpus"]).name),
+             f"{printable(r['split'])} ({printable(r['split_kind'])})", printable(context), f"{r['targets']:,}"]
+            + [cell(s, "accuracy") for s in streams] + [cell(s, "bits") for s in streams]
+            + [f"{model['total']['bits']:.3f}", printable(best), f"{r['results'][best]['total']['bits']:.3f}"])

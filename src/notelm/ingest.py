@@ -29,7 +29,16 @@ from pathlib import Path
 import numpy as np
 
 from notelm import notes as nt
-from notelm.io import FileRefused, atomic_path, content_hash, printable, read_json, read_regular_file, write_json
+from notelm.io import (
+    FileRefused,
+    NotelmError,
+    atomic_path,
+    content_hash,
+    printable,
+    read_json,
+    read_regular_file,
+    write_json,
+)
 from notelm.midifile import midi_problem
 from notelm.sources import is_midi
 
@@ -420,7 +429,7 @@ def chunk_saved(stem: Path, chunk_id: str) -> bool:
         info = read_json(stem.with_suffix(".json"))
         meta_size = stem.with_suffix(".meta").stat().st_size
         stem.with_suffix(".arrow").stat()
-    except (OSError, ValueError):
+    except (OSError, ValueError, NotelmError):
         return False
     if not isinstance(info, dict) or info.get("chunk") != chunk_id or "dropped" not in info:
         return False

@@ -145,9 +145,56 @@ def write_json(path, obj, indent: int | None = 2) -> None:
     write_text(path, json.dumps(obj, indent=indent, sort_keys=False, default=_json_default) + "\n")
 
 
-def read_json(path):
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+MAX_JSON_BYTES = 1 << 30  # a manifest of millions of files stays far below; a bigger file is no notelm file
+
+
+def read_json(path, max_bytes: int = MAX_JSON_BYTES):
+    """A JSON file (a manifest, a model's config.json, a run's run.json, ...), or a one-line NotelmError
+    naming the file: missing, not a regular file (a FIFO would block forever), too large, not UTF-8, not
+    JSON, or nested too deep for the parser (a RecursionError traceback otherwise)."""
+    return _parse_json(read_text(path, max_bytes, "not readable JSON"), path)
+
+
+def read_jsonl(path, max_bytes: int = MAX_JSON_BYTES) -> list:
+    """The records of a JSON-lines file (``metrics.jsonl``), one per non-empty line.  A last line without
+    its newline that does not parse is a write in progress (or cut short by a kill) and is left out; any
+    other line that does not parse is a one-line NotelmError naming the file and the line."""
+    text = read_text(path, max_bytes, "not readable JSON")
+    lines = text.split("\n")
+    torn = not text.endswith("\n")
+    records = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(_parse_json(line, path, number))
+        except NotelmError:
+            if torn and number == len(lines):
+                break
+            raise
+    return records
+
+
+def read_text(path, max_bytes: int | None = None, what: str = "not readable text") -> str:
+    """A UTF-8 text file, read by ``read_regular_file``; a one-line NotelmError naming the file otherwise
+    (``what``: how a file that is not UTF-8 is described)."""
+    try:
+        data = read_regular_file(path, max_bytes)
+    except FileRefused as e:
+        raise NotelmError(f"{printable(path)}: {e}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise NotelmError(f"{printable(path)}: {what} (not UTF-8 at byte {e.start})") from None
+
+
+def _parse_json(text: str, path, line: int | None = None):
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as e:  # ValueError: JSONDecodeError, or an integer of 100,000 digits
+        where = f"{printable(path)}" + (f" line {line}" if line else "")
+        why = "nested too deep" if isinstance(e, RecursionError) else " ".join(str(e).split())[:200]
+        raise NotelmError(f"{where}: not readable JSON ({why})") from None
 
 
 def _json_default(obj):

@@ -8,30 +8,44 @@ Training writes ``metrics.jsonl`` (one JSON object per line: ``step``, ``split``
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from notelm.io import NotelmError, atomic_path
+from notelm.io import NotelmError, atomic_path, printable, read_jsonl
 from notelm.metrics import LOG2_E
 
 
 def read_metrics(run_dir) -> list[dict]:
+    """The records of a run's ``metrics.jsonl``: objects with an integer ``step``, a ``split`` and numbers.
+    Anything else is a one-line error naming the file and the line."""
     path = Path(run_dir) / "metrics.jsonl"
     if not path.exists():
-        raise NotelmError(f"{run_dir}: no metrics.jsonl (is this a training run directory?)")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        raise NotelmError(f"{printable(run_dir)}: no metrics.jsonl (is this a training run directory?)")
+    records = read_jsonl(path)
+    for number, r in enumerate(records, start=1):
+        ok = isinstance(r, dict) and isinstance(r.get("step"), int) and isinstance(r.get("split"), str)
+        ok = ok and all(_is_number(v) for k, v in r.items() if k.startswith(("loss_", "acc_")))
+        if not ok:
+            raise NotelmError(f"{printable(path)}: record {number} is not a metrics line "
+                              "(an object with an integer step, a split and numbers)")
+    return records
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def curves(records: list[dict]) -> dict[str, dict[str, tuple[list, list]]]:
-    """``{"bits" | "accuracy": {"<split> <stream>": (steps, values)}}`` from the records of metrics.jsonl."""
+    """``{"bits" | "accuracy": {"<split> <stream>": (steps, values)}}`` from the records of metrics.jsonl
+    (a value a record lacks is a gap in its curve)."""
     names = sorted({k[4:] for r in records for k in r if k.startswith("acc_")})
     out: dict = {"bits": {}, "accuracy": {}}
+    nan = float("nan")
     for split in ("train", "valid"):
         rows = [r for r in records if r.get("split") == split]
         steps = [r["step"] for r in rows]
         for name in names if rows else ():
-            out["bits"][f"{split} {name}"] = (steps, [r[f"loss_{name}"] * LOG2_E for r in rows])
-            out["accuracy"][f"{split} {name}"] = (steps, [r[f"acc_{name}"] for r in rows])
+            out["bits"][f"{split} {name}"] = (steps, [r.get(f"loss_{name}", nan) * LOG2_E for r in rows])
+            out["accuracy"][f"{split} {name}"] = (steps, [r.get(f"acc_{name}", nan) for r in rows])
     return out
 
 
@@ -43,6 +57,9 @@ def plot(run_dir, out: str | None = None) -> Path:
     import matplotlib.pyplot as plt
 
     lines = curves(read_metrics(run_dir))
+    if not lines["bits"]:  # an empty plot (and a warning from matplotlib) would say nothing
+        raise NotelmError(f"{printable(Path(run_dir) / 'metrics.jsonl')}: no learning curve yet (training writes "
+                          "a line every train.log_every steps)")
     out_path = Path(out) if out else Path(run_dir) / "learning_curves.png"
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     for ax, (what, title) in zip(axes, (("bits", "cross-entropy (bits per event)"), ("accuracy", "accuracy"))):
@@ -52,7 +69,7 @@ def plot(run_dir, out: str | None = None) -> Path:
         ax.set(title=title, xlabel="step")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle(str(run_dir))
+    fig.suptitle(printable(run_dir))
     fig.tight_layout()
     with atomic_path(out_path) as tmp:
         fig.savefig(tmp, dpi=100, format="png")

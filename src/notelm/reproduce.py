@@ -111,18 +111,23 @@ def run_settings(preset: str, split: str, steps: int | None, time_limit: float, 
 
 def train_run(corpus: Path, preset: str, overrides: list[str], run_dir: Path, progress: bool, log) -> dict:
     """Train (or reuse a finished run with the same settings, or resume an interrupted one)."""
+    from notelm.checkpoint import read_run
     from notelm.config import SECTIONS, load_config, parse_config
     from notelm.train import train
 
     run = load_config(preset, overrides)
     if (run_dir / "run.json").exists():
-        saved = read_json(run_dir / "run.json")
+        saved = read_run(run_dir)
         same = parse_config({k: saved[k] for k in SECTIONS if k in saved}, saved=True).to_json() == run.to_json()
         if not same or saved.get("corpus") != str(corpus):
             raise NotelmError(f"{run_dir}: a run with other settings is already there; use another --work or remove it")
         if (run_dir / "summary.json").exists():
             log(f"{run_dir.name}: using the run trained before")
-            return read_json(run_dir / "summary.json")
+            summary = read_json(run_dir / "summary.json")
+            if not isinstance(summary, dict):
+                raise NotelmError(f"{run_dir / 'summary.json'}: expected a JSON object; remove the run to train "
+                                  "it again")
+            return summary
         if (run_dir / "checkpoint" / "config.json").exists():
             return train(corpus, run, run_dir, resume=True, progress=progress, log=log)
         shutil.rmtree(run_dir)  # stopped before its first checkpoint: nothing to resume, start over

@@ -15,6 +15,7 @@ model families and the run config (``config.py``) can all stand on it.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import field
 from typing import Any, ClassVar
 
@@ -96,6 +97,9 @@ class Settings:
                 kind = meta["kind"]
                 expected = _KIND_NAMES.get(kind, kind.__name__)
                 raise NotelmError(f"{self.label(f.name)} = {value!r}: expected {expected}") from None
+            if isinstance(value, float) and not math.isfinite(value) and _bounded(meta):
+                # NaN passes every comparison (nan < 0 is False): a bound alone would let it through
+                raise NotelmError(f"{self.label(f.name)} = {value!r}: expected a finite number")
             setattr(self, f.name, value)
             self._check_range(f.name, value, meta)
         self.check()
@@ -126,8 +130,19 @@ class Settings:
         lines = []
         for f in dataclasses.fields(cls):
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            lines.append(f"{cls.label(f.name)} = {default!r}: {f.metadata.get('doc', '')}")
+            lines.append(f"{cls.label(f.name)} = {default!r}: {f.metadata.get('doc', '')}{_bounds(f.metadata)}")
         return "\n".join(lines)
+
+
+def _bounded(meta) -> bool:
+    return any(meta.get(key) is not None for key in ("minimum", "maximum", "above", "below"))
+
+
+def _bounds(meta) -> str:
+    """`` (>= 1, <= 65536)``: the range a setting accepts, for ``documentation()``."""
+    signs = (("minimum", ">="), ("above", ">"), ("maximum", "<="), ("below", "<"))
+    parts = [f"{sign} {meta[key]}" for key, sign in signs if meta.get(key) is not None]
+    return f" ({', '.join(parts)})" if parts else ""
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:

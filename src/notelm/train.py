@@ -49,7 +49,7 @@ from notelm.config import RunConfig, TrainConfig, apply_overrides, check_resume,
 from notelm.data import CropSampler, condition_map, transpose_batch, window_splits
 from notelm.encoding import from_vocab, load_or_encode
 from notelm.encoding.vocab import PAD, UNCONDITIONED
-from notelm.io import NotelmError, atomic_path, write_json
+from notelm.io import NotelmError, atomic_path, printable, read_jsonl, write_json
 from notelm.models import build_model
 from notelm.names import plural
 
@@ -198,7 +198,11 @@ def _saved_run(out_dir: Path) -> RunConfig:
     checkpoint_dir = out_dir / "checkpoint"
     if not (checkpoint_dir / "config.json").exists():
         raise NotelmError(f"{out_dir}: nothing to resume (no checkpoint/ yet); run without --resume")
-    return parse_config(read_config(checkpoint_dir).get("run", {}), saved=True)
+    saved = read_config(checkpoint_dir).get("run", {})
+    try:
+        return parse_config(saved, saved=True)
+    except NotelmError as e:
+        raise NotelmError(f"{printable(checkpoint_dir / 'config.json')}: the run's settings: {e}") from None
 
 
 # --------------------------------------------------------------------------- the run
@@ -256,6 +260,7 @@ def _prepare(corpus_path, run: RunConfig | None, out_dir: Path, resume: bool, in
         torch.set_num_threads(run.train.threads)
     base, run = _base_model(run, out_dir, saved, init, dist)
     encoded = load_or_encode(corpus_path, run.representation, run.encoding)
+    check_memory(run, base.vocab if base else encoded.vocab, str(dist.device))
     model = base or build_model(encoded.vocab, run.model, device=str(dist.device))
     problems = model.vocab.differences(encoded.vocab)
     if problems:
@@ -291,6 +296,37 @@ def _base_model(run: RunConfig, out_dir: Path, saved: dict | None, init: str | N
         raise NotelmError(f"--init {init}: only neural models can be fine-tuned (this is {base.family})")
     data = dataclasses.replace(run.data, representation=base.vocab.representation, encoding=dict(base.vocab.config))
     return base, dataclasses.replace(run, data=data, model=base.cfg)
+
+
+def check_memory(run: RunConfig, vocab, device: str) -> None:
+    """Refuse a model and batch that cannot fit in this machine's memory before anything is allocated:
+    every setting has a bound, but their product can still ask for terabytes.  The need counted is a
+    floor (float32 weights, gradients and AdamW's two moments; the backbone's outputs and every stream's
+    logits for one batch, with their gradients), so a run refused here could never have trained."""
+    from notelm.models import family_class
+
+    with torch.device("meta"):  # shapes only
+        parameters = sum(p.numel() for p in family_class(run.family).net_class(vocab, run.model).parameters())
+    cfg = run.train
+    positions = cfg.batch_size * cfg.context
+    need = 16 * parameters + 8 * positions * (sum(vocab.sizes) + run.model.hidden * run.model.layers)
+    need += cfg.eval_crops * (cfg.context + 1) * len(vocab.sizes)  # the fixed valid crops, a byte a token at least
+    have = _total_memory(device)
+    if have and need > have:
+        raise NotelmError(f"this run needs at least {need / 1e9:,.1f} GB to train ({parameters:,} parameters, "
+                          f"{cfg.batch_size:,} crops of {cfg.context:,} events, {cfg.eval_crops:,} valid crops) and "
+                          f"{device} has {have / 1e9:,.1f} GB: lower train.batch_size, train.context, "
+                          "train.eval_crops, model.hidden or model.layers")
+
+
+def _total_memory(device: str) -> int:
+    """Bytes of memory of ``device`` (0 when unknown)."""
+    try:
+        if device.startswith("cuda"):
+            return int(torch.cuda.get_device_properties(torch.device(device)).total_memory)
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, RuntimeError, AssertionError):
+        return 0
 
 
 def _optimizer(net, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -457,6 +493,9 @@ def _truncate_log(path: Path, step: int) -> None:
     """Drop log lines written after the checkpoint being resumed (they will be written again)."""
     if not path.exists():
         return
-    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    records = read_jsonl(path)  # a last line cut short by a kill is left out
+    if not all(isinstance(r, dict) and isinstance(r.get("step"), int) for r in records):
+        raise NotelmError(f"{printable(path)}: holds lines that are not metrics records (an object with a step); "
+                          "repair or remove it to resume")
     with atomic_path(path) as tmp:
-        tmp.write_text("".join(line + "\n" for line in keep))
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in records if r["step"] <= step))

@@ -129,6 +129,9 @@ class EncodedCorpus:
             split = np.load(path / "split.npy")
         except (OSError, ValueError, json.JSONDecodeError) as e:
             raise NotelmError(f"{path}: cannot read encoded corpus: {e}") from None
+        problem = _array_problem(vocab, streams, offsets, cond, split)
+        if problem:  # a damaged cache would index out of range later: load_or_encode makes it again
+            raise NotelmError(f"{path}: damaged encoded corpus: {problem}")
         out = cls(vocab, streams, offsets, cond, split, path)
         out.cached = True
         return out
@@ -208,10 +211,31 @@ def cached_encoding(corpus_path, rep, progress: bool = False, force: bool = Fals
     return encoded
 
 
+def _array_problem(vocab: Vocab, streams: dict, offsets, cond, split) -> str:
+    """What is wrong with a cache's arrays ("" when they agree): equal stream lengths, ids in range,
+    offsets rising from 0 to that length, one condition and one split code per song."""
+    lengths = {len(a) for a in streams.values()}
+    if len(lengths) != 1 or any(a.ndim != 1 or a.dtype.kind not in "iu" for a in [*streams.values(), offsets,
+                                                                                     cond, split]):
+        return "arrays of other shapes or types than notelm writes"
+    n_songs = len(offsets) - 1
+    if n_songs < 0 or offsets[0] != 0 or offsets[-1] != lengths.pop() or (np.diff(offsets) < 0).any():
+        return "song offsets that do not rise from 0 to the stream length"
+    if len(cond) != n_songs or len(split) != n_songs:
+        return "a condition and a split per song are missing"
+    if n_songs and (cond.min() < 0 or cond.max() > len(vocab.conditions) or split.min() < -1 or split.max() > 2):
+        return "conditions or split codes out of range"
+    try:
+        vocab.check_ids(streams)
+    except NotelmError as e:
+        return str(e)
+    return ""
+
+
 def _is_current(path: Path, stamp: dict) -> bool:
     """Is there a cache at ``path`` made from this very build of the corpus?"""
     try:
         info = read_json(path / "info.json")
-    except (OSError, ValueError):
+    except (OSError, ValueError, NotelmError):
         return False
-    return all(info.get(k) == v for k, v in stamp.items())
+    return isinstance(info, dict) and all(info.get(k) == v for k, v in stamp.items())

@@ -54,14 +54,15 @@ class EventsSettings(Settings):
 
     section: ClassVar[str] = "events"
     steps_per_quarter: int = setting(12, "grid steps per quarter note (12 holds 16ths and triplet 8ths exactly)",
-                                     minimum=1)
+                                     minimum=1, maximum=96)
     max_shift: int = setting(48, "longest time shift in steps (4 quarters at 12); longer gaps add rest events",
-                             minimum=1)
-    linear_durations: int = setting(24, "durations 1..N steps are exact (2 quarters at 12)", minimum=1)
+                             minimum=1, maximum=4096)
+    linear_durations: int = setting(24, "durations 1..N steps are exact (2 quarters at 12)", minimum=1,
+                                    maximum=4096)
     max_duration: int = setting(192, "longest duration in steps (16 quarters at 12); longer notes are cut here",
-                                minimum=1)
+                                minimum=1, maximum=16384)
     durations_per_octave: int = setting(4, "log-spaced duration classes per octave above linear_durations",
-                                        minimum=1)
+                                        minimum=1, maximum=48)
     velocity_bins: int = setting(0, "0: no velocity stream; else this many equal bins over 0..127",
                                  minimum=0, maximum=128)
     program: bool = setting(False, "a program stream (General MIDI program, or drums)")

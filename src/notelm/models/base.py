@@ -30,12 +30,16 @@ import numpy as np
 from notelm.encoding.vocab import Vocab
 from notelm.settings import Settings
 
+INTEGER_DTYPES = ("I8", "I16", "I32", "I64", "U8", "U16", "U32", "U64")  # safetensors' names
+FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")
+
 
 class NextEventModel:
     family: str = "base"
     config_class: type[Settings] = Settings  # the family's settings (a ``Settings`` dataclass)
     trainable: bool = False  # trained by ``train.py`` (neural) rather than fitted by counting
     tensor_format: str = "numpy"  # how ``tensors()`` are stored: "numpy" or "torch"
+    saved_dtypes: tuple[str, ...] = INTEGER_DTYPES  # what a saved tensor may hold: counts and keys, never negative
     vocab: Vocab
     cfg: Settings
     ordered: bool = False  # do later streams see the earlier streams of the same event?

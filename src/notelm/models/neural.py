@@ -37,7 +37,7 @@ from torch import nn
 
 from notelm.encoding import from_vocab
 from notelm.encoding.vocab import Vocab
-from notelm.models.base import NextEventModel
+from notelm.models.base import FLOAT_DTYPES, NextEventModel
 from notelm.settings import Settings, setting
 
 
@@ -47,16 +47,17 @@ class NetConfig(Settings):
 
     section: ClassVar[str] = "model"
     family: ClassVar[str] = ""
-    embed_dim: int = setting(32, "embedding width of each stream", minimum=1)
-    hidden: int = setting(256, "width of the backbone (LSTM units, transformer d_model) and of the heads", minimum=1)
-    layers: int = setting(1, "backbone layers", minimum=1)
+    embed_dim: int = setting(32, "embedding width of each stream", minimum=1, maximum=4096)
+    hidden: int = setting(256, "width of the backbone (LSTM units, transformer d_model) and of the heads", minimum=1,
+                         maximum=16384)
+    layers: int = setting(1, "backbone layers", minimum=1, maximum=256)
     dropout: float = setting(0.0, "dropout on embeddings, between layers and before the heads", minimum=0.0,
                              below=1.0)
     heads: str = setting("independent", "'independent': each stream predicted from the backbone alone (the "
                                         "original); 'ordered': each also sees the values already chosen for the "
                                         "same event", choices=("independent", "ordered"))
     cond_dim: int = setting(16, "condition embedding width (used only when the vocabulary has conditions)",
-                            minimum=1)
+                            minimum=1, maximum=4096)
 
 
 def dropout_in_training(drop: nn.Dropout, x: torch.Tensor) -> torch.Tensor:
@@ -160,6 +161,7 @@ class NeuralModel(NextEventModel):
     net_class: type[EventNet] = EventNet
     trainable = True
     tensor_format = "torch"
+    saved_dtypes = FLOAT_DTYPES  # weights, finite; float16 and bfloat16 files (the shipped model) are widened
 
     def __init__(self, vocab: Vocab, cfg: NetConfig, device: str = "cpu"):
         self.vocab = vocab

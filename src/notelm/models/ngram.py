@@ -327,7 +327,7 @@ class NGramState:
 class NGramConfig(Settings):
     section: ClassVar[str] = "model"
     family: ClassVar[str] = "ngram"
-    order: int = setting(3, "n: each prediction sees the n - 1 events before it", minimum=1)
+    order: int = setting(3, "n: each prediction sees the n - 1 events before it", minimum=1, maximum=64)
     joint: bool = setting(False, "false: one model per stream; true: one model over whole events")
     smoothing: str = setting("kn", "'kn': interpolated modified Kneser-Ney; 'addk': add-k at the highest order",
                              choices=("kn", "addk"))

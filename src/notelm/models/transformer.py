@@ -26,11 +26,12 @@ class TransformerConfig(NetConfig):
     """``[model]`` of ``family = "transformer"``: the shared neural settings plus attention's."""
 
     family: ClassVar[str] = "transformer"
-    n_heads: int = setting(4, "attention heads (hidden must be divisible by it)", minimum=1)
-    context: int = setting(256, "longest sequence attended over; longer songs are read in windows", minimum=1)
+    n_heads: int = setting(4, "attention heads (hidden must be divisible by it)", minimum=1, maximum=1024)
+    context: int = setting(256, "longest sequence attended over; longer songs are read in windows", minimum=1,
+                           maximum=65536)
     positions: str = setting("rope", "'rope': rotary position embeddings; 'learned': a learned table",
                              choices=("rope", "learned"))
-    ff_mult: int = setting(4, "width of the feed-forward layers, as a multiple of hidden", minimum=1)
+    ff_mult: int = setting(4, "width of the feed-forward layers, as a multiple of hidden", minimum=1, maximum=64)
 
     def check(self) -> None:
         if self.hidden % self.n_heads:
