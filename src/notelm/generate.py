@@ -40,12 +40,12 @@ from typing import ClassVar
 import numpy as np
 
 from notelm import notes as nt
-from notelm.checkpoint import default_model_path, load_model
+from notelm.checkpoint import default_model_path, load_model, read_run
 from notelm.config import MAX_SEED, SamplingConfig
 from notelm.corpus import Corpus
 from notelm.encoding import from_vocab
 from notelm.encoding.vocab import BOS, UNCONDITIONED
-from notelm.io import NotelmError, printable, read_json, write_json
+from notelm.io import NotelmError, printable, write_json
 from notelm.metrics import repeated_note_share
 from notelm.names import plural
 from notelm.sampling import apply_processors, build_processors, draw
@@ -440,10 +440,9 @@ def _beats_per_bar(meta: nt.SongMeta) -> float:
 def _test_prompt(model_path, options: PromptOptions, vocab):
     corpus_path = options.corpus
     if corpus_path is None:
-        run_json = Path(model_path) / "run.json"
-        if not run_json.exists():
+        corpus_path = read_run(model_path).get("corpus")
+        if corpus_path is None:
             raise NotelmError("--prompt-from-test needs --corpus CORPUS_DIR (the model's run does not name its corpus)")
-        corpus_path = read_json(run_json)["corpus"]
     corpus = Corpus(corpus_path)
     test = corpus.split_ids("test")
     k = options.prompt_from_test

@@ -517,7 +517,14 @@ class IngestPool:
 
     def _submit(self, job: Job):
         self._start()
-        return self._pool.submit(run_job, job)
+        try:
+            return self._pool.submit(run_job, job)
+        except cf.process.BrokenProcessPool as e:
+            # a worker died after the last result was read: fail this job's future too, so that ``map``
+            # redoes it with the others in flight (raising here would end prepare)
+            future = cf.Future()
+            future.set_exception(e)
+            return future
 
     def map(self, jobs: Iterable[tuple[object, Job | None]]) -> Iterator[object]:
         """Run every ``(key, job)`` and yield its key once its chunk is saved, in order,
