@@ -49,6 +49,7 @@ from notelm.config import RunConfig, TrainConfig, apply_overrides, check_resume,
 from notelm.data import CropSampler, condition_map, transpose_batch, window_splits
 from notelm.encoding import from_vocab, load_or_encode
 from notelm.encoding.vocab import PAD, UNCONDITIONED
+from notelm.evaluate import valid_against_ngram
 from notelm.io import NotelmError, atomic_path, write_json
 from notelm.models import build_model
 from notelm.precision import autocast
@@ -486,8 +487,6 @@ def _budget_words(s: Session) -> str:
 
 def _versus_ngram(s: Session) -> dict | None:
     """The best weights and the n-grams of the train split, scored on the whole valid songs (fp32)."""
-    from notelm.evaluate import valid_against_ngram
-
     if not s.cfg.compare_ngram or s.cfg.split != "song" or not (s.out_dir / "best").exists():
         return None
     best = load_model(s.out_dir / "best", device=str(s.dist.device))
