@@ -170,3 +170,27 @@ def test_a_finished_run_compares_itself_with_the_ngram_on_the_valid_songs(corpus
     off = train(corpus, load_config("lstm", TINY + ["train.steps=5", "train.compare_ngram=false"]), tmp_path / "off",
                 progress=False, log=quiet)
     assert "valid_vs_ngram" not in off
+
+
+def test_the_progress_bar_eta_respects_the_time_cap():
+    import io
+    import time
+    from types import SimpleNamespace
+
+    from notelm.train import _progress_bar
+
+    def eta(time_limit, seconds_in):
+        s = SimpleNamespace(cfg=SimpleNamespace(steps=10**9, time_limit=time_limit), state={"step": 0},
+                            started=time.perf_counter() - seconds_in)
+        out = io.StringIO()
+        bar = _progress_bar(s, disable=False, file=out)
+        time.sleep(0.01)
+        bar.update(10)
+        shown = bar.format_dict["eta"]
+        bar.close()
+        return shown, out.getvalue()
+
+    shown, drawn = eta(60.0, 30.0)  # a billion steps left, but the cap ends the run in 30 s
+    assert shown in ("00:30 cap", "00:29 cap") and "cap" in drawn
+    shown, _ = eta(0.0, 30.0)  # no cap: the steps left at the current rate (days)
+    assert "cap" not in shown and shown.count(":") >= 2

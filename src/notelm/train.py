@@ -233,7 +233,7 @@ def train(corpus_path, run: RunConfig | None, out_dir, resume: bool = False, ini
     return _finish(s, log)
 
 
-def _progress_bar(s: Session, disable: bool):
+def _progress_bar(s: Session, disable: bool, file=None):
     """A tqdm bar over the step budget whose ETA respects the time cap: the sooner of the steps left at the
     current rate and the time left before train.time_limit (marked "cap")."""
     from tqdm import tqdm
@@ -254,7 +254,8 @@ def _progress_bar(s: Session, disable: bool):
             return d
 
     return CappedBar(total=s.cfg.steps, initial=s.state["step"], desc="train", unit="step", dynamic_ncols=True,
-                     disable=disable, bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{eta}{postfix}]")
+                     disable=disable, file=file,
+                     bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{eta}{postfix}]")
 
 
 def _prepare(corpus_path, run: RunConfig | None, out_dir: Path, resume: bool, init: str | None, dist: Dist,
