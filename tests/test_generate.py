@@ -31,10 +31,10 @@ from notelm.sampling import TopK, TopP, apply_processors, build_processors, draw
 from conftest import scale_tune, write_midi
 
 
-def events_model(family="lstm", heads="ordered", conditions=("folk", "jigs")):
+def events_model(family="lstm", heads="ordered", conditions=("folk", "jigs"), relative_pitch=0):
     vocab = get_representation("events", {"velocity_bins": 4}).vocab(list(conditions))
     torch.manual_seed(0)
-    small = {"heads": heads, "hidden": 32, "embed_dim": 8, "layers": 2}
+    small = {"heads": heads, "hidden": 32, "embed_dim": 8, "layers": 2, "relative_pitch": relative_pitch}
     cfg = TransformerConfig(n_heads=2, context=64, **small) if family == "transformer" else LSTMConfig(**small)
     return build_model(vocab, cfg)
 
@@ -49,10 +49,13 @@ def random_song(vocab, length, rng):
     return streams
 
 
-@pytest.mark.parametrize("family,heads", [("lstm", "independent"), ("lstm", "ordered"),
-                                          ("transformer", "independent"), ("transformer", "ordered")])
-def test_incremental_logprobs_equal_full_recompute(family, heads):
-    model = events_model(family, heads)
+@pytest.mark.parametrize("family,heads,relative", [("lstm", "independent", 0), ("lstm", "ordered", 0),
+                                                   ("transformer", "independent", 0), ("transformer", "ordered", 0),
+                                                   ("lstm", "ordered", 3), ("transformer", "independent", 2)])
+def test_incremental_logprobs_equal_full_recompute(family, heads, relative):
+    model = events_model(family, heads, relative_pitch=relative)
+    if relative:  # the interval scores start at zero: make them count
+        torch.nn.init.normal_(model.net.relative.intervals.weight, std=0.5)
     song = random_song(model.vocab, 50, np.random.default_rng(1))
     full = model.predict(song, cond=2)
     state = model.begin({k: v[None, :1] for k, v in song.items()}, np.array([2]))
@@ -306,3 +309,17 @@ def test_counting_notes_is_bounded_for_a_model_that_writes_only_rests():
     pieces = sample(model, 2, 10, cfg=SamplingConfig(seed=0, temperature=0.01), unit="notes")  # rests only
     assert [len(p.streams["pitch"]) - 1 for p in pieces] == [2 * 10 + 64] * 2  # stopped at its bound
     assert all(nt.num_notes(rep.decode(p.streams)) == 0 for p in pieces)
+
+
+def test_relative_pitch_references_are_the_last_notes_newest_first():
+    model = events_model("lstm", relative_pitch=3)
+    rel, pitch = model.net.relative, model.vocab.stream("pitch")
+    rest = pitch.id_of("rest")
+    ids = torch.tensor([[pitch.id_of("60"), pitch.id_of("62"), rest, pitch.id_of("64"), pitch.id_of("65")]])
+    assert rel.references(ids)[0].tolist() == [[60, -1, -1], [62, 60, -1], [62, 60, -1], [64, 62, 60], [65, 64, 62]]
+    refs = torch.full((1, 3), -1)
+    for t in range(5):  # generation keeps the same references one event at a time
+        refs = rel.advance(refs, ids[:, t])
+    assert refs.tolist() == [[65, 64, 62]]
+    with pytest.raises(NotelmError, match="model.relative_pitch: the pitch stream has no MIDI pitch 0"):
+        build_model(get_representation("seed").vocab(), LSTMConfig(relative_pitch=1))

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from notelm.io import NotelmError, printable, read_text
+from notelm.precision import PRECISION_DOC, PRECISIONS
 from notelm.settings import Settings, parse_override, setting
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -75,8 +76,12 @@ class TrainConfig(Settings):
                          maximum=2**32 - 1)
     split: str = setting("song", "'song': train/valid/test by song; 'window': the original's random split of "
                                  "windows (it leaks: neighbouring windows overlap)", choices=("song", "window"))
-    time_limit: float = setting(0.0, "seconds of training after which the run stops (0: no limit)", minimum=0.0)
+    time_limit: float = setting(0.0, "a safety cap: seconds of training after which the run stops even if "
+                                     "train.steps are not done (0: no cap); the budget is train.steps", minimum=0.0)
     threads: int = setting(0, "torch CPU threads (0: all cores)", minimum=0, maximum=1024)
+    precision: str = setting("auto", PRECISION_DOC, choices=PRECISIONS)
+    compare_ngram: bool = setting(True, "at the end, score the best model and n-grams fitted on the train split "
+                                        "on the whole valid songs, and say which is ahead")
 
 
 @dataclass
@@ -95,6 +100,7 @@ class SamplingConfig(Settings):
     seed: int = setting(None, "random seed, 0..2**32-1 (default: a new one each run, printed and saved in "
                               "generation.json; the same seed and settings give the same pieces)", kind=int,
                         minimum=0, maximum=MAX_SEED)
+    precision: str = setting("auto", PRECISION_DOC, choices=PRECISIONS)
 
     def check(self) -> None:
         from notelm.sampling import build_processors
@@ -226,12 +232,13 @@ def parse_config(raw: dict, saved: bool = False) -> RunConfig:
 
 
 RESUMABLE = {"train.steps", "train.time_limit"}  # what a resumed run may change (raise) with --set
+FREE_ON_RESUME = {"train.precision", "train.compare_ngram"}  # free on resume: the weights do not depend on them
 
 
 def check_resume(saved: RunConfig, asked: RunConfig) -> None:
     """Refuse a resumed run's config unless it is the saved one, or raises only ``RESUMABLE`` settings."""
     old, new = _flat(saved.to_json()), _flat(asked.to_json())
-    changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+    changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k) and k not in FREE_ON_RESUME)
     refused = [k for k in changed if k not in RESUMABLE]
     if refused:
         details = "; ".join(f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in refused[:4])

@@ -37,7 +37,9 @@ from torch import nn
 
 from notelm.encoding import from_vocab
 from notelm.encoding.vocab import Vocab
+from notelm.io import NotelmError
 from notelm.models.base import FLOAT_DTYPES, NextEventModel
+from notelm.precision import autocast, resolve
 from notelm.settings import Settings, setting
 
 
@@ -58,16 +60,103 @@ class NetConfig(Settings):
                                         "same event", choices=("independent", "ordered"))
     cond_dim: int = setting(16, "condition embedding width (used only when the vocabulary has conditions)",
                             minimum=1, maximum=4096)
+    relative_pitch: int = setting(0, "pitch logits also scored as intervals to each of the last N notes before "
+                                     "the event (0: off; representations whose pitch stream holds MIDI pitches)",
+                                  minimum=0, maximum=8)
 
 
-def dropout_in_training(drop: nn.Dropout, x: torch.Tensor) -> torch.Tensor:
-    """``drop(x)`` while training, ``x`` itself otherwise: generation calls this per stream,
-    layer and event, where even a no-op module call is measurable."""
-    return drop(x) if drop.training and drop.p else x
+class Dropout(nn.Module):
+    """Dropout whose masks are random bytes from a numpy generator.
+
+    On the CPU, torch's ``bernoulli_`` took ~30 % of a training step; numpy's PCG64 writes
+    the same mask ~10x faster.  ``p`` is rounded to a multiple of 1/256.  ``locked``: one
+    mask per sequence and channel, shared by every time step (variational dropout, the
+    LSTM's usual kind, and T times fewer random numbers).  The generator ``rng`` is the
+    training loop's (``EventNet.use_rng``), so a resumed run draws the same masks.
+    CUDA tensors use torch's own generator.
+    """
+
+    def __init__(self, p: float, locked: bool = False):
+        super().__init__()
+        self.p, self.locked = p, locked
+        self.threshold = round(p * 256)
+        self.rng = np.random.default_rng(0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and self.threshold):
+            return x  # cheap: generation calls this per stream, layer and event
+        shape = (x.shape[0], 1, x.shape[-1]) if self.locked and x.dim() == 3 else tuple(x.shape)
+        if x.device.type == "cpu":
+            size = int(np.prod(shape))
+            draw = torch.frombuffer(bytearray(self.rng.bytes(size)), dtype=torch.uint8).view(shape)
+        else:
+            draw = torch.randint(0, 256, shape, dtype=torch.uint8, device=x.device)
+        return x * (draw >= self.threshold).to(x.dtype) * (256 / (256 - self.threshold))
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}, locked={self.locked}"
+
+
+class RelativePitch(nn.Module):
+    """Pitch logits from intervals: for each of the last ``refs`` notes before the predicted event, a
+    score per interval (-127..127) is added at the pitch that interval leads to.
+
+    Melody and voice leading move by intervals whatever the key; an absolute pitch head must
+    learn each step once per starting pitch, this one learns it once.  References are the pitches
+    of the most recent note events, newest first (``NONE`` where the crop or the piece has fewer).
+    """
+
+    NONE = -1
+
+    def __init__(self, pitch_stream, hidden: int, refs: int):
+        super().__init__()
+        self.refs = refs
+        midi = np.full(pitch_stream.size, self.NONE, np.int64)  # MIDI pitch of each token id, NONE for others
+        tokens = np.full(128, -1, np.int64)  # token id of each MIDI pitch
+        for p in range(128):
+            if str(p) not in pitch_stream.tokens:
+                raise NotelmError(f"model.relative_pitch: the pitch stream has no MIDI pitch {p} (the events "
+                                  "representation has all 128)")
+            tokens[p] = pitch_stream.id_of(str(p))
+            midi[tokens[p]] = p
+        self.register_buffer("midi", torch.as_tensor(midi), persistent=False)
+        self.register_buffer("token_of_pitch", torch.as_tensor(tokens), persistent=False)
+        self.intervals = nn.Linear(hidden, 255 * refs)
+
+    def references(self, pitch_ids: torch.Tensor) -> torch.Tensor:
+        """[B, T] pitch ids -> [B, T, refs]: MIDI pitches of the last notes up to each position, newest first."""
+        midi = self.midi[pitch_ids]
+        positions = torch.arange(midi.shape[1], device=midi.device).expand_as(midi)
+        last = torch.where(midi >= 0, positions, -1).cummax(dim=1).values  # the newest note up to each position
+        found, out = last, []
+        for _ in range(self.refs):
+            out.append(torch.where(found >= 0, midi.gather(1, found.clamp(min=0)), self.NONE))
+            before = (found - 1).clamp(min=0)  # the newest note strictly before the one found
+            found = torch.where(found >= 1, last.gather(1, before), -1)
+        return torch.stack(out, -1)
+
+    def advance(self, refs: torch.Tensor, pitch_ids: torch.Tensor) -> torch.Tensor:
+        """[B, refs] references after one more event per piece ([B] pitch ids)."""
+        midi = self.midi[pitch_ids]
+        shifted = torch.cat([midi[:, None], refs[:, :-1]], 1)
+        return torch.where((midi >= 0)[:, None], shifted, refs)
+
+    def forward(self, g: torch.Tensor, refs: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """``logits`` [..., V] of the pitch stream plus the interval scores from features ``g`` [..., H]."""
+        scores = self.intervals(g)  # [..., 255 * refs]
+        pitches = torch.arange(128, device=g.device)
+        placed = 0
+        for r in range(self.refs):
+            ref = refs[..., r:r + 1]
+            index = (pitches - ref + 127).clamp(0, 254) + 255 * r  # [..., 128]
+            placed = placed + scores.gather(-1, index) * (ref >= 0).to(scores.dtype)
+        return logits.index_add(-1, self.token_of_pitch, placed.to(logits.dtype))
 
 
 class EventNet(nn.Module):
-    """Embeddings and heads around a backbone; subclasses define ``backbone_dim`` and ``features``."""
+    """Embeddings and heads around a backbone; subclasses define ``features`` (and ``empty_state``)."""
+
+    locked_dropout: ClassVar[bool] = False  # one dropout mask per sequence (the LSTM) or per position
 
     def __init__(self, vocab: Vocab, cfg: NetConfig):
         super().__init__()
@@ -80,13 +169,20 @@ class EventNet(nn.Module):
         if self.n_conditions:
             self.cond_embed = nn.Embedding(self.n_conditions + 1, cfg.cond_dim)
             self.input_dim += cfg.cond_dim
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout, locked=self.locked_dropout)
         h = cfg.hidden
         self.heads = nn.ModuleList(nn.Linear(h, v) for v in self.sizes)
         if cfg.heads == "ordered":
             # head k sees h plus the embeddings of the chosen values of streams < k
             self.head_embeds = nn.ModuleList(nn.Embedding(v, h) for v in self.sizes[:-1])
             self.head_mix = nn.ModuleList(nn.Sequential(nn.Linear(h, h), nn.GELU()) for _ in self.sizes[1:])
+        self.pitch_index, self.relative = -1, None
+        if cfg.relative_pitch:
+            rep = from_vocab(vocab)
+            if rep.pitch_stream is None:
+                raise NotelmError(f"model.relative_pitch: the {rep.name} representation has no pitch stream")
+            self.pitch_index = vocab.names.index(rep.pitch_stream)
+            self.relative = RelativePitch(vocab.stream(rep.pitch_stream), h, cfg.relative_pitch)
 
     def _add_token_features(self, vocab: Vocab, width: int) -> None:
         """The representation's fixed features per token, if it has any: a buffer (not saved: it is
@@ -109,9 +205,20 @@ class EventNet(nn.Module):
     def empty_state(self, batch: int):
         return None
 
+    @classmethod
+    def upgrade_keys(cls, tensors: dict) -> dict:
+        """Tensor names as this version of the network calls them (a family renames older ones)."""
+        return tensors
+
     # -- shared ------------------------------------------------------------------
+    def use_rng(self, rng: np.random.Generator) -> None:
+        """Draw every dropout mask from ``rng`` (the training loop's generator, saved with its checkpoints)."""
+        for module in self.modules():
+            if isinstance(module, Dropout):
+                module.rng = rng
+
     def dropout(self, x: torch.Tensor) -> torch.Tensor:
-        return dropout_in_training(self.drop, x)
+        return self.drop(x)
 
     def embed(self, tokens: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
         # F.embedding / F.linear rather than module calls: generation runs these once per
@@ -125,21 +232,31 @@ class EventNet(nn.Module):
             parts.append(self.cond_embed(c)[:, None, :].expand(-1, tokens.shape[1], -1))
         return self.dropout(torch.cat(parts, dim=-1))
 
-    def head(self, h: torch.Tensor, k: int, chosen: list[torch.Tensor]) -> torch.Tensor:
-        """Logits of stream k from features h and (ordered heads) the values of streams < k."""
+    def head(self, h: torch.Tensor, k: int, chosen: list[torch.Tensor], refs: torch.Tensor | None = None):
+        """Logits of stream k from features h and (ordered heads) the values of streams < k;
+        ``refs``: the references of ``RelativePitch`` (when the model has one)."""
         if self.cfg.heads == "ordered" and k > 0:
             z = h
             for j in range(k):
                 z = z + F.embedding(chosen[j], self.head_embeds[j].weight)
             h = self.head_mix[k - 1](z)
         head = self.heads[k]
-        return F.linear(self.dropout(h), head.weight, head.bias)
+        g = self.dropout(h)
+        logits = F.linear(g, head.weight, head.bias)
+        if k == self.pitch_index:
+            logits = self.relative(g, refs, logits)
+        return logits
+
+    def references(self, tokens: torch.Tensor) -> torch.Tensor | None:
+        """The relative-pitch references at every position of ``tokens`` [B, T, S] (None without them)."""
+        return self.relative.references(tokens[..., self.pitch_index]) if self.relative is not None else None
 
     def forward(self, tokens, cond=None, targets=None, state=None):
         """Teacher-forced logits for every stream: list of [B, T, V_s], plus the new state."""
         h, state = self.features(self.embed(tokens, cond), state)
         chosen = [targets[..., j] for j in range(len(self.sizes) - 1)] if targets is not None else []
-        return [self.head(h, k, chosen) for k in range(len(self.sizes))], state
+        refs = self.references(tokens)
+        return [self.head(h, k, chosen, refs) for k in range(len(self.sizes))], state
 
 
 def _inference(method):
@@ -170,6 +287,12 @@ class NeuralModel(NextEventModel):
         self.net = self.net_class(vocab, cfg)
         self.device = torch.device(device)
         self.net.to(self.device)
+        self.precision = "fp32"  # of evaluation and generation (training sets its own: train.precision)
+
+    def use_precision(self, precision: str, work: str = "generate") -> str:
+        """Run later forward passes in ``precision`` ("auto" resolved for ``work``); returns the one chosen."""
+        self.precision = resolve(precision, self.device, work)
+        return self.precision
 
     @classmethod
     def build(cls, vocab: Vocab, cfg: NetConfig, device: str = "cpu") -> NeuralModel:
@@ -188,7 +311,8 @@ class NeuralModel(NextEventModel):
         while done < T - 1:
             hi = min(T, lo + span + 1)
             x = torch.as_tensor(tokens[lo:hi], device=self.device)[None]
-            logits, _ = self.net(x[:, :-1], c, targets=x[:, 1:])
+            with autocast(self.device, self.precision):
+                logits, _ = self.net(x[:, :-1], c, targets=x[:, 1:])
             for k, lg in enumerate(logits):
                 out[k][done:hi - 1] = torch.log_softmax(lg[0, done - lo:].float(), -1).cpu().numpy()
             done = hi - 1
@@ -210,7 +334,7 @@ class NeuralModel(NextEventModel):
         if batch < 16:
             torch.set_num_threads(1)
         try:
-            with torch.inference_mode():
+            with torch.inference_mode(), autocast(self.device, self.precision):
                 yield
         finally:
             torch.set_num_threads(threads)
@@ -222,19 +346,23 @@ class NeuralModel(NextEventModel):
         tokens = torch.as_tensor(ids, device=self.device)
         c = torch.as_tensor(np.asarray(cond, np.int64), device=self.device)
         h, state = self.net.features(self.net.embed(tokens, c), self.net.empty_state(tokens.shape[0]))
-        return {"h": h[:, -1], "state": state, "cond": c}
+        refs = self.net.references(tokens)
+        return {"h": h[:, -1], "state": state, "cond": c, "refs": None if refs is None else refs[:, -1]}
 
     @_inference
     def stream_logprobs(self, state, k: int, chosen: list[np.ndarray]) -> np.ndarray:
         prev = [torch.as_tensor(np.asarray(c, np.int64), device=self.device) for c in chosen] if self.ordered else []
-        return torch.log_softmax(self.net.head(state["h"], k, prev).float(), -1).cpu().numpy()
+        return torch.log_softmax(self.net.head(state["h"], k, prev, state["refs"]).float(), -1).cpu().numpy()
 
     @_inference
     def advance(self, state, event: dict[str, np.ndarray]):
         ids = np.stack([np.asarray(event[n], np.int64) for n in self.vocab.names], -1)[:, None, :]
         x = torch.as_tensor(ids, device=self.device)
         h, new = self.net.features(self.net.embed(x, state["cond"]), state["state"])
-        return {"h": h[:, -1], "state": new, "cond": state["cond"]}
+        refs = state["refs"]
+        if refs is not None:
+            refs = self.net.relative.advance(refs, x[:, 0, self.net.pitch_index])
+        return {"h": h[:, -1], "state": new, "cond": state["cond"], "refs": refs}
 
     # ------------------------------------------------------------------ persistence (checkpoint.py)
     def tensors(self) -> dict[str, torch.Tensor]:
@@ -242,6 +370,7 @@ class NeuralModel(NextEventModel):
 
     def load_tensors(self, tensors: dict) -> None:
         expected = self.net.state_dict()
+        tensors = self.net_class.upgrade_keys(tensors)
         with torch.no_grad():
             self.net.load_state_dict({k: v.to(expected[k].dtype) for k, v in tensors.items()})
 
@@ -250,6 +379,7 @@ class NeuralModel(NextEventModel):
         # the network is built on the meta device: shapes only, nothing allocated
         with torch.device("meta"):
             expected = {k: tuple(v.shape) for k, v in cls.net_class(vocab, cfg).state_dict().items()}
+        shapes = cls.net_class.upgrade_keys(shapes)
         problems = [f"{k}: missing" for k in expected if k not in shapes]
         problems += [f"{k}: unexpected" for k in shapes if k not in expected]
         problems += [f"{k}: shape {shapes[k]} != {v}" for k, v in expected.items() if k in shapes and shapes[k] != v]

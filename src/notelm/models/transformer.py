@@ -17,7 +17,7 @@ from torch import nn
 
 from notelm.encoding.vocab import Vocab
 from notelm.io import NotelmError
-from notelm.models.neural import EventNet, NetConfig, NeuralModel, dropout_in_training
+from notelm.models.neural import Dropout, EventNet, NetConfig, NeuralModel
 from notelm.settings import setting
 
 
@@ -58,6 +58,17 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return x * cos + rotated * sin
 
 
+def attention(q, k, v, **options):
+    """Scaled dot-product attention (SDPA's fused flash kernel: no dropout on the attention weights,
+    which would make it fall back to the explicit one).  In bf16 training on a CPU it runs in fp32:
+    there the bf16 flash-attention backward took about twice as long as the fp32 one (profile of
+    ``benchmarks/train_throughput.py --profile``), while the bf16 forward alone is the faster."""
+    if q.dtype == torch.bfloat16 and q.device.type == "cpu" and torch.is_grad_enabled():
+        with torch.autocast("cpu", enabled=False):
+            return F.scaled_dot_product_attention(q.float(), k.float(), v.float(), **options).to(q.dtype)
+    return F.scaled_dot_product_attention(q, k, v, **options)
+
+
 class Block(nn.Module):
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
@@ -68,8 +79,7 @@ class Block(nn.Module):
         self.proj = nn.Linear(d, d)
         self.ln2 = nn.LayerNorm(d)
         self.ff = nn.Sequential(nn.Linear(d, cfg.ff_mult * d), nn.GELU(), nn.Linear(cfg.ff_mult * d, d))
-        self.dropout = cfg.dropout
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
 
     def forward(self, x, rope, cache):
         B, T, D = x.shape
@@ -80,16 +90,15 @@ class Block(nn.Module):
         past = 0
         if cache is not None:
             k, v, past = self._remember(cache, k, v)
-        drop = self.dropout if self.training else 0.0
         if past == 0:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1, dropout_p=drop)
+            y = attention(q, k, v, is_causal=T > 1)
         elif T == 1:
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)  # one new event sees all the past
+            y = attention(q, k, v)  # one new event sees all the past
         else:
             mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(past)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop)
-        x = x + dropout_in_training(self.drop, self.proj(y.transpose(1, 2).reshape(B, T, D)))
-        return x + dropout_in_training(self.drop, self.ff(self.ln2(x)))
+            y = attention(q, k, v, attn_mask=mask)
+        x = x + self.drop(self.proj(y.transpose(1, 2).reshape(B, T, D)))
+        return x + self.drop(self.ff(self.ln2(x)))
 
     @staticmethod
     def _remember(cache: dict, k, v):
