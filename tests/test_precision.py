@@ -141,9 +141,10 @@ def test_a_run_cut_by_its_time_cap_says_so_with_how_far_it_got(corpus, tmp_path)
     assert summary["stopped"].startswith("time limit") and summary["steps"] < 40 and summary["steps_budget"] == 40
     steps = summary["steps"]
     assert said[0].startswith("trained lstm (") and f"for only {steps} of its 40 steps in " in said[0]
-    assert said[1] == (f"CUT SHORT by the time limit of 0.001 s after {steps} of its 40 steps ({100 * steps / 40:.0f} % "
-                       "of the budget): the model is undertrained; finish it with the same command and --resume "
-                       "--set train.time_limit=0")
+    share = f"{100 * steps / 40:.0f} %"
+    assert said[1] == (f"CUT SHORT by the time limit of 0.001 s after {steps} of its 40 steps ({share} of the budget): "
+                       "the model is undertrained; finish it with the same command and --resume --set "
+                       "train.time_limit=0")
     verdict = said[-1]  # a model of a step or two is behind the n-gram, and the advice says why
     assert verdict.startswith("NOT ahead of the n-gram: ") and "valid songs against" in verdict
     assert verdict.endswith("finish the step budget (--resume --set train.time_limit=0)")
