@@ -139,11 +139,12 @@ def test_a_run_cut_by_its_time_cap_says_so_with_how_far_it_got(corpus, tmp_path)
     settings = TINY + ["train.steps=40", "train.patience=100", "train.time_limit=0.001"]
     summary = train(corpus, load_config("lstm", settings), tmp_path / "cut", progress=False, log=said.append)
     assert summary["stopped"].startswith("time limit") and summary["steps"] < 40 and summary["steps_budget"] == 40
-    line = next(x for x in said if x.startswith("trained lstm"))
     steps = summary["steps"]
-    assert (f"only {steps} of its 40 steps ({100 * steps / 40:.0f} % of the budget): CUT SHORT by the time limit "
-            "of 0.001 s, so the model is undertrained; finish it with the same command and --resume --set "
-            "train.time_limit=0") in line
+    assert said[0].startswith("trained lstm (") and f"for only {steps} of its 40 steps in " in said[0]
+    share = f"{100 * steps / 40:.0f} %"
+    assert said[1] == (f"CUT SHORT by the time limit of 0.001 s after {steps} of its 40 steps ({share} of the budget): "
+                       "the model is undertrained; finish it with the same command and --resume --set "
+                       "train.time_limit=0")
     verdict = said[-1]  # a model of a step or two is behind the n-gram, and the advice says why
     assert verdict.startswith("NOT ahead of the n-gram: ") and "valid songs against" in verdict
     assert verdict.endswith("finish the step budget (--resume --set train.time_limit=0)")

@@ -13,7 +13,9 @@ checkpoint runs in any precision.
 * training on a CUDA GPU that supports bf16;
 * not on a CPU with only AVX512-BF16 and no AMX (not measured), and not for
   generation on a CPU: one event per forward step is too little work for the
-  matrix units, and the casts cost more than they save.
+  matrix units, and the casts cost more than they save (untrained presets, events
+  per second fp32 / bf16: LSTM one piece ~600 / ~440, 64 pieces even; transformer
+  one piece 390-560 / 240-290).
 
 ``bf16`` asked for explicitly runs on any device (PyTorch emulates it where the
 hardware lacks it, slowly); ``fp32`` never casts.
@@ -27,7 +29,7 @@ from pathlib import Path
 
 PRECISIONS = ("auto", "fp32", "bf16")
 PRECISION_DOC = ("'fp32'; 'bf16': bf16 autocast (fp32 weights and loss); 'auto': bf16 where measured to be "
-                 "faster (CPUs with AMX, CUDA GPUs with bf16), else fp32")
+                 "faster (training on CPUs with AMX; CUDA GPUs with bf16), else fp32")
 
 
 @functools.lru_cache(maxsize=1)

@@ -502,6 +502,11 @@ def _finish(s: Session, log) -> dict:
         log(f"trained {s.run.family} ({parameters:,} parameters, {s.precision}) for {_budget_words(s)} in "
             f"{elapsed:.0f} s, {summary['targets_per_s']:,.0f} targets/s; best valid loss {state['best_valid']:.4f} "
             f"-> {s.out_dir}")
+        if state["stopped"].startswith(TIME_LIMIT_STOP):
+            step, steps = state["step"], cfg.steps
+            log(f"CUT SHORT by the time limit of {cfg.time_limit:g} s after {step:,} of its {steps:,} steps "
+                f"({100 * step / steps:.0f} % of the budget): the model is undertrained; finish it with the same "
+                "command and --resume --set train.time_limit=0")
         versus = _versus_ngram(s)
         if versus:
             summary["valid_vs_ngram"] = versus
@@ -514,9 +519,7 @@ def _budget_words(s: Session) -> str:
     """How far the run got in its budget of steps, and why it stopped there."""
     step, steps, stopped = s.state["step"], s.cfg.steps, s.state["stopped"]
     if stopped.startswith(TIME_LIMIT_STOP):
-        return (f"only {step:,} of its {steps:,} steps ({100 * step / steps:.0f} % of the budget): CUT SHORT by the "
-                f"time limit of {s.cfg.time_limit:g} s, so the model is undertrained; finish it with the same command "
-                f"and --resume --set train.time_limit=0")
+        return f"only {step:,} of its {steps:,} steps"
     if stopped:
         return f"{step:,} of {steps:,} steps ({stopped})"
     return f"all {steps:,} steps"
