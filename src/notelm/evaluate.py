@@ -73,6 +73,7 @@ from notelm.models import NextEventModel
 from notelm.models.baselines import MajorityModel, StratifiedModel
 from notelm.models.ngram import NGramModel
 from notelm.names import plural
+from notelm.rollmetrics import step_markdown, step_report
 from notelm.settings import Settings, setting
 
 NGRAM_ORDERS = (2, 3, 4, 5)  # per stream and joint
@@ -490,6 +491,10 @@ def evaluate(run_dir, options: EvalOptions | None = None, out_dir=None, progress
                                                           options.split, options.generate, options.generate_length,
                                                           copy_songs, out_dir, log)
         markdown += "\n\n" + section + "\n"
+    rep = from_vocab(vocab)
+    if rep.step_token() is not None:  # a piano roll read step by step: also the benchmark's metric
+        report["per_step"] = step_report(model, rep, encoded, fit_corpus, options.split, cond_of_song)
+        markdown += "\n" + step_markdown(report["per_step"])
     report["seconds"] = round(time.perf_counter() - started, 1)
     write_json(out_dir / f"{REPORT_NAME}.json", report)
     write_text(out_dir / f"{REPORT_NAME}.md", markdown)

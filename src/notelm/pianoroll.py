@@ -1,4 +1,4 @@
-"""The classic piano-roll benchmark: its MATLAB files in, its metric and its two baselines out.
+"""The classic piano-roll benchmark's MATLAB files as songs.
 
 The four sets of Boulanger-Lewandowski, Bengio & Vincent (ICML 2012) - JSB
 Chorales, Nottingham, Piano-midi.de, MuseData - come as ``.mat`` files holding
@@ -17,10 +17,7 @@ Chorales, Nottingham, Piano-midi.de, MuseData - come as ``.mat`` files holding
   silence).
 
 The ``steps`` representation (``encoding/steps.py``) reads such a corpus back to
-exactly these rolls.  The published metric is the negative log-likelihood of each
-time step given every earlier step of its sequence, in nats, averaged over the
-predicted steps 2..T of every sequence of the split (``step_nll``).  Two baselines
-calibrate it (``bernoulli_nll``, ``markov_nll``).
+exactly these rolls; ``rollmetrics.py`` holds the benchmark's metric and baselines.
 """
 
 from __future__ import annotations
@@ -30,7 +27,6 @@ import io
 import numpy as np
 
 from notelm import notes as nt
-from notelm.encoding.vocab import N_SPECIAL
 
 MAT_SPLITS = {"traindata": "train", "validdata": "valid", "testdata": "test"}
 LOWEST_KEY = 21
@@ -51,7 +47,7 @@ def load_mat(data: bytes) -> list[nt.RawSong]:
     try:
         import scipy.io
     except ImportError:
-        raise RollError("reading .mat files needs scipy: pip install 'notelm[pianoroll]' (or pip install scipy)")
+        raise RollError("reading .mat files needs scipy: pip install 'notelm[pianoroll]'") from None
     try:
         mat = scipy.io.loadmat(io.BytesIO(data))
     except Exception as e:  # scipy raises ValueError, TypeError, MatReadError... for files it cannot read
@@ -89,74 +85,3 @@ def raw_from_roll(roll: np.ndarray, split: str = "") -> nt.RawSong:
         raw.tracks.append((onset.astype(np.int64), (end - onset).astype(np.int64), key.astype(np.int64) + LOWEST_KEY,
                            np.full(len(key), VELOCITY, np.int64), 0, 0, False))
     return raw
-
-
-# --------------------------------------------------------------------------- the metric
-
-
-def scored_rows(tokens: np.ndarray, step_id: int) -> np.ndarray:
-    """Rows of ``model.predict(song)`` (row r predicts token r + 1) whose token belongs to steps 2..T.
-
-    ``tokens`` is one song ``[BOS, step 1 ..., step T ..., EOS]``; EOS is not a step's token.
-    """
-    tokens = np.asarray(tokens, np.int64)
-    steps_before = np.cumsum(tokens == step_id)[:-1]  # end-of-step tokens among tokens[0..r]
-    return np.flatnonzero((steps_before >= 1) & (tokens[1:] >= N_SPECIAL))
-
-
-def step_logprob(logprobs: np.ndarray, tokens: np.ndarray, rows: np.ndarray) -> float:
-    """Sum of the log-probabilities of ``tokens[rows + 1]``, each renormalized over the regular ids.
-
-    A step's tokens are keys and the end-of-step token, never PAD, BOS or EOS; the
-    published metric conditions on the sequence's length, so EOS is ruled out where a
-    step begins: the mass a model gives special ids is given back to the others.
-    """
-    lp = np.asarray(logprobs, np.float64)[rows]
-    regular = lp[:, N_SPECIAL:]
-    top = regular.max(1, keepdims=True)
-    norm = np.log(np.exp(regular - top).sum(1)) + top[:, 0]
-    return float((lp[np.arange(len(rows)), np.asarray(tokens)[rows + 1]] - norm).sum())
-
-
-def step_nll(model, songs: list[dict[str, np.ndarray]], conds, step_id: int, stream: str = "pitch") -> float:
-    """Nats per predicted step of ``model`` (any ``NextEventModel``) over the ``songs`` (framed token streams)."""
-    total, steps = 0.0, 0
-    for song, cond in zip(songs, conds):
-        tokens = np.asarray(song[stream], np.int64)
-        n_steps = int((tokens == step_id).sum())
-        if n_steps < 2:
-            continue
-        rows = scored_rows(tokens, step_id)
-        logprobs = model.predict({stream: tokens}, int(cond))[stream]
-        total -= step_logprob(logprobs, tokens, rows)
-        steps += n_steps - 1
-    return total / max(steps, 1)
-
-
-# --------------------------------------------------------------------------- the two baselines
-
-
-def bernoulli_nll(train: list[np.ndarray], rolls: list[np.ndarray]) -> float:
-    """A Bernoulli per key, p = (times on in training steps 2..T + 0.5) / (those steps + 1): nats per step 2..T."""
-    on = sum(r[1:].sum(0, dtype=np.int64) for r in train)
-    n = sum(len(r) - 1 for r in train)
-    p = (on + 0.5) / (n + 1)
-    x = np.concatenate([r[1:] for r in rolls]).astype(np.float64)
-    return float(-(x @ np.log(p) + (1 - x) @ np.log1p(-p)).sum() / max(len(x), 1))
-
-
-def markov_nll(train: list[np.ndarray], rolls: list[np.ndarray]) -> float:
-    """A Bernoulli per key given the same key in the previous step: nats per step 2..T.
-
-    p(on | previous on) = (on after on + 0.5) / (previous on + 1), likewise after off,
-    counted over training steps 2..T.
-    """
-    prev = np.concatenate([r[:-1] for r in train]).astype(np.int64)
-    cur = np.concatenate([r[1:] for r in train]).astype(np.int64)
-    on_after = np.stack([((prev == a) & (cur == 1)).sum(0) for a in (0, 1)])  # [previous state, key]
-    seen = np.stack([(prev == a).sum(0) for a in (0, 1)])
-    p_on = (on_after + 0.5) / (seen + 1)
-    prev = np.concatenate([r[:-1] for r in rolls]).astype(np.int64)
-    x = np.concatenate([r[1:] for r in rolls]).astype(np.float64)
-    p = p_on[prev, np.arange(KEYS)]
-    return float(-(x * np.log(p) + (1 - x) * np.log1p(-p)).sum() / max(len(x), 1))
