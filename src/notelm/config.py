@@ -210,8 +210,20 @@ def parse_config(raw: dict, saved: bool = False) -> RunConfig:
     unknown = sorted(set(raw) - set(SECTIONS))
     if unknown:
         raise NotelmError(f"unknown config section(s): {', '.join(unknown)}; valid: {', '.join(SECTIONS)}")
-    return RunConfig(DataConfig.from_dict(raw.get("data", {})), model_config(raw.get("model", {}), saved),
-                     TrainConfig.from_dict(raw.get("train", {})))
+    run = RunConfig(DataConfig.from_dict(raw.get("data", {})), model_config(raw.get("model", {}), saved),
+                    TrainConfig.from_dict(raw.get("train", {})))
+    check_family_reads(run.family, run.representation)
+    return run
+
+
+def check_family_reads(family: str, representation: str) -> None:
+    """Refuse a family made for other representations (``NextEventModel.representations``)."""
+    from notelm.models import family_class
+
+    reads = family_class(family).representations
+    if reads and representation not in reads:
+        raise NotelmError(f"model.family = {family!r} reads the {' or '.join(reads)} representation, not "
+                          f"{representation!r}: set data.representation or choose another family")
 
 
 RESUMABLE = {"train.steps", "train.time_limit"}  # what a resumed run may change (raise) with --set

@@ -180,6 +180,7 @@ class StepsLSTMNet(EventNet):
 
 class StepsLSTMModel(NeuralModel):
     family = "steps_lstm"
+    representations = ("steps",)
     config_class = StepsLSTMConfig
     net_class = StepsLSTMNet
 
