@@ -228,3 +228,20 @@ def test_the_baselines_on_the_real_files_equal_the_rows_of_source_md(tmp_path):
         rolls = {s: [rep.roll(song) for song in split_songs(encoded, s)] for s in ("train", "test")}
         assert round(bernoulli_nll(rolls["train"], rolls["test"]), 2) == bernoulli[name]
         assert round(markov_nll(rolls["train"], rolls["test"]), 2) == markov[name]
+
+
+def test_crops_by_length_draw_each_song_with_the_chance_of_its_length():
+    from notelm.data import CropSampler
+
+    lengths = np.array([20, 40, 200])  # crops of 16: 5, 25 and 185 full crops
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    stream = np.arange(offsets[-1])
+    rng = np.random.default_rng(0)
+    uniform = CropSampler([stream], offsets, np.arange(3), 16)
+    by_length = CropSampler([stream], offsets, np.arange(3), 16, by_length=True)
+    share = {name: np.bincount(s.sample(rng, 20000)[1], minlength=3) / 20000
+             for name, s in (("uniform", uniform), ("by_length", by_length))}
+    np.testing.assert_allclose(share["uniform"], [5 / 215, 25 / 215, 185 / 215], atol=0.01)
+    np.testing.assert_allclose(share["by_length"], lengths / lengths.sum(), atol=0.01)
+    tokens, songs = by_length.sample(rng, 500)  # every crop lies inside its song
+    assert ((tokens[:, 0, 0] >= offsets[songs]) & (tokens[:, -1, 0] < offsets[songs + 1])).all()

@@ -69,6 +69,9 @@ class TrainConfig(Settings):
     patience: int = setting(5, "evaluations without improvement before stopping early", minimum=1)
     log_every: int = setting(20, "steps between lines of metrics.jsonl", minimum=1)
     seed: int = setting(0, "random seed of the model's initialization and of the crops")
+    crops: str = setting("uniform", "how training crops are drawn: 'uniform' (every crop of every song equally "
+                                    "likely) or 'by_length' (a song with the chance of its length, then one of its "
+                                    "crops: for songs about as long as a crop)", choices=("uniform", "by_length"))
     split: str = setting("song", "'song': train/valid/test by song; 'window': the original's random split of "
                                  "windows (it leaks: neighbouring windows overlap)", choices=("song", "window"))
     time_limit: float = setting(0.0, "seconds of training after which the run stops (0: no limit)", minimum=0.0)
