@@ -500,6 +500,11 @@ def evaluate(run_dir, options: EvalOptions | None = None, out_dir=None, progress
     write_text(out_dir / f"{REPORT_NAME}.md", markdown)
     plot_results(report, out_dir / f"{REPORT_NAME}.png")
     log(summary_line(report, out_dir))
+    if "per_step" in report:
+        p = report["per_step"]
+        log(f"nats per time step ({p['split']}, steps 2..T): model {p['model']:.3f}, {p['best_ngram']} "
+            f"{p['ngram']:.3f}, Bernoulli per key given the previous step {p['markov']:.3f}, Bernoulli per key "
+            f"{p['bernoulli']:.3f}")
     return report
 
 
