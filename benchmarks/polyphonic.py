@@ -33,6 +33,7 @@ import numpy as np
 from notelm.checkpoint import load_model
 from notelm.config import apply_overrides, parse_config, read_preset
 from notelm.corpus import prepare
+from notelm.data import condition_map
 from notelm.encoding import from_vocab, load_or_encode
 from notelm.io import NotelmError, read_json, write_json
 from notelm.rollmetrics import STEP_NGRAM_ORDERS, bernoulli_nll, fit_step_ngrams, markov_nll, split_songs, step_nll
@@ -84,10 +85,11 @@ def train_and_score(name: str, corpus: Path, work: Path, steps: int, overrides: 
     model = load_model(run_dir / "best")
     encoded = load_or_encode(corpus, model.vocab.representation, model.vocab.config)
     step_id = from_vocab(model.vocab).step_token()
+    cond = condition_map(model.vocab, encoded.vocab)[np.asarray(encoded.cond, np.int64)]  # as notelm evaluate
     out = {"steps": summary["steps"], "minutes": round(summary["seconds"] / 60, 2), "stopped": summary["stopped"]}
     for split in ("valid", "test") if test else ("valid",):
         songs = split_songs(encoded, split)
-        out["model" if split == "test" else "valid"] = step_nll(model, songs, np.zeros(len(songs), np.int64), step_id)
+        out["model" if split == "test" else "valid"] = step_nll(model, songs, cond[encoded.ids(split)], step_id)
     return out
 
 
