@@ -112,20 +112,27 @@ def test_every_representation_is_a_valid_data_setting_and_nothing_else_is():
 
 
 @pytest.fixture(scope="module")
-def seed_data(tmp_path_factory):
-    """Eight encoded songs of the seed representation: streams, offsets and the vocabulary."""
-    rep = get_representation("seed")
+def encoded_songs(tmp_path_factory):
+    """``encoded_songs(family)``: eight songs encoded as the family reads them (seed, unless the family reads
+    only other representations): streams, offsets and the vocabulary."""
     root = tmp_path_factory.mktemp("songs")
-    songs = [rep.encode_song(nt.read_midi(write_midi(root / f"{i}.mid", scale_tune(55 + i, 10 + i)))[0])
-             for i in range(8)]
-    streams = {name: np.concatenate([s[name] for s in songs]) for name in rep.stream_names}
-    offsets = np.concatenate([[0], np.cumsum([len(s["pitch"]) for s in songs])])
-    return streams, offsets, rep.vocab(["folk"])
+
+    def encoded(family: str):
+        reads = FAMILIES[family].representations
+        rep = get_representation((reads or ("seed",))[0])
+        chords = 3 if reads else 0  # polyphony for a family made for it
+        songs = [rep.encode_song(nt.read_midi(write_midi(root / f"{i}.mid", scale_tune(55 + i, 10 + i, chords)))[0])
+                 for i in range(8)]
+        streams = {name: np.concatenate([s[name] for s in songs]) for name in rep.stream_names}
+        offsets = np.concatenate([[0], np.cumsum([len(s["pitch"]) for s in songs])])
+        return streams, offsets, rep.vocab(["folk"])
+
+    return encoded
 
 
 @pytest.mark.parametrize("family", FAMILY_NAMES)
-def test_family_saves_and_loads_to_the_same_predictions(family, seed_data, tmp_path):
-    streams, offsets, vocab = seed_data
+def test_family_saves_and_loads_to_the_same_predictions(family, encoded_songs, tmp_path):
+    streams, offsets, vocab = encoded_songs(family)
     model = model_of(family, vocab, streams, offsets)
     assert model.family == family and isinstance(model.cfg, FAMILIES[family].config_class)
     save_model(model, tmp_path / "m")
@@ -139,9 +146,9 @@ def test_family_saves_and_loads_to_the_same_predictions(family, seed_data, tmp_p
 
 
 @pytest.mark.parametrize("family", FAMILY_NAMES)
-def test_family_generates_what_it_predicts(family, seed_data):
+def test_family_generates_what_it_predicts(family, encoded_songs):
     """One incremental step per event gives the distributions ``predict`` gives for the whole song."""
-    streams, offsets, vocab = seed_data
+    streams, offsets, vocab = encoded_songs(family)
     model = model_of(family, vocab, streams, offsets)
     song = {name: s[offsets[3]:offsets[4]].astype(np.int64) for name, s in streams.items()}
     full = model.predict(song, cond=1)
@@ -173,8 +180,14 @@ def test_every_trainable_family_reads_every_representation(family, representatio
 
     fields = {f.name for f in dataclasses.fields(FAMILIES[family].config_class)}
     settings = {k: v for k, v in SMALL_NETS.items() if k in fields}
-    run = load_config(None, [f'data.representation="{representation}"', f'model.family="{family}"',
-                             *(f"model.{k}={v}" for k, v in settings.items())])
+    overrides = [f'data.representation="{representation}"', f'model.family="{family}"',
+                 *(f"model.{k}={v}" for k, v in settings.items())]
+    reads = FAMILIES[family].representations
+    if reads and representation not in reads:  # a family made for other representations is refused up front
+        with pytest.raises(NotelmError, match=f"model.family = '{family}' reads the .* not '{representation}'"):
+            load_config(None, overrides)
+        return
+    run = load_config(None, overrides)
     rep = get_representation(run.representation, run.encoding)
     streams = rep.encode_song(piece(tmp_path))
     model = build_model(rep.vocab(), run.model)
@@ -187,7 +200,8 @@ def test_only_trainable_families_are_training_choices():
     assert set(trainable_families()) <= set(FAMILIES)
     for family in FAMILIES:
         if family in trainable_families():
-            assert load_config(None, [f'model.family="{family}"']).family == family
+            reads = [f'data.representation="{r}"' for r in FAMILIES[family].representations[:1]]
+            assert load_config(None, [f'model.family="{family}"', *reads]).family == family
         else:
             with pytest.raises(NotelmError, match=f"model.family = '{family}': expected one of"):
                 load_config(None, [f'model.family="{family}"'])
@@ -213,6 +227,8 @@ def test_a_representation_can_give_neural_models_token_features(monkeypatch, tmp
     monkeypatch.setitem(REPRESENTATIONS, "featured", FeaturedEvents)
     vocab = FeaturedEvents().vocab()
     for family in trainable_families():
+        if FAMILIES[family].representations:
+            continue  # a family made for other representations does not read this one
         model = model_of(family, vocab)
         pitch = vocab.names.index("pitch")
         assert str(pitch) in model.net.feature_maps  # a linear map of the features into the pitch embedding

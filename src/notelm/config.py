@@ -74,6 +74,9 @@ class TrainConfig(Settings):
     log_every: int = setting(20, "steps between lines of metrics.jsonl", minimum=1)
     seed: int = setting(0, "random seed of the model's initialization and of the crops", minimum=0,
                          maximum=2**32 - 1)
+    crops: str = setting("uniform", "how training crops are drawn: 'uniform' (every crop of every song equally "
+                                    "likely) or 'by_length' (a song with the chance of its length, then one of its "
+                                    "crops: for songs about as long as a crop)", choices=("uniform", "by_length"))
     split: str = setting("song", "'song': train/valid/test by song; 'window': the original's random split of "
                                  "windows (it leaks: neighbouring windows overlap)", choices=("song", "window"))
     time_limit: float = setting(0.0, "a safety cap: seconds of training after which the run stops even if "
@@ -227,8 +230,20 @@ def parse_config(raw: dict, saved: bool = False) -> RunConfig:
     unknown = sorted(set(raw) - set(SECTIONS))
     if unknown:
         raise NotelmError(f"unknown config section(s): {', '.join(unknown)}; valid: {', '.join(SECTIONS)}")
-    return RunConfig(DataConfig.from_dict(raw.get("data", {})), model_config(raw.get("model", {}), saved),
-                     TrainConfig.from_dict(raw.get("train", {})))
+    run = RunConfig(DataConfig.from_dict(raw.get("data", {})), model_config(raw.get("model", {}), saved),
+                    TrainConfig.from_dict(raw.get("train", {})))
+    check_family_reads(run.family, run.representation)
+    return run
+
+
+def check_family_reads(family: str, representation: str) -> None:
+    """Refuse a family made for other representations (``NextEventModel.representations``)."""
+    from notelm.models import family_class
+
+    reads = family_class(family).representations
+    if reads and representation not in reads:
+        raise NotelmError(f"model.family = {family!r} reads the {' or '.join(reads)} representation, not "
+                          f"{representation!r}: set data.representation or choose another family")
 
 
 RESUMABLE = {"train.steps", "train.time_limit"}  # what a resumed run may change (raise) with --set

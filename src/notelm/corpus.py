@@ -375,8 +375,8 @@ class CorpusWriter:
             song = new_id[k] = self._n_songs + len(rows)
             self._first.add(rec["sha"], song)
             n = int(counts[k])
-            rows.append(dict(rec, song=song, split=assign_split(rec["sha"], self.split), note_start=start,
-                             note_end=start + n))
+            split = rec.get("split") or assign_split(rec["sha"], self.split)  # a benchmark file brings its own
+            rows.append(dict(rec, song=song, split=split, note_start=start, note_end=start + n))
             start += n
             self._seconds += rec["duration_s"]
             self._splits[rows[-1]["split"]] += 1

@@ -32,9 +32,10 @@ class CropSampler:
     """
 
     def __init__(self, streams: list[np.ndarray], offsets: np.ndarray, songs: np.ndarray, length: int,
-                 windows: np.ndarray | None = None):
+                 windows: np.ndarray | None = None, by_length: bool = False):
         self.streams, self.length = streams, length
         self.windows = windows  # if given, only these window indices are ever drawn
+        self.by_length = by_length  # draw a song by its length first, then one of its crops (see ``sample``)
         self.songs = np.asarray(songs, np.int64)
         if not len(self.songs):
             raise NotelmError("no songs to train on in this split")
@@ -42,6 +43,7 @@ class CropSampler:
         self.end = offsets[self.songs + 1]
         n_starts = np.maximum(self.end - self.start - length + 1, 1)
         self.cum = np.concatenate([[0], np.cumsum(n_starts)])
+        self.cum_length = np.concatenate([[0], np.cumsum(self.end - self.start)])
 
     @property
     def n_windows(self) -> int:
@@ -51,6 +53,11 @@ class CropSampler:
         """(tokens [batch, length, S] int64, song index [batch])."""
         if self.windows is not None:
             return self.at(self.windows[rng.integers(0, len(self.windows), batch)])
+        if self.by_length:
+            # a song with the chance of its length, then one of its crops: when songs are about as long as a
+            # crop, drawing crops uniformly would weigh a song by how far it exceeds a crop, not by its length
+            k = np.searchsorted(self.cum_length, rng.integers(0, self.cum_length[-1], batch), side="right") - 1
+            return self.at(self.cum[k] + (rng.random(batch) * (self.cum[k + 1] - self.cum[k])).astype(np.int64))
         return self.at(rng.integers(0, self.n_windows, batch))
 
     def at(self, window: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -80,6 +80,7 @@ from notelm.models import song_cache as cache
 from notelm.models.baselines import MajorityModel, StratifiedModel
 from notelm.models.ngram import NGramModel
 from notelm.names import plural
+from notelm.rollmetrics import step_markdown, step_report
 from notelm.settings import Settings, setting
 
 NGRAM_ORDERS = (2, 3, 4, 5)  # per stream and joint
@@ -540,11 +541,20 @@ def evaluate(run_dir, options: EvalOptions | None = None, out_dir=None, progress
                                                           options.split, options.generate, options.generate_length,
                                                           copy_songs, out_dir, log)
         markdown += "\n\n" + section + "\n"
+    rep = from_vocab(vocab)
+    if rep.step_token() is not None:  # a piano roll read step by step: also the benchmark's metric
+        report["per_step"] = step_report(model, rep, encoded, fit_corpus, options.split, cond_of_song)
+        markdown += "\n" + step_markdown(report["per_step"])
     report["seconds"] = round(time.perf_counter() - started, 1)
     write_json(out_dir / f"{REPORT_NAME}.json", report)
     write_text(out_dir / f"{REPORT_NAME}.md", markdown)
     plot_results(report, out_dir / f"{REPORT_NAME}.png")
     log(summary_line(report, out_dir))
+    if "per_step" in report:
+        p = report["per_step"]
+        log(f"nats per time step ({p['split']}, steps 2..T): model {p['model']:.3f}, {p['best_ngram']} "
+            f"{p['ngram']:.3f}, Bernoulli per key given the previous step {p['markov']:.3f}, Bernoulli per key "
+            f"{p['bernoulli']:.3f}")
     return report
 
 

@@ -71,7 +71,10 @@ def load_file(path: str, check_events: bool = True,
     if not data:
         raise IngestError("empty file (0 bytes)")
     sha = content_hash(data)
-    raws = [_load_midi(data, check_events)] if is_midi(path) else _load_music21(path, data)
+    if path.lower().endswith(".mat"):
+        raws = _load_mat(data)
+    else:
+        raws = [_load_midi(data, check_events)] if is_midi(path) else _load_music21(path, data)
     if not any(raw.tracks for raw in raws):
         raise IngestError("no notes")
     return sha, raws
@@ -88,6 +91,15 @@ def _load_midi(data: bytes, check_events: bool = True) -> nt.RawSong:
     except Exception as e:  # symusic raises RuntimeError with its parser's message
         raise IngestError(f"unreadable MIDI: {_one_line(e)}") from None
     return nt.raw_from_score(score)
+
+
+def _load_mat(data: bytes) -> list[nt.RawSong]:
+    from notelm.pianoroll import RollError, load_mat  # a late import: pianoroll stands on encoding, which on ingest
+
+    try:
+        return load_mat(data)
+    except RollError as e:
+        raise IngestError(str(e)) from None
 
 
 # A compressed MusicXML (.mxl) is a zip: music21 unpacks it in memory.  A few kilobytes can unpack to
@@ -360,6 +372,7 @@ def _records(raws, info, notes, counts, meta) -> list[dict]:
         records.append({
             "path": printable(f"{path}#{part}" if "#" in sha else path),
             "sha": sha, "source": printable(source), "collection": printable(collection), "part": part,
+            **({"split": raw.split} if raw.split else {}),
             "tpq": raw.tpq, "n_notes": int(counts[k]), "n_tracks": len({t[4] for t in raw.tracks}),
             "duration_q": float(end_q[k]), "duration_s": float(seconds[k]),
             "qpm": float(tempos["qpm"][tempo]) if tempo >= 0 else nt.DEFAULT_QPM,

@@ -211,6 +211,7 @@ class RawSong:
     events: dict
     tracks: list = field(default_factory=list)
     dropped: dict = field(default_factory=dict)
+    split: str = ""  # the split the file itself assigns (a benchmark's .mat file); "": by content hash
 
     @property
     def meta(self) -> SongMeta:

@@ -21,7 +21,8 @@ from notelm.io import FileRefused, NotelmError, printable, read_regular_file
 
 MIDI_SUFFIXES = {".mid", ".midi", ".kar", ".smf"}
 MUSIC21_SUFFIXES = {".mxl", ".musicxml", ".xml", ".krn", ".abc"}
-SUFFIXES = MIDI_SUFFIXES | MUSIC21_SUFFIXES
+PIANOROLL_SUFFIXES = {".mat"}  # the piano-roll benchmark's MATLAB files (pianoroll.py)
+SUFFIXES = MIDI_SUFFIXES | MUSIC21_SUFFIXES | PIANOROLL_SUFFIXES
 MAX_SIDECAR_BYTES = 256 * 1024 * 1024
 
 
@@ -128,7 +129,10 @@ def iter_files(sources: list[str], max_file_mb: float | None = None,
         for path, error in items:
             rel = path[len(prefix):] if path.startswith(prefix) else path
             # the first folder under the source root, else the root's own name
-            collection = fixed_collection or (rel.split(os.sep, 1)[0] if os.sep in rel else root_name)
+            if os.path.splitext(path)[1].lower() in PIANOROLL_SUFFIXES:
+                collection = os.path.splitext(os.path.basename(path))[0]  # a benchmark file holds one dataset
+            else:
+                collection = fixed_collection or (rel.split(os.sep, 1)[0] if os.sep in rel else root_name)
             if overrides:
                 collection = (overrides.get(rel.replace(os.sep, "/")) or overrides.get(path)
                               or overrides.get(os.path.basename(path)) or collection)

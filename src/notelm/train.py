@@ -371,7 +371,7 @@ def _batches(encoded, vocab, cfg: TrainConfig) -> Batches:
         sampler = CropSampler(streams, encoded.offsets, every, length, windows=windows["train"])
         valid = CropSampler(streams, encoded.offsets, every, length, windows=windows["valid"])
     else:
-        sampler = CropSampler(streams, encoded.offsets, train_ids, length)
+        sampler = CropSampler(streams, encoded.offsets, train_ids, length, by_length=cfg.crops == "by_length")
         valid = CropSampler(streams, encoded.offsets, valid_ids, length)
     eval_rng = np.random.default_rng(12345)
     valid_batches = [valid.sample(eval_rng, min(cfg.batch_size, cfg.eval_crops))

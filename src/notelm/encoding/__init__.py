@@ -23,12 +23,14 @@ from notelm.encoding.cache import EncodedCorpus, cache_path, cached_encoding
 from notelm.encoding.cache import encode_corpus as encode_with
 from notelm.encoding.events import Events
 from notelm.encoding.seed import Seed
+from notelm.encoding.steps import Steps
 from notelm.encoding.vocab import BOS, EOS, PAD, Stream, Vocab
 from notelm.io import NotelmError
 
 REPRESENTATIONS: dict[str, type[Representation]] = {
     "seed": Seed,
     "events": Events,
+    "steps": Steps,
 }
 
 

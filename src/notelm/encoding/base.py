@@ -21,6 +21,8 @@ are methods with a neutral default, so no other module branches on its name:
 * ``transpositions()``: id -> shifted id tables of that stream (None: it cannot be
   transposed);
 * ``rest_ids()``: ids of that stream that are not notes (never called repetitions);
+* ``step_token()``: the id that closes each time step, for a piano roll read step by
+  step (``steps``): evaluation then also scores whole steps (None: no such token);
 * ``token_features()``: optional fixed numeric features per token of a stream,
   which neural models add to the token's embedding.
 
@@ -107,6 +109,10 @@ class Representation:
     def rest_ids(self) -> np.ndarray:
         """Ids of ``pitch_stream`` that are not notes (e.g. a rest): never penalized as repetitions."""
         return np.zeros(0, np.int64)
+
+    def step_token(self) -> int | None:
+        """The id of ``pitch_stream`` that ends each time step (``steps``); None for event representations."""
+        return None
 
     def token_features(self) -> dict[str, np.ndarray]:
         """Optional: ``{stream: float32 [stream size, F]}``, fixed features of each token that a neural

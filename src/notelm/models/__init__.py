@@ -15,6 +15,7 @@ from notelm.models.base import NextEventModel
 from notelm.models.baselines import MajorityModel, StratifiedModel
 from notelm.models.lstm import LSTMModel
 from notelm.models.ngram import NGramModel
+from notelm.models.steps_lstm import StepsLSTMModel
 from notelm.models.transformer import TransformerModel
 
 FAMILIES: dict[str, type[NextEventModel]] = {
@@ -23,6 +24,7 @@ FAMILIES: dict[str, type[NextEventModel]] = {
     "ngram": NGramModel,
     "lstm": LSTMModel,
     "transformer": TransformerModel,
+    "steps_lstm": StepsLSTMModel,
 }
 
 

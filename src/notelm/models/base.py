@@ -43,6 +43,7 @@ class NextEventModel:
     vocab: Vocab
     cfg: Settings
     ordered: bool = False  # do later streams see the earlier streams of the same event?
+    representations: tuple[str, ...] = ()  # the representations this family reads (empty: every one)
 
     @classmethod
     def build(cls, vocab: Vocab, cfg: Settings, device: str = "cpu") -> NextEventModel:

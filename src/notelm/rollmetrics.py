@@ -1,0 +1,139 @@
+"""The piano-roll benchmark's metric, its two baselines and the n-gram beside them.
+
+The benchmark (``pianoroll.py`` reads its files, ``encoding/steps.py`` writes
+each time step as its keys then an end-of-step token) scores a model by the
+negative log-likelihood of each time step given every earlier step of its
+sequence, in nats, averaged over the predicted steps 2..T of every sequence of
+the split (``step_nll``).  A step's probability is exact: the sum of its tokens'
+log-probabilities, each renormalized over the tokens a step can hold.  Two
+baselines calibrate it (``bernoulli_nll``, ``markov_nll``); ``step_report`` is
+what ``notelm evaluate`` adds for such a corpus.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from notelm.encoding.vocab import N_SPECIAL
+from notelm.models.ngram import NGramModel
+
+KEYS = 88
+
+
+def scored_rows(tokens: np.ndarray, step_id: int) -> np.ndarray:
+    """Rows of ``model.predict(song)`` (row r predicts token r + 1) whose token belongs to steps 2..T.
+
+    ``tokens`` is one song ``[BOS, step 1 ..., step T ..., EOS]``; EOS is not a step's token.
+    """
+    tokens = np.asarray(tokens, np.int64)
+    steps_before = np.cumsum(tokens == step_id)[:-1]  # end-of-step tokens among tokens[0..r]
+    return np.flatnonzero((steps_before >= 1) & (tokens[1:] >= N_SPECIAL))
+
+
+def step_logprob(logprobs: np.ndarray, tokens: np.ndarray, rows: np.ndarray) -> float:
+    """Sum of the log-probabilities of ``tokens[rows + 1]``, each renormalized over the regular ids.
+
+    A step's tokens are keys and the end-of-step token, never PAD, BOS or EOS; the
+    published metric conditions on the sequence's length, so EOS is ruled out where a
+    step begins: the mass a model gives special ids is given back to the others.
+    """
+    lp = np.asarray(logprobs, np.float64)[rows]
+    regular = lp[:, N_SPECIAL:]
+    top = regular.max(1, keepdims=True)
+    norm = np.log(np.exp(regular - top).sum(1)) + top[:, 0]
+    return float((lp[np.arange(len(rows)), np.asarray(tokens)[rows + 1]] - norm).sum())
+
+
+def step_nll(model, songs: list[dict[str, np.ndarray]], conds, step_id: int, stream: str = "pitch") -> float:
+    """Nats per predicted step of ``model`` (any ``NextEventModel``) over the ``songs`` (framed token streams)."""
+    total, steps = 0.0, 0
+    for song, cond in zip(songs, conds):
+        tokens = np.asarray(song[stream], np.int64)
+        n_steps = int((tokens == step_id).sum())
+        if n_steps < 2:
+            continue
+        rows = scored_rows(tokens, step_id)
+        logprobs = model.predict({stream: tokens}, int(cond))[stream]
+        total -= step_logprob(logprobs, tokens, rows)
+        steps += n_steps - 1
+    return total / max(steps, 1)
+
+
+# --------------------------------------------------------------------------- the two baselines
+
+
+def bernoulli_nll(train: list[np.ndarray], rolls: list[np.ndarray]) -> float:
+    """A Bernoulli per key, p = (times on in training steps 2..T + 0.5) / (those steps + 1): nats per step 2..T."""
+    on = sum(r[1:].sum(0, dtype=np.int64) for r in train)
+    n = sum(len(r) - 1 for r in train)
+    p = (on + 0.5) / (n + 1)
+    x = np.concatenate([r[1:] for r in rolls]).astype(np.float64)
+    return float(-(x @ np.log(p) + (1 - x) @ np.log1p(-p)).sum() / max(len(x), 1))
+
+
+def markov_nll(train: list[np.ndarray], rolls: list[np.ndarray]) -> float:
+    """A Bernoulli per key given the same key in the previous step: nats per step 2..T.
+
+    p(on | previous on) = (on after on + 0.5) / (previous on + 1), likewise after off,
+    counted over training steps 2..T.
+    """
+    prev = np.concatenate([r[:-1] for r in train]).astype(np.int64)
+    cur = np.concatenate([r[1:] for r in train]).astype(np.int64)
+    on_after = np.stack([((prev == a) & (cur == 1)).sum(0) for a in (0, 1)])  # [previous state, key]
+    seen = np.stack([(prev == a).sum(0) for a in (0, 1)])
+    p_on = (on_after + 0.5) / (seen + 1)
+    prev = np.concatenate([r[:-1] for r in rolls]).astype(np.int64)
+    x = np.concatenate([r[1:] for r in rolls]).astype(np.float64)
+    p = p_on[prev, np.arange(KEYS)]
+    return float(-(x * np.log(p) + (1 - x) * np.log1p(-p)).sum() / max(len(x), 1))
+
+
+# --------------------------------------------------------------------------- the report of ``notelm evaluate``
+
+STEP_NGRAM_ORDERS = (3, 5, 8, 12)  # a step is ~4-6 tokens: an n-gram needs more than one step of context
+
+
+def split_songs(encoded, split: str) -> list[dict[str, np.ndarray]]:
+    return [encoded.song(int(i)) for i in encoded.ids(split)]
+
+
+def fit_step_ngrams(fit_corpus, step_id: int, orders=STEP_NGRAM_ORDERS) -> tuple[str, dict]:
+    """Kneser-Ney n-grams over the serialization, fitted on the train split; (best name, models), the best
+    chosen by nats per step on the valid split (the train split when there is no valid song)."""
+    train = fit_corpus.ids("train")
+    models = {f"ngram{k}": NGramModel(fit_corpus.vocab, order=k).fit(fit_corpus.streams, fit_corpus.offsets, train)
+              for k in orders}
+    valid = split_songs(fit_corpus, "valid" if len(fit_corpus.ids("valid")) else "train")
+    scores = {name: step_nll(m, valid, np.zeros(len(valid), np.int64), step_id) for name, m in models.items()}
+    return min(scores, key=scores.get), models
+
+
+def step_report(model, rep, encoded, fit_corpus, split: str, cond_of_song, progress=None) -> dict:
+    """Nats per predicted step of ``model``, the best n-gram and both baselines on ``split`` of ``encoded``
+    (fitted on the train split of ``fit_corpus``)."""
+    step_id = rep.step_token()
+    songs = split_songs(encoded, split)
+    ids = encoded.ids(split)
+    rolls = [rep.roll(s) for s in songs]
+    train_rolls = [rep.roll(s) for s in split_songs(fit_corpus, "train")]
+    best, ngrams = fit_step_ngrams(fit_corpus, step_id)
+    zeros = np.zeros(len(songs), np.int64)
+    return {
+        "split": split, "songs": len(songs), "steps": int(sum(max(len(r) - 1, 0) for r in rolls)),
+        "model": step_nll(model, songs, np.asarray(cond_of_song)[ids], step_id),
+        "best_ngram": best, "ngram": step_nll(ngrams[best], songs, zeros, step_id),
+        "bernoulli": bernoulli_nll(train_rolls, rolls), "markov": markov_nll(train_rolls, rolls),
+    }
+
+
+def step_markdown(report: dict) -> str:
+    return "\n".join([
+        f"## Per time step (the piano-roll benchmark's metric): {report['split']} split, {report['songs']} "
+        f"sequences, {report['steps']:,} predicted steps", "",
+        "Negative log-likelihood of each time step given all earlier steps of its sequence, in nats, averaged "
+        "over steps 2..T of every sequence (lower is better).", "",
+        "| model | nats per step |", "|---|---:|",
+        f"| model | {report['model']:.3f} |",
+        f"| best n-gram over the serialization ({report['best_ngram']}, chosen on valid) | {report['ngram']:.3f} |",
+        f"| Bernoulli per key given the previous step | {report['markov']:.3f} |",
+        f"| Bernoulli per key | {report['bernoulli']:.3f} |", ""])

@@ -1,0 +1,247 @@
+"""The piano-roll benchmark: .mat files in, the ``steps`` representation, the per-step metric and its baselines."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+scipy_io = pytest.importorskip("scipy.io")
+
+from notelm import notes as nt  # noqa: E402
+from notelm.corpus import Corpus  # noqa: E402
+from notelm.encoding import encode_corpus, get_representation, load_or_encode  # noqa: E402
+from notelm.encoding.steps import STEP_ID  # noqa: E402
+from notelm.encoding.vocab import BOS, EOS, N_SPECIAL  # noqa: E402
+from notelm.rollmetrics import bernoulli_nll, markov_nll, split_songs, step_nll  # noqa: E402
+
+from conftest import prepare_quietly, quiet  # noqa: E402
+
+REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "polyphonic"
+
+
+def key_id(pitch: int) -> int:
+    return N_SPECIAL + pitch - 21
+
+
+def cells(rolls) -> np.ndarray:
+    out = np.empty((1, len(rolls)), object)
+    for i, r in enumerate(rolls):
+        out[0, i] = np.asarray(r, np.uint8)
+    return out
+
+
+def random_rolls(rng, n: int) -> list[np.ndarray]:
+    rolls = []
+    for _ in range(n):
+        roll = (rng.random((int(rng.integers(3, 14)), 88)) < 0.06).astype(np.uint8)
+        roll[-1, int(rng.integers(88))] = 1  # ends with a sounding step (trailing silence is not kept)
+        rolls.append(roll)
+    return rolls
+
+
+def write_mat(path: Path, splits: dict) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    scipy_io.savemat(str(path), {key: cells(rolls) for key, rolls in splits.items()})
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A benchmark file of 12 / 4 / 4 random rolls, prepared: (rolls by split, corpus path)."""
+    rng = np.random.default_rng(3)
+    held = np.zeros((6, 88), np.uint8)
+    held[[0, 1, 3], 19] = 1  # key 40 held for two steps, silent, struck again: two notes
+    held[2:6, 0] = held[5, 87] = 1  # the lowest and the highest key; the piece starts silent in both
+    rolls = {"traindata": [held, *random_rolls(rng, 11)], "validdata": random_rolls(rng, 4),
+             "testdata": random_rolls(rng, 4)}
+    root = tmp_path_factory.mktemp("mat")
+    write_mat(root / "Tiny_Set.mat", rolls)
+    out = root / "corpus"
+    prepare_quietly(root / "Tiny_Set.mat", out)
+    return rolls, out
+
+
+def test_a_mat_file_becomes_songs_of_its_own_split_that_decode_to_the_identical_roll(tiny):
+    rolls, path = tiny
+    corpus = Corpus(path)
+    assert corpus.collections == ["Tiny_Set"]  # the collection is the dataset's name
+    expected = ["train"] * 12 + ["valid"] * 4 + ["test"] * 4  # the file's split, never the hash split
+    assert list(corpus.songs["split"]) == expected
+    encoded = load_or_encode(path, "steps")
+    rep = get_representation("steps")
+    every = rolls["traindata"] + rolls["validdata"] + rolls["testdata"]
+    for i, roll in enumerate(every):
+        np.testing.assert_array_equal(rep.roll(encoded.song(i)), roll)
+    held = corpus.notes(0)  # consecutive steps of a key are one note; the benchmark cannot tell held from struck
+    rows = sorted(zip(held["onset_tick"].tolist(), held["duration_tick"].tolist(), held["pitch"].tolist()))
+    assert rows == [(0, 2, 40), (2, 4, 21), (3, 1, 40), (5, 1, 108)]
+    assert held["onset"][list(held["pitch"]).index(21)] == 1.0  # a step is an eighth note
+
+
+def test_a_file_that_is_no_benchmark_roll_is_one_failure_with_its_reason(tmp_path):
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "noise.mat").write_bytes(b"MATLAB? no: just bytes " * 40)
+    scipy_io.savemat(str(tmp_path / "src" / "other.mat"), {"weights": np.eye(3)})
+    write_mat(tmp_path / "src" / "wide.mat", {"traindata": [np.ones((3, 12), np.uint8)]})
+    write_mat(tmp_path / "src" / "good.mat", {"testdata": random_rolls(np.random.default_rng(0), 2)})
+    manifest = prepare_quietly(tmp_path / "src", tmp_path / "c")
+    reasons = {Path(f["path"]).name: f["reason"] for f in manifest["failures"]}
+    assert reasons["noise.mat"].startswith("not a readable MATLAB file")
+    assert reasons["other.mat"] == "no traindata, validdata or testdata in this MATLAB file (not a piano-roll " \
+                                   "benchmark file)"
+    assert reasons["wide.mat"] == "traindata: a sequence of shape (3, 12) is not a 0/1 roll of 88 keys"
+    assert manifest["counts"]["songs"] == 2 and manifest["counts"]["test_songs"] == 2
+
+
+def test_steps_writes_each_step_as_its_keys_ascending_then_an_end_of_step_token():
+    rep = get_representation("steps")
+    notes = {"onset": np.array([0.0, 0.0, 0.5, 2.0]), "duration": np.array([1.0, 0.5, 0.5, 0.25]),
+             "pitch": np.array([64, 60, 67, 72]), "is_drum": np.zeros(4, bool)}
+    tokens = rep.encode_song(notes)["pitch"].tolist()
+    step = STEP_ID
+    assert tokens == [BOS, key_id(60), key_id(64), step, key_id(64), key_id(67), step, step, step, key_id(72), step,
+                      EOS]
+    assert rep.vocab().stream("pitch").tokens[-1] == "step" and len(rep.vocab().stream("pitch").tokens) == 89
+
+
+def test_decoding_the_encoding_gives_the_notes_as_the_roll_holds_them():
+    rng = np.random.default_rng(1)
+    n = 300
+    notes = {"onset": rng.integers(0, 80, n) / 4, "duration": rng.integers(1, 12, n) / 4,
+             "pitch": rng.integers(15, 115, n), "is_drum": rng.random(n) < 0.05}
+    notes = {k: np.asarray(v) for k, v in notes.items()}
+    full = {**nt.empty_notes(), **{k: notes[k].astype(nt.NOTE_COLUMNS[k]) for k in notes}}
+    full["onset_tick"] = (notes["onset"] * 480).astype(np.int64)
+    for k in ("track", "duration_tick", "velocity", "program"):
+        full[k] = np.zeros(n, nt.NOTE_COLUMNS[k])
+    rep = get_representation("steps")
+    quantized = rep.quantize(full)
+    decoded = rep.decode(rep.encode_song(full))
+
+    def rows(x):
+        return sorted(zip(x["onset_tick"].tolist(), x["duration_tick"].tolist(), x["pitch"].tolist()))
+
+    assert rows(decoded) == rows(quantized) and len(rows(decoded)) > 50
+    assert min(quantized["pitch"]) >= 21 and max(quantized["pitch"]) <= 108  # the piano's 88 keys
+    # a roll cannot hold two notes of one key in one step: the cells of notes and of the decoded notes agree
+    np.testing.assert_array_equal(rep.roll(rep.encode_song(full)), rep.roll(rep.encode_song(decoded)))
+
+
+def test_both_baselines_give_known_answers_on_a_tiny_roll():
+    train = np.zeros((4, 88), np.uint8)
+    train[:3, 0] = 1  # key 0 sounds in steps 1-3 and stops in step 4
+    test = np.zeros((2, 88), np.uint8)
+    test[1, 0] = 1  # silent, then key 0
+    # Bernoulli: key 0 on in 2 of the 3 training steps 2..4: p = 2.5 / 4; the others p = 0.5 / 4
+    assert bernoulli_nll([train], [test]) == pytest.approx(-math.log(2.5 / 4) + 87 * math.log(8 / 7))
+    # given the previous step: key 0 was never off before in training: p(on | off) = 0.5 / 1; others as above
+    assert markov_nll([train], [test]) == pytest.approx(math.log(2) + 87 * math.log(8 / 7))
+
+
+class Uniform:
+    """A model that gives every id of the vocabulary the same probability."""
+
+    def predict(self, streams, cond=0):
+        tokens = streams["pitch"]
+        return {"pitch": np.full((len(tokens) - 1, STEP_ID + 1), -math.log(STEP_ID + 1), np.float32)}
+
+
+def test_nats_per_step_sum_the_tokens_of_steps_2_to_t_renormalized_over_what_a_step_holds():
+    step = STEP_ID
+    song = {"pitch": np.array([BOS, key_id(60), step, key_id(60), key_id(64), step, step, EOS])}
+    # steps 2 and 3 are predicted: 3 + 1 tokens, each one of the 89 ids a step can hold
+    assert step_nll(Uniform(), [song], [0], step) == pytest.approx(4 * math.log(89) / 2)
+    two = {"pitch": np.array([BOS, key_id(60), step, step, EOS])}
+    assert step_nll(Uniform(), [song, two], [0, 0], step) == pytest.approx(5 * math.log(89) / 3)
+
+
+def test_the_steps_model_rules_out_what_the_representation_never_writes(tiny):
+    from notelm.config import load_config
+    from notelm.models import build_model
+
+    _, path = tiny
+    encoded = load_or_encode(path, "steps")
+    run = load_config("steps", ["model.hidden=16", "model.embed_dim=8"])
+    model = build_model(encoded.vocab, run.model)
+    song = encoded.song(0)  # held roll: step 1 silent, then key 21, key 21 + 40...
+    tokens = np.asarray(song["pitch"], np.int64)
+    lp = model.predict({"pitch": tokens})["pitch"]
+    np.testing.assert_allclose(np.exp(lp.astype(np.float64)).sum(1), 1.0, atol=1e-5)
+    assert np.isneginf(lp[:, [0, BOS]]).all()  # PAD and BOS are never written
+    for row, token in enumerate(tokens[:-1]):
+        if N_SPECIAL <= token < STEP_ID:  # after a key: only higher keys or the end of the step
+            assert np.isneginf(lp[row, N_SPECIAL:token + 1]).all() and np.isneginf(lp[row, EOS])
+            assert np.isfinite(lp[row, token + 1:]).all()
+
+
+def test_evaluate_and_generate_on_a_steps_corpus(tiny, tmp_path):
+    from notelm.config import load_config
+    from notelm.evaluate import EvalOptions, evaluate
+    from notelm.generate import generate
+    from notelm.train import train
+
+    rolls, path = tiny
+    run = load_config("steps", ["model.hidden=16", "model.embed_dim=8", "train.steps=4", "train.eval_every=2",
+                                "train.batch_size=4", "train.context=32", "train.eval_crops=4"])
+    train(path, run, tmp_path / "run", progress=False, log=quiet)
+    report = evaluate(tmp_path / "run", EvalOptions(split="test"), progress=False, log=quiet)
+    per_step = report["per_step"]
+    assert per_step["steps"] == sum(len(r) - 1 for r in rolls["testdata"])
+    train_rolls = rolls["traindata"]
+    assert per_step["bernoulli"] == pytest.approx(bernoulli_nll(train_rolls, rolls["testdata"]))
+    assert per_step["markov"] == pytest.approx(markov_nll(train_rolls, rolls["testdata"]))
+    assert 0 < per_step["model"] < 200 and per_step["best_ngram"].startswith("ngram")
+    assert "Per time step" in (tmp_path / "run" / "eval" / "evaluation.md").read_text()
+    out = generate(tmp_path / "run" / "best", tmp_path / "gen", log=quiet)
+    assert out["pieces"] and all(row["notes"] > 0 for row in out["pieces"])
+
+
+def test_every_family_scores_a_steps_corpus_per_step(tiny):
+    """The n-gram, LSTM and transformer read the serialization too; nats per step come out finite."""
+    from notelm.config import load_config
+    from notelm.models import build_model
+    from notelm.models.ngram import NGramModel
+
+    _, path = tiny
+    encoded = encode_corpus(Corpus(path), "steps")
+    songs = split_songs(encoded, "test")
+    ngram = NGramModel(encoded.vocab, order=4).fit(encoded.streams, encoded.offsets, encoded.ids("train"))
+    scores = {"ngram": step_nll(ngram, songs, np.zeros(len(songs)), STEP_ID)}
+    for family in ("lstm", "transformer"):
+        run = load_config(None, ['data.representation="steps"', f'model.family="{family}"', "model.hidden=16"])
+        scores[family] = step_nll(build_model(encoded.vocab, run.model), songs, np.zeros(len(songs)), STEP_ID)
+    assert all(0 < v < 100 for v in scores.values()), scores
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not REAL.exists(), reason="the shared polyphonic data is not here")
+def test_the_baselines_on_the_real_files_equal_the_rows_of_source_md(tmp_path):
+    bernoulli = {"JSB_Chorales": 11.09, "Nottingham": 10.26, "Piano_midi": 11.05, "MuseData": 11.51}
+    markov = {"JSB_Chorales": 10.49, "Nottingham": 5.15, "Piano_midi": 8.26, "MuseData": 8.56}
+    rep = get_representation("steps")
+    for name in bernoulli:
+        prepare_quietly(REAL / f"{name}.mat", tmp_path / name)
+        encoded = load_or_encode(tmp_path / name, "steps")
+        rolls = {s: [rep.roll(song) for song in split_songs(encoded, s)] for s in ("train", "test")}
+        assert round(bernoulli_nll(rolls["train"], rolls["test"]), 2) == bernoulli[name]
+        assert round(markov_nll(rolls["train"], rolls["test"]), 2) == markov[name]
+
+
+def test_crops_by_length_draw_each_song_with_the_chance_of_its_length():
+    from notelm.data import CropSampler
+
+    lengths = np.array([20, 40, 200])  # crops of 16: 5, 25 and 185 full crops
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    stream = np.arange(offsets[-1])
+    rng = np.random.default_rng(0)
+    uniform = CropSampler([stream], offsets, np.arange(3), 16)
+    by_length = CropSampler([stream], offsets, np.arange(3), 16, by_length=True)
+    share = {name: np.bincount(s.sample(rng, 20000)[1], minlength=3) / 20000
+             for name, s in (("uniform", uniform), ("by_length", by_length))}
+    np.testing.assert_allclose(share["uniform"], [5 / 215, 25 / 215, 185 / 215], atol=0.01)
+    np.testing.assert_allclose(share["by_length"], lengths / lengths.sum(), atol=0.01)
+    tokens, songs = by_length.sample(rng, 500)  # every crop lies inside its song
+    assert ((tokens[:, 0, 0] >= offsets[songs]) & (tokens[:, -1, 0] < offsets[songs + 1])).all()
