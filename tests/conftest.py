@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
+
 import numpy as np
 import pytest
 import symusic
@@ -82,3 +85,18 @@ def midi_folder(tmp_path):
     (root / "beta" / "notes.mid").write_text("these are my notes, not a MIDI file\n")
     (root / "beta" / "readme.txt").write_text("ignored: not a music file\n")
     return root
+
+
+@contextlib.contextmanager
+def deadline(seconds: int):
+    """Fail instead of hanging: SIGALRM interrupts a blocking open or read (a FIFO waits for a writer)."""
+    def expired(*_):
+        raise TimeoutError(f"still running after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)

@@ -11,7 +11,6 @@ import io
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -25,7 +24,7 @@ from notelm.corpus import Corpus, prepare
 from notelm.ingest import GRACE_QUARTERS, IngestError, load_file
 from notelm.io import FileRefused, NotelmError, printable, read_regular_file
 
-from conftest import scale_tune, write_midi
+from conftest import deadline, scale_tune, write_midi
 from midibytes import header, melody, note_off, note_on, smf, tempo, track
 
 GOOD = smf([melody([60, 62, 64])])
@@ -51,21 +50,6 @@ def notelm_process(*args, timeout=120, **kwargs) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     return subprocess.run([sys.executable, "-m", "notelm", *map(str, args)], capture_output=True, text=True,
                           timeout=timeout, env=env, **kwargs)
-
-
-@contextlib.contextmanager
-def deadline(seconds: int):
-    """Fail instead of hanging: SIGALRM interrupts a blocking open or read in this process."""
-    def expired(*_):
-        raise TimeoutError(f"still running after {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, expired)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 # --------------------------------------------------------------------------- special files

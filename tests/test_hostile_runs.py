@@ -11,7 +11,6 @@ import contextlib
 import io
 import json
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +22,8 @@ from notelm import notes as nt
 from notelm.cli import main
 from notelm.io import NotelmError
 
+from conftest import deadline
+
 
 def run_cli(*args) -> tuple[int, str, str]:
     out, err = io.StringIO(), io.StringIO()
@@ -33,21 +34,6 @@ def run_cli(*args) -> tuple[int, str, str]:
 
 def one_line_error(rc: int, err: str, message: str) -> bool:
     return rc == 1 and err.count("\n") == 1 and message in err and "Traceback" not in err
-
-
-@contextlib.contextmanager
-def deadline(seconds: int):
-    """Fail instead of hanging (a FIFO opened for reading blocks until a writer comes)."""
-    def expired(*_):
-        raise TimeoutError(f"still running after {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, expired)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 @pytest.fixture
