@@ -192,17 +192,22 @@ def _prepare_parser(sub):
     s = sub.add_parser("prepare", help="read MIDI / MusicXML / kern / ABC files into a corpus",
                        description="Read music files into a corpus directory (note table, song table, splits).\n"
                                    "A SOURCE is a file, a folder (recursive), a glob in quotes, or music21:NAME for "
-                                   "a\ncollection of music21's bundled corpus (e.g. music21:bach). A killed prepare "
-                                   "resumes\nwhen run again.", epilog=PREPARE_EXIT,
+                                   "a\ncollection of music21's bundled corpus (e.g. music21:bach). Write SOURCE=NAME "
+                                   "to name the\ncollection of all its files (a model is conditioned on it: "
+                                   "--condition collection=NAME);\nthe folder under the source (composer, tune book) "
+                                   "stays each song's group. Example:\n  notelm prepare music21:bach=bach "
+                                   "data/nottingham=nottingham data/pop909=pop909 -o corpus\nA killed prepare "
+                                   "resumes when run again.", epilog=PREPARE_EXIT,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    s.add_argument("sources", nargs="+", metavar="SOURCE")
+    s.add_argument("sources", nargs="+", metavar="SOURCE[=NAME]")
     s.add_argument("-o", "--output", required=True, metavar="CORPUS_DIR")
     s.add_argument("--workers", type=int, default=None, help="worker processes (default: number of cores)")
     s.add_argument("--shard", metavar="K/N", help="process only the K-th of N interleaved slices of the sorted files")
     s.add_argument("--split", default="80/10/10", metavar="TRAIN/VALID/TEST",
                    help="song-level split fractions (default 80/10/10)")
     s.add_argument("--metadata", metavar="CSV",
-                   help="CSV with columns path,collection overriding the folder-derived collection")
+                   help="CSV with columns path,collection setting each file's group (and its collection "
+                        "where the source is not named)")
     s.add_argument("--max-file-mb", type=float, default=64.0, help="skip files larger than this (default 64)")
     s.add_argument("--force", action="store_true", help="rebuild an existing corpus")
     s.set_defaults(func=cmd_prepare)
