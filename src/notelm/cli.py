@@ -128,13 +128,26 @@ def cmd_generate(a):
 
     if a.run:
         raise NotelmError(f"the model is given with --model: notelm generate --model {shlex.quote(a.run)} ...")
+    if a.list_conditions:
+        print(model_conditions(a.model))
+        return 0
     length, seconds = parse_length(a.length)
     pieces = PieceOptions(num=a.num, length=length, seconds=seconds, condition=a.condition)
     prompt = PromptOptions(prompt=a.prompt, prompt_events=a.prompt_events, prompt_bars=a.prompt_bars,
                            prompt_from_test=a.prompt_from_test, corpus=a.corpus)
     sampling = SamplingConfig(**{f.name: getattr(a, f.name) for f in dataclasses.fields(SamplingConfig)})
-    output = OutputOptions(wav=a.wav, png=a.png, qpm=a.qpm, soundfont=a.soundfont)
+    output = OutputOptions(wav=a.wav, png=a.png, qpm=a.qpm, meter=a.meter, key=a.key, soundfont=a.soundfont)
     generate(a.model, a.output, pieces, prompt, sampling, output)
+
+
+def model_conditions(model: str | None) -> str:
+    """The styles a model (default: the shipped one) can write in: read from its config.json, no weights."""
+    from notelm.checkpoint import default_model_path, read_config, resolve
+    from notelm.encoding.vocab import Vocab
+    from notelm.generate import describe_conditions
+
+    directory = resolve(model or default_model_path())
+    return f"{model or 'the shipped model'}: " + describe_conditions(Vocab.from_json(read_config(directory)["vocab"]))
 
 
 def cmd_render(a):
@@ -350,10 +363,12 @@ def _reproduce_parser(sub):
 
 def _generate_parser(sub):
     s = sub.add_parser("generate", help="write new pieces with a trained model (MIDI, and WAV / piano roll on "
-                                        "request)",
+                                        "request)", formatter_class=argparse.RawDescriptionHelpFormatter,
                        description="Sample new pieces from a model (the shipped default model if --model is not "
-                                   "given), all pieces as one batch. Continue a MIDI file with --prompt, or an "
-                                   "excerpt of a held-out song with --prompt-from-test.")
+                                   "given), all pieces\nas one batch. Continue a MIDI file with --prompt, or an "
+                                   "excerpt of a held-out song with\n--prompt-from-test. Each file keeps the form: "
+                                   "the time signature, key and tempo of the\nprompt, else of the style "
+                                   "(--condition), and one track per part the model knows.")
     s.add_argument("run", nargs="?", help=argparse.SUPPRESS)  # a model given without --model: answered with a hint
     s.add_argument("--model", metavar="RUN_OR_MODEL", help="a run directory or model directory (default: the "
                                                             "shipped model)")
@@ -367,8 +382,16 @@ def _generate_parser(sub):
     s.add_argument("--prompt-from-test", type=int, metavar="K", help="continue an excerpt of the K-th held-out song")
     s.add_argument("--corpus", metavar="CORPUS_DIR", help="the corpus for --prompt-from-test (default: the run's)")
     s.add_argument("--condition", metavar="collection=NAME",
-                   help="write in the style of a collection the model was trained on")
-    s.add_argument("--qpm", type=float, help="tempo of the output (default: the prompt's, else 120)")
+                   help="write in the style of a collection the model was trained on (or group=NAME for a model "
+                        "conditioned on groups; a bare NAME works too); the names are listed below for --model")
+    s.add_argument("--list-conditions", action="store_true",
+                   help="print the collections the model can write in (with their meter, key, tempo, parts) and "
+                        "exit")
+    s.add_argument("--qpm", type=float, help="tempo of the output (default: the prompt's, else the style's, else 120)")
+    s.add_argument("--meter", metavar="N/D", help="time signature of the output, e.g. 6/8 (default: the prompt's, "
+                                                  "else the style's most common)")
+    s.add_argument("--key", metavar="KEY", help="key signature of the output, e.g. D, Bb or b (minor: lower case) "
+                                                "(default: the prompt's, else the style's most common)")
     s.add_argument("--wav", action="store_true", help="also render audio through a General MIDI SoundFont")
     s.add_argument("--png", action="store_true", help="also draw a piano roll")
     s.add_argument("--soundfont", metavar="SF2", help="SoundFont for --wav (default: the one installed with notelm)")
@@ -422,8 +445,24 @@ def _version() -> str:
         return "unknown"
 
 
+def _generate_help_names(parser: argparse.ArgumentParser, argv: list[str]) -> None:
+    """``notelm generate [--model M] --help`` ends with the conditions of that model (or the shipped one)."""
+    if not argv or argv[0] != "generate" or not {"-h", "--help"} & set(argv):
+        return
+    model = next((argv[i + 1] for i, x in enumerate(argv[:-1]) if x == "--model"), None)
+    model = model or next((x.split("=", 1)[1] for x in argv if x.startswith("--model=")), None)
+    try:
+        names = model_conditions(model)
+    except (NotelmError, OSError, ValueError) as e:
+        names = f"(cannot read the conditions of {model or 'the shipped model'}: {e})"
+    for action in parser._subparsers._group_actions:  # the one sub-command action
+        action.choices["generate"].epilog = names
+
+
 def main(argv=None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    _generate_help_names(parser, argv)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()

@@ -512,7 +512,8 @@ def _scoring(run_dir: Path, options: EvalOptions, progress: bool, log) -> _Scori
     corpus = options.corpus or run_corpus
     if not corpus:
         raise NotelmError(f"{run_dir}: no run.json naming the training corpus; pass --corpus CORPUS_DIR")
-    encoded = load_or_encode(corpus, vocab.representation, vocab.config, progress=progress, log=log)
+    encoded = load_or_encode(corpus, vocab.representation, vocab.config, progress=progress, log=log,
+                             condition=vocab.condition_label)
     problems = vocab.differences(encoded.vocab)
     if problems:
         raise NotelmError(f"{corpus}: the model cannot read this corpus: {'; '.join(problems)}")
