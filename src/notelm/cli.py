@@ -105,7 +105,8 @@ def cmd_evaluate(a):
     from notelm.evaluate import EvalOptions, evaluate
 
     options = EvalOptions(corpus=a.corpus, split=a.split, context=a.context, transpose_average=a.transpose_average,
-                          generate=a.generate, generate_length=a.generate_length)
+                          generate=a.generate, generate_length=a.generate_length, collection=a.collection,
+                          baselines_from_train=a.baselines_from_train)
     evaluate(a.run, options, out_dir=a.output, progress=not a.quiet)
 
 
@@ -326,6 +327,13 @@ def _evaluate_parser(sub):
                         "real songs")
     s.add_argument("--generate-length", type=int, default=256, metavar="EVENTS",
                    help="events per sampled piece (default 256)")
+    s.add_argument("--collection", metavar="NAME",
+                   help="score only the songs of this collection; the baselines are fitted on its train split "
+                        "(where the baselines' corpus has it), --generate samples in its style")
+    s.add_argument("--baselines-from-train", action="store_true",
+                   help="fit the baselines on the train split of the run's own training corpus, not on the corpus "
+                        "scored: the out-of-domain comparison in one command, e.g. evaluate RUN --corpus OTHER "
+                        "--split all --baselines-from-train")
     s.add_argument("-o", "--output", metavar="DIR", help="report folder (default: RUN_DIR/eval)")
     s.set_defaults(func=cmd_evaluate)
     return s

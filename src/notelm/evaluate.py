@@ -108,9 +108,11 @@ class Targets:
         return np.concatenate([offsets[s] + 1 + r for s, r in zip(self.songs, self.rows)]).astype(np.int64)
 
 
-def song_targets(encoded, split: str) -> Targets:
-    """Every event after BOS (EOS included) of every song of ``split``."""
+def song_targets(encoded, split: str, only: np.ndarray | None = None) -> Targets:
+    """Every event after BOS (EOS included) of every song of ``split`` (and of ``only``, a mask over songs)."""
     songs = encoded.ids(split)
+    if only is not None:
+        songs = songs[np.asarray(only, bool)[songs]]
     lengths = np.diff(np.asarray(encoded.offsets, np.int64))[songs]
     return Targets("song", songs, [np.arange(length - 1, dtype=np.int64) for length in lengths])
 
@@ -246,9 +248,12 @@ def score_model(model, encoded, targets: Targets, cond_of_song: np.ndarray | Non
 # =============================================================================
 
 def baseline_scores(fit_corpus, eval_corpus, eval_targets: Targets, orders=NGRAM_ORDERS,
-                    window_context: int | None = None, progress: bool = False, fit_corpus_name: str = "") -> dict:
+                    window_context: int | None = None, progress: bool = False, fit_corpus_name: str = "",
+                    fit_only: np.ndarray | None = None) -> dict:
     """Fit the baselines on the train split of ``fit_corpus``, pick the best n-gram on its valid
     split, score them all on ``eval_targets`` of ``eval_corpus``.
+
+    ``fit_only``: a mask over ``fit_corpus``'s songs (one collection): fit and choose on those only.
 
     ``window_context``: a window-split run's window length (fit on the training
     windows' targets, choose on the valid windows).  ``orders``: the n-gram orders
@@ -262,9 +267,10 @@ def baseline_scores(fit_corpus, eval_corpus, eval_targets: Targets, orders=NGRAM
         valid = window_targets(fit_corpus, "valid", window_context)
         fitted_on = f"the targets of the training windows ({window_context}-event windows)"
     else:
-        fit_on = dict(song_ids=fit_corpus.ids("train"), positions=None)
+        train_ids = fit_corpus.ids("train")
+        fit_on = dict(song_ids=train_ids if fit_only is None else train_ids[fit_only[train_ids]], positions=None)
         n_fit = len(fit_on["song_ids"])
-        valid = song_targets(fit_corpus, "valid")
+        valid = song_targets(fit_corpus, "valid", fit_only)
         fitted_on = "the train split"
     if not n_fit:
         raise NotelmError(f"{fit_corpus.path}: no training songs to fit the baselines on")
@@ -318,12 +324,18 @@ def event_ids(streams: dict[str, np.ndarray], vocab: Vocab) -> np.ndarray:
 
 
 def generation_report(model, ngram_model, ngram_name: str, encoded, split: str, n: int, length: int,
-                      copy_songs: np.ndarray, out_dir: Path, log=print) -> tuple[dict, str]:
-    """Music metrics and copy check of ``n`` model and ``n`` n-gram pieces against real songs: ``(json, markdown)``."""
+                      copy_songs: np.ndarray, out_dir: Path, log=print, only: np.ndarray | None = None,
+                      cond: int = 0) -> tuple[dict, str]:
+    """Music metrics and copy check of ``n`` model and ``n`` n-gram pieces against real songs: ``(json, markdown)``.
+
+    ``only``: a mask over the songs (one collection): the real sets are its songs, and the model's
+    pieces are sampled with condition id ``cond`` (its style).
+    """
     vocab = model.vocab
     rep = from_vocab(vocab)
-    real_ids = encoded.ids(split)
-    valid_ids = encoded.ids("valid")
+    real_ids, valid_ids = encoded.ids(split), encoded.ids("valid")
+    if only is not None:
+        real_ids, valid_ids = real_ids[only[real_ids]], valid_ids[only[valid_ids]]
     if split in ("train", "test") and len(valid_ids):
         reference_ids, second_ids, second_name = real_ids, valid_ids, "valid split"
     else:  # no separate real set: one half of the split is the reference for all, the other half the second set
@@ -338,7 +350,7 @@ def generation_report(model, ngram_model, ngram_name: str, encoded, split: str, 
 
     reference, second = real(reference_ids), real(second_ids)
     cfg = SamplingConfig(seed=0)
-    pieces = {"model": sample(model, n, length, cfg=cfg), ngram_name: sample(ngram_model, n, length, cfg=cfg)}
+    pieces = {"model": sample(model, n, length, cond=cond, cfg=cfg), ngram_name: sample(ngram_model, n, length, cfg=cfg)}
     for prefix, batch in pieces.items():
         write_pieces(batch, vocab, out_dir / "generated", prefix=prefix, log=lambda *_: None)
     notes = {name: [p.notes for p in batch] for name, batch in pieces.items()}
@@ -435,6 +447,11 @@ class EvalOptions(Settings):
     generate: int = setting(0, "also sample N pieces (and N from the best n-gram) and compare their music with "
                                "real songs", minimum=0)
     generate_length: int = setting(GENERATE_LENGTH, "events per sampled piece", minimum=1)
+    collection: str = setting(None, "score only the songs of this collection (the label the model is conditioned "
+                                    "on); the baselines are fitted on that collection's train split", kind=str)
+    baselines_from_train: bool = setting(False, "fit the baselines on the train split of the run's own training "
+                                                "corpus (out-of-domain: model and baselines learned from the same "
+                                                "music)")
     device: str = setting(None, "where a neural model runs (default: CUDA when present, else CPU)", kind=str)
 
 
@@ -469,13 +486,14 @@ def evaluate(run_dir, options: EvalOptions | None = None, out_dir=None, progress
     label = (f"{model.family} ({'context ' + str(context) if context else 'whole song'}"
              f"{', transposition average' if average else ''})")
     model_result = score_model(model, encoded, targets, cond_of_song, context, average, progress, desc=model.family)
-    fit_corpus, baselines = _baselines(scoring, options.split, progress, log, baseline_cache)
+    fit_corpus, baselines = _baselines(scoring, options, progress, log, baseline_cache)
     best = baselines["best_ngram"]
     report = {
         "run": str(run_dir), "model": {"family": model.family, "label": label, "ordered": bool(model.ordered)},
         "corpus": str(scoring.corpus), "representation": vocab.representation, "streams": vocab.names,
         "split": options.split, "split_kind": targets.kind, "songs": int(len(targets.songs)), "targets": targets.n,
         "context": context, "transpose_average": average, "conditioned": conditioned,
+        "collection": options.collection,
         "baselines": {"fitted_on": baselines["fitted_on"], "corpus": baselines["fit_corpus"], "best_ngram": best,
                       "selection": baselines["selection"]},
         "results": _plain({"model": model_result, **baselines["results"]}),
@@ -486,9 +504,11 @@ def evaluate(run_dir, options: EvalOptions | None = None, out_dir=None, progress
         copy_songs = encoded.ids("all") if scoring.window_context else encoded.ids("train")
         if not len(copy_songs):
             copy_songs = fit_corpus.ids("train")
+        only = songs_of(encoded, options.collection) if options.collection else None
+        cond = vocab.condition_id(options.collection) if options.collection in vocab.conditions else 0
         report["generation"], section = generation_report(model, baselines["models"][best], best, encoded,
                                                           options.split, options.generate, options.generate_length,
-                                                          copy_songs, out_dir, log)
+                                                          copy_songs, out_dir, log, only, cond)
         markdown += "\n\n" + section + "\n"
     report["seconds"] = round(time.perf_counter() - started, 1)
     write_json(out_dir / f"{REPORT_NAME}.json", report)
@@ -527,32 +547,56 @@ def _scoring(run_dir: Path, options: EvalOptions, progress: bool, log) -> _Scori
         context, targets = window_context, window_targets(encoded, split, window_context)
     else:
         window_context, targets = None, song_targets(encoded, split)
+    if options.collection is not None:
+        if window_context:
+            raise NotelmError(f"--collection: {run_dir} was trained on a random window split; score it whole")
+        targets = song_targets(encoded, split, songs_of(encoded, options.collection, corpus))
     if not targets.n:
-        raise NotelmError(f"{corpus}: no {split} {'windows' if window_context else 'songs'} to evaluate")
+        raise NotelmError(f"{corpus}: no {split} {'windows' if window_context else 'songs'} to evaluate"
+                          + (f" in {options.collection}" if options.collection else ""))
     return _Scoring(model, encoded, targets, run, corpus, context, window_context)
 
 
-def _baselines(scoring: _Scoring, split: str, progress: bool, log, cache: dict | None):
+def songs_of(encoded, name: str, corpus="the corpus") -> np.ndarray:
+    """A mask over the songs of ``encoded`` whose condition (collection, group) is ``name``."""
+    vocab = encoded.vocab
+    if name not in vocab.conditions:
+        raise NotelmError(f"{corpus}: no {vocab.condition_label} {name!r}; it has {', '.join(vocab.conditions)}")
+    return np.asarray(encoded.cond) == vocab.conditions.index(name) + 1
+
+
+def _baselines(scoring: _Scoring, options: EvalOptions, progress: bool, log, cache: dict | None):
     """(the corpus the baselines are fitted on, ``baseline_scores``), reused from ``cache`` when the same.
 
-    Fitted on the train split; for ``all`` on another corpus than the run's, on the run's own corpus.
+    Fitted on the train split; on the run's own corpus with ``baselines_from_train`` or for ``all`` on
+    another corpus than the run's; only on the songs of ``collection`` where the fit corpus has it.
     """
+    split, collection = options.split, options.collection
     vocab, corpus, run_corpus = scoring.model.vocab, scoring.corpus, scoring.run.get("corpus")
     fit_corpus, fit_name = scoring.encoded, str(corpus)
-    if split == "all" and run_corpus and not _same_path(corpus, run_corpus):
+    from_train = options.baselines_from_train or split == "all"
+    if from_train and run_corpus and not _same_path(corpus, run_corpus):
         if Path(run_corpus).exists():
-            fit_corpus = load_or_encode(run_corpus, vocab.representation, vocab.config, progress=progress, log=log)
+            fit_corpus = load_or_encode(run_corpus, vocab.representation, vocab.config, progress=progress, log=log,
+                                        condition=vocab.condition_label)
             fit_name = str(run_corpus)
         else:
             log(f"note: the run's corpus {run_corpus} is gone; baselines are fitted on the train split of {corpus}")
+    elif options.baselines_from_train and not run_corpus:
+        raise NotelmError(f"--baselines-from-train: {scoring.run or 'the model'} names no training corpus (no run.json)")
+    fit_only = None
+    if collection is not None and collection in fit_corpus.vocab.conditions:
+        fit_only = songs_of(fit_corpus, collection)
     context = scoring.context
     orders = [k for k in NGRAM_ORDERS if context is None or k - 1 <= context]  # n-grams that see <= context events
     key = json.dumps([str(Path(fit_name).resolve()), str(Path(corpus).resolve()), vocab.representation, vocab.config,
-                      split, orders, scoring.window_context])
+                      split, orders, scoring.window_context, collection, fit_only is not None])
     cache = cache if cache is not None else {}
     if key not in cache:
         cache[key] = baseline_scores(fit_corpus, scoring.encoded, scoring.targets, orders, scoring.window_context,
-                                     progress, fit_name)
+                                     progress, fit_name, fit_only)
+        if fit_only is not None:
+            cache[key]["fitted_on"] += f" (its {collection} songs)"
     return fit_corpus, cache[key]
 
 
@@ -577,7 +621,8 @@ def report_markdown(report: dict) -> str:
         f"# Evaluation of {report['run']}", "",
         f"- model: {report['model']['label']}",
         f"- corpus: `{report['corpus']}` ({report['representation']} representation), split **{report['split']}**"
-        f"{' of the random window split' if report['split_kind'] == 'window' else ''}: {report['songs']} songs, "
+        f"{' of the random window split' if report['split_kind'] == 'window' else ''}"
+        f"{', collection ' + report['collection'] if report.get('collection') else ''}: {report['songs']} songs, "
         f"{report['targets']:,} targets ({what})",
         f"- context: {context}"
         + (f"; predictions averaged over transpositions ({results['model'].get('shifts', 0):.1f} shifts per song)"
