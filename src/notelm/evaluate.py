@@ -350,7 +350,8 @@ def generation_report(model, ngram_model, ngram_name: str, encoded, split: str, 
 
     reference, second = real(reference_ids), real(second_ids)
     cfg = SamplingConfig(seed=0)
-    pieces = {"model": sample(model, n, length, cond=cond, cfg=cfg), ngram_name: sample(ngram_model, n, length, cfg=cfg)}
+    pieces = {"model": sample(model, n, length, cond=cond, cfg=cfg),
+              ngram_name: sample(ngram_model, n, length, cfg=cfg)}
     for prefix, batch in pieces.items():
         write_pieces(batch, vocab, out_dir / "generated", prefix=prefix, log=lambda *_: None)
     notes = {name: [p.notes for p in batch] for name, batch in pieces.items()}
@@ -583,7 +584,7 @@ def _baselines(scoring: _Scoring, options: EvalOptions, progress: bool, log, cac
         else:
             log(f"note: the run's corpus {run_corpus} is gone; baselines are fitted on the train split of {corpus}")
     elif options.baselines_from_train and not run_corpus:
-        raise NotelmError(f"--baselines-from-train: {scoring.run or 'the model'} names no training corpus (no run.json)")
+        raise NotelmError("--baselines-from-train: the model names no training corpus (no run.json beside it)")
     fit_only = None
     if collection is not None and collection in fit_corpus.vocab.conditions:
         fit_only = songs_of(fit_corpus, collection)
