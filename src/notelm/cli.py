@@ -188,14 +188,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _demo_parser(sub):
     s = sub.add_parser("demo", help="hear it now: pieces from the shipped model as MIDI + WAV + piano roll",
-                       description="Generate a few pieces with the model shipped in the package and render them as "
-                                   "MIDI, WAV and piano-roll PNG. With --train, run the whole path on music21's Bach "
+                       description="Generate one piece per style (collection) the model shipped in the package knows "
+                                   "and render them as MIDI, WAV and piano-roll PNG, each with its style's time "
+                                   "signature, key and tracks. With --train, run the whole path on music21's Bach "
                                    "chorales first: prepare -> train (a few minutes) -> evaluate -> generate.")
     s.add_argument("-o", "--output", default="demo", metavar="DIR", help="where everything goes (default: demo)")
     s.add_argument("--train", action="store_true",
                    help="train a model on the built-in corpus instead of using the shipped one")
     s.add_argument("--minutes", type=float, default=3.0, help="training time for --train (default 3)")
-    s.add_argument("--num", type=int, default=3, help="pieces to write (default 3)")
+    s.add_argument("--num", type=int, default=1, help="pieces to write per style (default 1)")
     s.add_argument("--length", default="20s", help="per piece: events (e.g. 256) or seconds (e.g. 20s); default 20s")
     s.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     s.set_defaults(func=cmd_demo)
