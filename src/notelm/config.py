@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from notelm.io import NotelmError
+from notelm.precision import PRECISION_DOC, PRECISIONS
 from notelm.settings import Settings, parse_override, setting
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -77,6 +78,7 @@ class TrainConfig(Settings):
                                  "windows (it leaks: neighbouring windows overlap)", choices=("song", "window"))
     time_limit: float = setting(0.0, "seconds of training after which the run stops (0: no limit)", minimum=0.0)
     threads: int = setting(0, "torch CPU threads (0: all cores)", minimum=0)
+    precision: str = setting("auto", PRECISION_DOC, choices=PRECISIONS)
 
 
 @dataclass
@@ -93,6 +95,7 @@ class SamplingConfig(Settings):
     penalty_window: int = setting(16, "how many recent events the repetition penalty looks at")
     max_repeat: int = setting(0, "never the same pitch more than this many times in a row (0 = off)")
     seed: int = setting(0, "random seed: the same seed gives the same pieces")
+    precision: str = setting("auto", PRECISION_DOC, choices=PRECISIONS)
 
     def check(self) -> None:
         from notelm.sampling import build_processors
@@ -219,12 +222,13 @@ def parse_config(raw: dict, saved: bool = False) -> RunConfig:
 
 
 RESUMABLE = {"train.steps", "train.time_limit"}  # what a resumed run may change (raise) with --set
+FREE_ON_RESUME = {"train.precision"}  # what a resumed run may change freely: checkpoints do not depend on it
 
 
 def check_resume(saved: RunConfig, asked: RunConfig) -> None:
     """Refuse a resumed run's config unless it is the saved one, or raises only ``RESUMABLE`` settings."""
     old, new = _flat(saved.to_json()), _flat(asked.to_json())
-    changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+    changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k) and k not in FREE_ON_RESUME)
     refused = [k for k in changed if k not in RESUMABLE]
     if refused:
         details = "; ".join(f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in refused[:4])

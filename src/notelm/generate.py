@@ -77,6 +77,8 @@ def sample(model, n: int = 4, length: int = 256, seconds: float | None = None,
     if len(prompt[names[0]]) - 1 > MAX_EVENTS:  # memory grows with pieces x (prompt + length) too
         raise NotelmError(f"the prompt holds {len(prompt[names[0]]) - 1} events, more than {MAX_EVENTS}; "
                           "take a part of it with --prompt-events or --prompt-bars")
+    if hasattr(model, "use_precision"):  # neural models: the arithmetic of their forward steps
+        model.use_precision(cfg.precision, "generate")
     with model.session(n):
         return _Sampler(model, cfg, seconds, qpm).run(n, limit, prompt, cond)
 

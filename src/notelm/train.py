@@ -1,8 +1,9 @@
 """Training: random crops of whole songs, loss at every position, checkpoints you can resume.
 
-One loop serves every neural model and every machine: CPU here, CUDA with bf16
-autocast where present, many GPUs or nodes under ``torchrun`` (each rank draws
-its own crops; rank 0 evaluates and writes).  Crops are cut from the encoded
+One loop serves every neural model and every machine: CPU or CUDA, in bf16
+autocast where it pays (``train.precision``, ``precision.py``), many GPUs or
+nodes under ``torchrun`` (each rank draws its own crops; rank 0 evaluates and
+writes).  Crops are cut from the encoded
 streams with index arithmetic (``data.CropSampler``), so no window is ever
 materialized: memory per corpus event is the few bytes of its streams.
 
@@ -23,7 +24,6 @@ restored state), then per step ``_train_step``, ``_log_step`` and, every
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import math
@@ -52,6 +52,8 @@ from notelm.encoding.vocab import PAD, UNCONDITIONED
 from notelm.io import NotelmError, atomic_path, write_json
 from notelm.models import build_model
 from notelm.names import plural
+from notelm.precision import autocast
+from notelm.precision import resolve as resolve_precision
 
 TIME_LIMIT_STOP = "time limit"  # how the stop reason of a run cut short by train.time_limit begins
 
@@ -110,14 +112,6 @@ class Dist:
             import torch.distributed as dist
 
             dist.destroy_process_group()
-
-
-def autocast(device: torch.device):
-    """The precision context of every forward pass, training and evaluation alike: bf16 autocast on
-    CUDA, plain fp32 elsewhere.  The one place that chooses it (weights stay fp32 either way)."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 # --------------------------------------------------------------------------- the objective
@@ -180,6 +174,7 @@ class Session:
     state: dict = field(default_factory=lambda: {"step": 0, "best_valid": float("inf"), "bad_evals": 0,
                                                   "elapsed": 0.0, "events": 0, "stopped": ""})
     started: float = 0.0
+    precision: str = "fp32"  # train.precision resolved for this device: "fp32" or "bf16"
 
     @property
     def cfg(self) -> TrainConfig:
@@ -267,6 +262,8 @@ def _prepare(corpus_path, run: RunConfig | None, out_dir: Path, resume: bool, in
     s = Session(run, model, dist.wrap(model.net), _optimizer(model.net, run.train),
                 _batches(encoded, model.vocab, run.train), dist, out_dir,
                 np.random.default_rng([run.train.seed, dist.rank]))
+    s.precision = resolve_precision(run.train.precision, dist.device, "train")
+    model.net.use_rng(s.rng)  # dropout masks come from the loop's generator, saved in every checkpoint
     if saved is not None:
         _restore(s, saved, log)
     elif (out_dir / "metrics.jsonl").exists():
@@ -297,8 +294,9 @@ def _optimizer(net, cfg: TrainConfig) -> torch.optim.Optimizer:
     """AdamW; matrices decay, biases and norms do not."""
     decay = [p for n, p in net.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in net.named_parameters() if p.dim() < 2]
+    # fused: one kernel for the whole update instead of a few per tensor (CPU and CUDA)
     return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98))
+                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98), fused=True)
 
 
 def _batches(encoded, vocab, cfg: TrainConfig) -> Batches:
@@ -361,7 +359,7 @@ def _train_step(s: Session):
         cond = np.where(s.rng.random(len(cond)) < cfg.cond_dropout, UNCONDITIONED, cond)
     for group in s.opt.param_groups:
         group["lr"] = lr_at(step, cfg)
-    with autocast(device):
+    with autocast(device, s.precision):
         loss, stats = batch_loss(s.ddp, torch.as_tensor(tokens, device=device), torch.as_tensor(cond, device=device),
                                  cfg.objective)
     s.opt.zero_grad(set_to_none=True)
@@ -393,7 +391,7 @@ def _evaluate(s: Session) -> dict:
     net, device, names = s.model.net, s.dist.device, s.model.vocab.names
     net.eval()
     sums = np.zeros((len(names), 3))
-    with torch.no_grad(), autocast(device):
+    with torch.no_grad(), autocast(device, s.precision):
         for tokens, songs in s.batches.valid:
             t = torch.as_tensor(tokens, device=device)
             c = torch.as_tensor(s.batches.cond_of_song[songs], device=device)

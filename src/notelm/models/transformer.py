@@ -17,7 +17,7 @@ from torch import nn
 
 from notelm.encoding.vocab import Vocab
 from notelm.io import NotelmError
-from notelm.models.neural import EventNet, NetConfig, NeuralModel, dropout_in_training
+from notelm.models.neural import Dropout, EventNet, NetConfig, NeuralModel
 from notelm.settings import setting
 
 
@@ -67,8 +67,7 @@ class Block(nn.Module):
         self.proj = nn.Linear(d, d)
         self.ln2 = nn.LayerNorm(d)
         self.ff = nn.Sequential(nn.Linear(d, cfg.ff_mult * d), nn.GELU(), nn.Linear(cfg.ff_mult * d, d))
-        self.dropout = cfg.dropout
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
 
     def forward(self, x, rope, cache):
         B, T, D = x.shape
@@ -79,16 +78,17 @@ class Block(nn.Module):
         past = 0
         if cache is not None:
             k, v, past = self._remember(cache, k, v)
-        drop = self.dropout if self.training else 0.0
+        # no dropout on the attention weights: with it, SDPA falls back from its fused (flash)
+        # kernel to the explicit one
         if past == 0:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1, dropout_p=drop)
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1)
         elif T == 1:
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)  # one new event sees all the past
+            y = F.scaled_dot_product_attention(q, k, v)  # one new event sees all the past
         else:
             mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(past)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop)
-        x = x + dropout_in_training(self.drop, self.proj(y.transpose(1, 2).reshape(B, T, D)))
-        return x + dropout_in_training(self.drop, self.ff(self.ln2(x)))
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        x = x + self.drop(self.proj(y.transpose(1, 2).reshape(B, T, D)))
+        return x + self.drop(self.ff(self.ln2(x)))
 
     @staticmethod
     def _remember(cache: dict, k, v):
