@@ -215,3 +215,24 @@ def test_baselines_fitted_on_the_runs_training_corpus(run, corpus, sources, tmp_
     assert report["targets"] == default["targets"]
     one = evaluate(run, EvalOptions(collection="folk", split="all"), out_dir=tmp_path / "e3", progress=False, log=quiet)
     assert one["songs"] == 8 and "(its folk songs)" in one["baselines"]["fitted_on"]
+
+
+def test_demo_writes_one_piece_per_style_with_its_form(run, tmp_path, monkeypatch):
+    from notelm import generate as generate_module
+    from notelm.demo import demo
+    from notelm.render import find_soundfont
+
+    monkeypatch.setattr(generate_module, "default_model_path", lambda: run)
+    try:
+        find_soundfont()
+        audio = True
+    except NotelmError:
+        audio = False  # no SoundFont here: the demo writes MIDI and piano rolls only (and says so)
+    report = demo(tmp_path / "demo", length="24", log=quiet)
+    assert sorted(report["styles"]) == ["bach", "folk"] and len(report["pieces"]) == 2
+    for style, meter in (("bach", (4, 4)), ("folk", (6, 8))):
+        score = symusic.Score(str(tmp_path / "demo" / "pieces" / style / "piece_00.mid"))
+        assert [(ts.numerator, ts.denominator) for ts in score.time_signatures] == [meter]
+        assert len(score.tracks) >= 1
+        row = report["styles"][style]["pieces"][0]
+        assert row["png"] and (not audio or row["wav_rms"] > 0.001)
