@@ -23,10 +23,10 @@ from notelm.sampling import TopK, TopP, apply_processors, build_processors, draw
 from conftest import scale_tune, write_midi
 
 
-def events_model(family="lstm", heads="ordered", conditions=("folk", "jigs")):
+def events_model(family="lstm", heads="ordered", conditions=("folk", "jigs"), relative_pitch=0):
     vocab = get_representation("events", {"velocity_bins": 4}).vocab(list(conditions))
     torch.manual_seed(0)
-    small = {"heads": heads, "hidden": 32, "embed_dim": 8, "layers": 2}
+    small = {"heads": heads, "hidden": 32, "embed_dim": 8, "layers": 2, "relative_pitch": relative_pitch}
     cfg = TransformerConfig(n_heads=2, context=64, **small) if family == "transformer" else LSTMConfig(**small)
     return build_model(vocab, cfg)
 
@@ -41,10 +41,13 @@ def random_song(vocab, length, rng):
     return streams
 
 
-@pytest.mark.parametrize("family,heads", [("lstm", "independent"), ("lstm", "ordered"),
-                                          ("transformer", "independent"), ("transformer", "ordered")])
-def test_incremental_logprobs_equal_full_recompute(family, heads):
-    model = events_model(family, heads)
+@pytest.mark.parametrize("family,heads,relative", [("lstm", "independent", 0), ("lstm", "ordered", 0),
+                                                   ("transformer", "independent", 0), ("transformer", "ordered", 0),
+                                                   ("lstm", "ordered", 3), ("transformer", "independent", 2)])
+def test_incremental_logprobs_equal_full_recompute(family, heads, relative):
+    model = events_model(family, heads, relative_pitch=relative)
+    if relative:  # the interval scores start at zero: make them count
+        torch.nn.init.normal_(model.net.relative.intervals.weight, std=0.5)
     song = random_song(model.vocab, 50, np.random.default_rng(1))
     full = model.predict(song, cond=2)
     state = model.begin({k: v[None, :1] for k, v in song.items()}, np.array([2]))
@@ -181,3 +184,17 @@ def test_default_model_generates_from_the_cli(tmp_path, capsys):
     assert "generated 1 piece " in capsys.readouterr().out
     assert main(["generate", "runs/mine", "-o", str(tmp_path)]) == 1  # the model given without --model
     assert "notelm generate --model runs/mine" in capsys.readouterr().err
+
+
+def test_relative_pitch_references_are_the_last_notes_newest_first():
+    model = events_model("lstm", relative_pitch=3)
+    rel, pitch = model.net.relative, model.vocab.stream("pitch")
+    rest = pitch.id_of("rest")
+    ids = torch.tensor([[pitch.id_of("60"), pitch.id_of("62"), rest, pitch.id_of("64"), pitch.id_of("65")]])
+    assert rel.references(ids)[0].tolist() == [[60, -1, -1], [62, 60, -1], [62, 60, -1], [64, 62, 60], [65, 64, 62]]
+    refs = torch.full((1, 3), -1)
+    for t in range(5):  # generation keeps the same references one event at a time
+        refs = rel.advance(refs, ids[:, t])
+    assert refs.tolist() == [[65, 64, 62]]
+    with pytest.raises(NotelmError, match="model.relative_pitch: the pitch stream has no MIDI pitch 0"):
+        build_model(get_representation("seed").vocab(), LSTMConfig(relative_pitch=1))

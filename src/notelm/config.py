@@ -76,9 +76,12 @@ class TrainConfig(Settings):
     seed: int = setting(0, "random seed of the model's initialization and of the crops")
     split: str = setting("song", "'song': train/valid/test by song; 'window': the original's random split of "
                                  "windows (it leaks: neighbouring windows overlap)", choices=("song", "window"))
-    time_limit: float = setting(0.0, "seconds of training after which the run stops (0: no limit)", minimum=0.0)
+    time_limit: float = setting(0.0, "a safety cap: seconds of training after which the run stops even if "
+                                     "train.steps are not done (0: no cap); the budget is train.steps", minimum=0.0)
     threads: int = setting(0, "torch CPU threads (0: all cores)", minimum=0)
     precision: str = setting("auto", PRECISION_DOC, choices=PRECISIONS)
+    compare_ngram: bool = setting(True, "at the end, score the best model and n-grams fitted on the train split "
+                                        "on the whole valid songs, and say which is ahead")
 
 
 @dataclass
@@ -222,7 +225,7 @@ def parse_config(raw: dict, saved: bool = False) -> RunConfig:
 
 
 RESUMABLE = {"train.steps", "train.time_limit"}  # what a resumed run may change (raise) with --set
-FREE_ON_RESUME = {"train.precision"}  # what a resumed run may change freely: checkpoints do not depend on it
+FREE_ON_RESUME = {"train.precision", "train.compare_ngram"}  # free on resume: the weights do not depend on them
 
 
 def check_resume(saved: RunConfig, asked: RunConfig) -> None:

@@ -290,6 +290,25 @@ def baseline_scores(fit_corpus, eval_corpus, eval_targets: Targets, orders=NGRAM
             "fit_corpus": fit_corpus_name or str(fit_corpus.path), "models": models}
 
 
+def valid_against_ngram(model, encoded, cond_of_song: np.ndarray, orders=NGRAM_ORDERS) -> dict | None:
+    """Bits/event on the whole valid songs of ``encoded``: ``model`` and the best of the n-grams fitted
+    on its train split (per stream and joint, ``orders``), as ``notelm evaluate --split valid`` scores
+    them.  What ``notelm train`` ends with; None when there are no valid or no train songs."""
+    valid, train_ids = song_targets(encoded, "valid"), encoded.ids("train")
+    if not valid.n or not len(train_ids):
+        return None
+    data = (encoded.streams, encoded.offsets, train_ids, None)
+    bits = {}
+    for joint in (False, True):
+        for k in orders:
+            ngram = NGramModel(model.vocab, order=k, joint=joint).fit(*data)
+            bits[f"{'joint' if joint else 'ngram'}{k}"] = score_model(ngram, encoded, valid)["total"]["bits"]
+    best = min(bits, key=bits.get)
+    model_bits = score_model(model, encoded, valid, cond_of_song)["total"]["bits"]
+    return {"model_bits": model_bits, "best_ngram": best, "ngram_bits": bits[best], "targets": valid.n,
+            "songs": int(len(valid.songs))}
+
+
 def fit_models(vocab: Vocab, streams, offsets, song_ids=None, orders=(2, 3, 4), joint_orders=(3,),
                smoothing: str = "kn", positions=None) -> dict[str, NextEventModel]:
     """The reference models an evaluation compares against, fitted on the songs ``song_ids``

@@ -49,9 +49,9 @@ from notelm.config import RunConfig, TrainConfig, apply_overrides, check_resume,
 from notelm.data import CropSampler, condition_map, transpose_batch, window_splits
 from notelm.encoding import from_vocab, load_or_encode
 from notelm.encoding.vocab import PAD, UNCONDITIONED
+from notelm.evaluate import valid_against_ngram
 from notelm.io import NotelmError, atomic_path, write_json
 from notelm.models import build_model
-from notelm.names import plural
 from notelm.precision import autocast
 from notelm.precision import resolve as resolve_precision
 
@@ -157,6 +157,7 @@ class Batches:
     cond_of_song: np.ndarray  # the model's condition id of every corpus song
     tables: dict | None = None  # the representation's transposition tables (train.transpose)
     pitch_index: int = -1
+    encoded: object = None  # the encoded corpus (encoding.EncodedCorpus)
 
 
 @dataclass
@@ -207,13 +208,10 @@ def train(corpus_path, run: RunConfig | None, out_dir, resume: bool = False, ini
     with a higher train.steps / train.time_limit).  ``init``: fine-tune the model of this run or
     model directory (``default``: the shipped one).
     """
-    from tqdm import tqdm
-
     dist = Dist()
     s = _prepare(corpus_path, run, Path(out_dir), resume, init, dist, log)
     cfg = s.cfg
-    bar = tqdm(total=cfg.steps, initial=s.state["step"], desc="train", unit="step", dynamic_ncols=True,
-               disable=not (progress and dist.main))
+    bar = _progress_bar(s, disable=not (progress and dist.main))
     s.started = time.perf_counter() - s.state["elapsed"]
     window = [time.perf_counter(), 0]  # start and targets of the current throughput window
     s.model.net.train()
@@ -233,6 +231,31 @@ def train(corpus_path, run: RunConfig | None, out_dir, resume: bool = False, ini
     bar.close()
     dist.close()
     return _finish(s, log)
+
+
+def _progress_bar(s: Session, disable: bool, file=None):
+    """A tqdm bar over the step budget whose ETA respects the time cap: the sooner of the steps left at the
+    current rate and the time left before train.time_limit (marked "cap")."""
+    from tqdm import tqdm
+
+    class CappedBar(tqdm):
+        @property
+        def format_dict(self):
+            d = super().format_dict
+            done, elapsed = d["n"] - d["initial"], d["elapsed"]
+            rate = d["rate"] or (done / elapsed if done and elapsed else None)
+            left = (d["total"] - d["n"]) / rate if rate else None
+            eta = "?" if left is None else tqdm.format_interval(left)
+            if s.cfg.time_limit and s.started:
+                cap_left = max(0.0, s.cfg.time_limit - (time.perf_counter() - s.started))
+                if left is None or cap_left < left:
+                    eta = f"{tqdm.format_interval(cap_left)} cap"
+            d["eta"] = eta
+            return d
+
+    return CappedBar(total=s.cfg.steps, initial=s.state["step"], desc="train", unit="step", dynamic_ncols=True,
+                     disable=disable, file=file,
+                     bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{eta}{postfix}]")
 
 
 def _prepare(corpus_path, run: RunConfig | None, out_dir: Path, resume: bool, init: str | None, dist: Dist,
@@ -321,7 +344,7 @@ def _batches(encoded, vocab, cfg: TrainConfig) -> Batches:
     tables = rep.transpositions() if cfg.transpose else None
     pitch_index = vocab.names.index(rep.pitch_stream) if tables else -1
     cond_of_song = condition_map(vocab, encoded.vocab)[np.asarray(encoded.cond, np.int64)]
-    return Batches(sampler, valid_batches, cond_of_song, tables, pitch_index)
+    return Batches(sampler, valid_batches, cond_of_song, tables, pitch_index, encoded)
 
 
 def _restore(s: Session, saved: dict, log) -> None:
@@ -431,19 +454,61 @@ def _evaluate_and_save(s: Session, out_of_time: bool) -> float | None:
 
 
 def _finish(s: Session, log) -> dict:
-    """Write summary.json and say what was trained, how fast and where it went."""
-    state = s.state
+    """Write summary.json and say what was trained, how far the budget got, how fast, and whether the model
+    is ahead of the n-gram."""
+    state, cfg = s.state, s.cfg
     elapsed = time.perf_counter() - s.started
-    summary = {"steps": state["step"], "best_valid_loss": state["best_valid"], "seconds": round(elapsed, 1),
-               "targets_per_s": round(state["events"] / max(elapsed, 1e-9), 1),
-               "stopped": state["stopped"] or "completed"}
+    summary = {"steps": state["step"], "steps_budget": cfg.steps, "best_valid_loss": state["best_valid"],
+               "seconds": round(elapsed, 1), "targets_per_s": round(state["events"] / max(elapsed, 1e-9), 1),
+               "precision": s.precision, "stopped": state["stopped"] or "completed"}
     if s.dist.main:
-        write_json(s.out_dir / "summary.json", summary)
         parameters = sum(p.numel() for p in s.model.net.parameters())
-        log(f"trained {s.run.family} ({parameters:,} parameters) for {plural(state['step'], 'step')} in "
+        log(f"trained {s.run.family} ({parameters:,} parameters, {s.precision}) for {_budget_words(s)} in "
             f"{elapsed:.0f} s, {summary['targets_per_s']:,.0f} targets/s; best valid loss {state['best_valid']:.4f} "
-            f"({summary['stopped']}) -> {s.out_dir}")
+            f"-> {s.out_dir}")
+        versus = _versus_ngram(s)
+        if versus:
+            summary["valid_vs_ngram"] = versus
+            log(_versus_words(s, versus))
+        write_json(s.out_dir / "summary.json", summary)
     return summary
+
+
+def _budget_words(s: Session) -> str:
+    """How far the run got in its budget of steps, and why it stopped there."""
+    step, steps, stopped = s.state["step"], s.cfg.steps, s.state["stopped"]
+    if stopped.startswith(TIME_LIMIT_STOP):
+        return (f"only {step:,} of its {steps:,} steps ({100 * step / steps:.0f} % of the budget): CUT SHORT by the "
+                f"time limit of {s.cfg.time_limit:g} s, so the model is undertrained; finish it with the same command "
+                f"and --resume --set train.time_limit=0")
+    if stopped:
+        return f"{step:,} of {steps:,} steps ({stopped})"
+    return f"all {steps:,} steps"
+
+
+def _versus_ngram(s: Session) -> dict | None:
+    """The best weights and the n-grams of the train split, scored on the whole valid songs (fp32)."""
+    if not s.cfg.compare_ngram or s.cfg.split != "song" or not (s.out_dir / "best").exists():
+        return None
+    best = load_model(s.out_dir / "best", device=str(s.dist.device))
+    return valid_against_ngram(best, s.batches.encoded, s.batches.cond_of_song)
+
+
+def _versus_words(s: Session, v: dict) -> str:
+    """One line: the model against the best n-gram on the valid songs, and what to do when it is not ahead."""
+    gain = 100 * (1 - v["model_bits"] / v["ngram_bits"])
+    scores = (f"{v['model_bits']:.3f} bits/event on the {v['songs']:,} valid songs against {v['ngram_bits']:.3f} for "
+              f"the best n-gram ({v['best_ngram']}, fitted on the same train split)")
+    if gain > 0:
+        return f"ahead of the n-gram: {scores}, {gain:.1f} % fewer bits"
+    if s.state["stopped"].startswith(TIME_LIMIT_STOP):
+        advice = "finish the step budget (--resume --set train.time_limit=0)"
+    elif s.state["stopped"]:
+        advice = "it stopped improving early: try a smaller model (model.hidden, model.layers) or more model.dropout"
+    else:
+        advice = (f"train longer (--resume --set train.steps={2 * s.cfg.steps}), or try a smaller model "
+                  "(model.hidden, model.layers) if the corpus is small")
+    return f"NOT ahead of the n-gram: {scores}; {advice}"
 
 
 def _append(path: Path, record: dict) -> None:

@@ -37,6 +37,7 @@ from torch import nn
 
 from notelm.encoding import from_vocab
 from notelm.encoding.vocab import Vocab
+from notelm.io import NotelmError
 from notelm.models.base import NextEventModel
 from notelm.precision import autocast, resolve
 from notelm.settings import Settings, setting
@@ -58,6 +59,9 @@ class NetConfig(Settings):
                                         "same event", choices=("independent", "ordered"))
     cond_dim: int = setting(16, "condition embedding width (used only when the vocabulary has conditions)",
                             minimum=1)
+    relative_pitch: int = setting(0, "pitch logits also scored as intervals to each of the last N notes before "
+                                     "the event (0: off; representations whose pitch stream holds MIDI pitches)",
+                                  minimum=0, maximum=8)
 
 
 class Dropout(nn.Module):
@@ -92,6 +96,62 @@ class Dropout(nn.Module):
         return f"p={self.p}, locked={self.locked}"
 
 
+class RelativePitch(nn.Module):
+    """Pitch logits from intervals: for each of the last ``refs`` notes before the predicted event, a
+    score per interval (-127..127) is added at the pitch that interval leads to.
+
+    Melody and voice leading move by intervals whatever the key; an absolute pitch head must
+    learn each step once per starting pitch, this one learns it once.  References are the pitches
+    of the most recent note events, newest first (``NONE`` where the crop or the piece has fewer).
+    """
+
+    NONE = -1
+
+    def __init__(self, pitch_stream, hidden: int, refs: int):
+        super().__init__()
+        self.refs = refs
+        midi = np.full(pitch_stream.size, self.NONE, np.int64)  # MIDI pitch of each token id, NONE for others
+        tokens = np.full(128, -1, np.int64)  # token id of each MIDI pitch
+        for p in range(128):
+            if str(p) not in pitch_stream.tokens:
+                raise NotelmError(f"model.relative_pitch: the pitch stream has no MIDI pitch {p} (the events "
+                                  "representation has all 128)")
+            tokens[p] = pitch_stream.id_of(str(p))
+            midi[tokens[p]] = p
+        self.register_buffer("midi", torch.as_tensor(midi), persistent=False)
+        self.register_buffer("token_of_pitch", torch.as_tensor(tokens), persistent=False)
+        self.intervals = nn.Linear(hidden, 255 * refs)
+
+    def references(self, pitch_ids: torch.Tensor) -> torch.Tensor:
+        """[B, T] pitch ids -> [B, T, refs]: MIDI pitches of the last notes up to each position, newest first."""
+        midi = self.midi[pitch_ids]
+        positions = torch.arange(midi.shape[1], device=midi.device).expand_as(midi)
+        last = torch.where(midi >= 0, positions, -1).cummax(dim=1).values  # the newest note up to each position
+        found, out = last, []
+        for _ in range(self.refs):
+            out.append(torch.where(found >= 0, midi.gather(1, found.clamp(min=0)), self.NONE))
+            before = (found - 1).clamp(min=0)  # the newest note strictly before the one found
+            found = torch.where(found >= 1, last.gather(1, before), -1)
+        return torch.stack(out, -1)
+
+    def advance(self, refs: torch.Tensor, pitch_ids: torch.Tensor) -> torch.Tensor:
+        """[B, refs] references after one more event per piece ([B] pitch ids)."""
+        midi = self.midi[pitch_ids]
+        shifted = torch.cat([midi[:, None], refs[:, :-1]], 1)
+        return torch.where((midi >= 0)[:, None], shifted, refs)
+
+    def forward(self, g: torch.Tensor, refs: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """``logits`` [..., V] of the pitch stream plus the interval scores from features ``g`` [..., H]."""
+        scores = self.intervals(g)  # [..., 255 * refs]
+        pitches = torch.arange(128, device=g.device)
+        placed = 0
+        for r in range(self.refs):
+            ref = refs[..., r:r + 1]
+            index = (pitches - ref + 127).clamp(0, 254) + 255 * r  # [..., 128]
+            placed = placed + scores.gather(-1, index) * (ref >= 0).to(scores.dtype)
+        return logits.index_add(-1, self.token_of_pitch, placed.to(logits.dtype))
+
+
 class EventNet(nn.Module):
     """Embeddings and heads around a backbone; subclasses define ``features`` (and ``empty_state``)."""
 
@@ -115,6 +175,13 @@ class EventNet(nn.Module):
             # head k sees h plus the embeddings of the chosen values of streams < k
             self.head_embeds = nn.ModuleList(nn.Embedding(v, h) for v in self.sizes[:-1])
             self.head_mix = nn.ModuleList(nn.Sequential(nn.Linear(h, h), nn.GELU()) for _ in self.sizes[1:])
+        self.pitch_index, self.relative = -1, None
+        if cfg.relative_pitch:
+            rep = from_vocab(vocab)
+            if rep.pitch_stream is None:
+                raise NotelmError(f"model.relative_pitch: the {rep.name} representation has no pitch stream")
+            self.pitch_index = vocab.names.index(rep.pitch_stream)
+            self.relative = RelativePitch(vocab.stream(rep.pitch_stream), h, cfg.relative_pitch)
 
     def _add_token_features(self, vocab: Vocab, width: int) -> None:
         """The representation's fixed features per token, if it has any: a buffer (not saved: it is
@@ -164,21 +231,31 @@ class EventNet(nn.Module):
             parts.append(self.cond_embed(c)[:, None, :].expand(-1, tokens.shape[1], -1))
         return self.dropout(torch.cat(parts, dim=-1))
 
-    def head(self, h: torch.Tensor, k: int, chosen: list[torch.Tensor]) -> torch.Tensor:
-        """Logits of stream k from features h and (ordered heads) the values of streams < k."""
+    def head(self, h: torch.Tensor, k: int, chosen: list[torch.Tensor], refs: torch.Tensor | None = None):
+        """Logits of stream k from features h and (ordered heads) the values of streams < k;
+        ``refs``: the references of ``RelativePitch`` (when the model has one)."""
         if self.cfg.heads == "ordered" and k > 0:
             z = h
             for j in range(k):
                 z = z + F.embedding(chosen[j], self.head_embeds[j].weight)
             h = self.head_mix[k - 1](z)
         head = self.heads[k]
-        return F.linear(self.dropout(h), head.weight, head.bias)
+        g = self.dropout(h)
+        logits = F.linear(g, head.weight, head.bias)
+        if k == self.pitch_index:
+            logits = self.relative(g, refs, logits)
+        return logits
+
+    def references(self, tokens: torch.Tensor) -> torch.Tensor | None:
+        """The relative-pitch references at every position of ``tokens`` [B, T, S] (None without them)."""
+        return self.relative.references(tokens[..., self.pitch_index]) if self.relative is not None else None
 
     def forward(self, tokens, cond=None, targets=None, state=None):
         """Teacher-forced logits for every stream: list of [B, T, V_s], plus the new state."""
         h, state = self.features(self.embed(tokens, cond), state)
         chosen = [targets[..., j] for j in range(len(self.sizes) - 1)] if targets is not None else []
-        return [self.head(h, k, chosen) for k in range(len(self.sizes))], state
+        refs = self.references(tokens)
+        return [self.head(h, k, chosen, refs) for k in range(len(self.sizes))], state
 
 
 def _inference(method):
@@ -267,19 +344,23 @@ class NeuralModel(NextEventModel):
         tokens = torch.as_tensor(ids, device=self.device)
         c = torch.as_tensor(np.asarray(cond, np.int64), device=self.device)
         h, state = self.net.features(self.net.embed(tokens, c), self.net.empty_state(tokens.shape[0]))
-        return {"h": h[:, -1], "state": state, "cond": c}
+        refs = self.net.references(tokens)
+        return {"h": h[:, -1], "state": state, "cond": c, "refs": None if refs is None else refs[:, -1]}
 
     @_inference
     def stream_logprobs(self, state, k: int, chosen: list[np.ndarray]) -> np.ndarray:
         prev = [torch.as_tensor(np.asarray(c, np.int64), device=self.device) for c in chosen] if self.ordered else []
-        return torch.log_softmax(self.net.head(state["h"], k, prev).float(), -1).cpu().numpy()
+        return torch.log_softmax(self.net.head(state["h"], k, prev, state["refs"]).float(), -1).cpu().numpy()
 
     @_inference
     def advance(self, state, event: dict[str, np.ndarray]):
         ids = np.stack([np.asarray(event[n], np.int64) for n in self.vocab.names], -1)[:, None, :]
         x = torch.as_tensor(ids, device=self.device)
         h, new = self.net.features(self.net.embed(x, state["cond"]), state["state"])
-        return {"h": h[:, -1], "state": new, "cond": state["cond"]}
+        refs = state["refs"]
+        if refs is not None:
+            refs = self.net.relative.advance(refs, x[:, 0, self.net.pitch_index])
+        return {"h": h[:, -1], "state": new, "cond": state["cond"], "refs": refs}
 
     # ------------------------------------------------------------------ persistence (checkpoint.py)
     def tensors(self) -> dict[str, torch.Tensor]:

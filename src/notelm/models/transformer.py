@@ -57,6 +57,17 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return x * cos + rotated * sin
 
 
+def attention(q, k, v, **options):
+    """Scaled dot-product attention (SDPA's fused flash kernel: no dropout on the attention weights,
+    which would make it fall back to the explicit one).  In bf16 training on a CPU it runs in fp32:
+    there the bf16 flash-attention backward took about twice as long as the fp32 one (profile of
+    ``benchmarks/train_throughput.py --profile``), while the bf16 forward alone is the faster."""
+    if q.dtype == torch.bfloat16 and q.device.type == "cpu" and torch.is_grad_enabled():
+        with torch.autocast("cpu", enabled=False):
+            return F.scaled_dot_product_attention(q.float(), k.float(), v.float(), **options).to(q.dtype)
+    return F.scaled_dot_product_attention(q, k, v, **options)
+
+
 class Block(nn.Module):
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
@@ -78,15 +89,13 @@ class Block(nn.Module):
         past = 0
         if cache is not None:
             k, v, past = self._remember(cache, k, v)
-        # no dropout on the attention weights: with it, SDPA falls back from its fused (flash)
-        # kernel to the explicit one
         if past == 0:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1)
+            y = attention(q, k, v, is_causal=T > 1)
         elif T == 1:
-            y = F.scaled_dot_product_attention(q, k, v)  # one new event sees all the past
+            y = attention(q, k, v)  # one new event sees all the past
         else:
             mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(past)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            y = attention(q, k, v, attn_mask=mask)
         x = x + self.drop(self.proj(y.transpose(1, 2).reshape(B, T, D)))
         return x + self.drop(self.ff(self.ln2(x)))
 
