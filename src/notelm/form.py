@@ -86,7 +86,9 @@ def _most_common(values: np.ndarray, weights: np.ndarray | None = None):
 
 def corpus_forms(corpus, label: str, parts: int) -> dict[str, dict]:
     """``{condition name: form, ALL: form}`` of a corpus's training songs (all songs where a condition has
-    none in the train split).  A form: ``time_signature`` ('6/8' or ''), ``key`` ('D', 'b' or ''), ``qpm``
+    none in the train split).  A form: ``time_signature`` ('6/8' or ''; the most common of the songs' meters,
+    ``song_meters``, leaving out 1/N, which marks beats rather than bars: most POP909 files are written in
+    1/4 throughout), ``key`` ('D', 'b' or ''), ``qpm``
     (the median first tempo), ``parts`` (the most common number of parts a song has, at most ``parts``) and
     ``programs`` (the most common General MIDI program of each part, 0..parts-1)."""
     songs = corpus.songs
@@ -99,6 +101,7 @@ def corpus_forms(corpus, label: str, parts: int) -> dict[str, dict]:
     # songs' number of parts: the highest part rank + 1 of each song
     song_parts = np.zeros(len(corpus), np.int64)
     np.maximum.at(song_parts, notes["song"], part.astype(np.int64) + 1)
+    meters = song_meters(corpus)
     forms = {}
     for name in [ALL, *sorted(set(names.tolist()) - {ALL})]:
         mine = np.ones(len(corpus), bool) if name == ALL else names == name
@@ -109,11 +112,34 @@ def corpus_forms(corpus, label: str, parts: int) -> dict[str, dict]:
             found = _most_common(program[note_rows & (part == k)])
             programs.append(int(found) if found is not None else (programs[-1] if programs else 0))
         qpm = np.asarray(songs["qpm"], np.float64)[chosen]
-        forms[name] = {"time_signature": str(_most_common(np.asarray(songs["time_signature"])[chosen]) or ""),
+        bars = meters[chosen]
+        bars = bars[[not m.startswith("1/") for m in bars]] if any(not m.startswith("1/") for m in bars) else bars
+        forms[name] = {"time_signature": str(_most_common(bars) or ""),
                        "key": str(_most_common(np.asarray(songs["key"])[chosen]) or ""),
                        "qpm": round(float(np.median(qpm)), 1) if len(qpm) else nt.DEFAULT_QPM,
                        "parts": int(_most_common(song_parts[chosen]) or 1), "programs": programs}
     return forms
+
+
+def song_meters(corpus) -> np.ndarray:
+    """Each song's meter: the time signature that lasts longest in it ('' without one).  Not simply the first:
+    many POP909 files open with a 1/4 bar before the song's 4/4."""
+    table = corpus._meta["timesigs"]
+    song = np.asarray(table.column("song").to_numpy(), np.int64)
+    tick = np.asarray(table.column("tick").to_numpy(), np.float64)
+    num = np.asarray(table.column("numerator").to_numpy(), np.int64)
+    den = np.asarray(table.column("denominator").to_numpy(), np.int64)
+    out = np.full(len(corpus), "", dtype=object)
+    if not len(song):
+        return out
+    end = np.asarray(corpus.songs["duration_q"], np.float64)[song] * np.asarray(corpus.songs["tpq"])[song]
+    following = np.append(tick[1:], np.inf)
+    last = np.append(song[1:] != song[:-1], True)
+    span = np.maximum(np.where(last, end, following) - tick, 0.0)
+    order = np.lexsort((-span, song))  # per song, the longest first
+    first = order[np.searchsorted(song[order], np.unique(song))]
+    out[song[first]] = [f"{n}/{d}" for n, d in zip(num[first], den[first])]
+    return out
 
 
 # --------------------------------------------------------------------------- the form of one piece
