@@ -128,7 +128,8 @@ def test_report_and_pngs_are_written(result, corpus_dir):
     assert not list(out.glob(".*"))  # no temporary files left behind
     printed = "\n".join(result["printed"])
     assert "top trigrams of pitch classes: C D E (3, 30.00 %)" in printed
-    assert "\n2 collections; pitch " in printed and "median duration 1 quarter," in printed
+    assert "\n2 collections: alpha (1 song); beta (2 songs)\npitch " in printed
+    assert "median duration 1 quarter," in printed
     assert result["printed"][-1].startswith("stats: 3 songs, 23 notes, 0.0 h in ")
 
 

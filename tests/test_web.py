@@ -370,7 +370,7 @@ def test_a_too_large_file_inside_an_allowed_request_is_refused(client, monkeypat
     ({"seed": str(2**64)}, f"seed {2**64}: between 0 and 4294967295"),
     ({"collection": "x" * 100_000}, "collection: a name of 100,000 characters"),
     ({"model": "m9"}, "unknown model 'm9'"),
-    ({"collection": "gamma"}, "unknown condition 'gamma'; valid names: alpha, beta"),
+    ({"collection": "gamma"}, "unknown collection 'gamma'; valid names: alpha, beta"),
     ({"length": "lots"}, "length: Input should be a valid integer"),
 ])
 def test_over_limit_and_bad_requests_get_a_clear_400(client, fields, message):

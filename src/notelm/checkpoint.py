@@ -265,7 +265,9 @@ def _model_settings(directory: Path, config: dict):
     try:
         cfg = model_config(settings, saved=True)
         vocab = Vocab.from_json(config["vocab"])
-        from_vocab(vocab)  # the encoder settings it was trained with must exist
+        # the encoder settings it was trained with must exist; settings added since it was saved take
+        # their defaults (which encode as before), so the model still reads corpora encoded today
+        vocab.config = from_vocab(vocab).config
     except NotelmError as e:
         raise NotelmError(f"{where}: {e}") from None
     return vocab, cfg

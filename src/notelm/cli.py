@@ -106,7 +106,8 @@ def cmd_evaluate(a):
 
     options = EvalOptions(corpus=a.corpus, split=a.split, context=a.context, transpose_average=a.transpose_average,
                           ngram_blend=a.ngram_blend, song_cache=a.song_cache, generate=a.generate,
-                          generate_length=a.generate_length)
+                          generate_length=a.generate_length, collection=a.collection,
+                          baselines_from_train=a.baselines_from_train)
     evaluate(a.run, options, out_dir=a.output, progress=not a.quiet)
 
 
@@ -129,13 +130,27 @@ def cmd_generate(a):
 
     if a.run:
         raise NotelmError(f"the model is given with --model: notelm generate --model {shlex.quote(a.run)} ...")
+    if a.list_conditions:
+        print(model_conditions(a.model))
+        return 0
     length, seconds = parse_length(a.length)
     pieces = PieceOptions(num=a.num, length=length, seconds=seconds, condition=a.condition)
     prompt = PromptOptions(prompt=a.prompt, prompt_notes=a.prompt_notes, prompt_bars=a.prompt_bars,
                            prompt_from_test=a.prompt_from_test, corpus=a.corpus)
     sampling = SamplingConfig(**{f.name: getattr(a, f.name) for f in dataclasses.fields(SamplingConfig)})
-    output = OutputOptions(wav=a.wav, png=a.png, qpm=a.qpm, soundfont=a.soundfont, force=a.force)
+    output = OutputOptions(wav=a.wav, png=a.png, qpm=a.qpm, meter=a.meter, key=a.key, soundfont=a.soundfont,
+                           force=a.force)
     generate(a.model, a.output, pieces, prompt, sampling, output)
+
+
+def model_conditions(model: str | None) -> str:
+    """The styles a model (default: the shipped one) can write in: read from its config.json, no weights."""
+    from notelm.checkpoint import default_model_path, read_config, resolve
+    from notelm.encoding.vocab import Vocab
+    from notelm.generate import describe_conditions
+
+    directory = resolve(model or default_model_path())
+    return f"{model or 'the shipped model'}: " + describe_conditions(Vocab.from_json(read_config(directory)["vocab"]))
 
 
 def cmd_render(a):
@@ -175,14 +190,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _demo_parser(sub):
     s = sub.add_parser("demo", help="hear it now: pieces from the shipped model as MIDI + WAV + piano roll",
-                       description="Generate a few pieces with the model shipped in the package and render them as "
-                                   "MIDI, WAV and piano-roll PNG. With --train, run the whole path on music21's Bach "
+                       description="Generate one piece per style (collection) the model shipped in the package knows "
+                                   "and render them as MIDI, WAV and piano-roll PNG, each with its style's time "
+                                   "signature, key and tracks. With --train, run the whole path on music21's Bach "
                                    "chorales first: prepare -> train (a few minutes) -> evaluate -> generate.")
     s.add_argument("-o", "--output", default="demo", metavar="DIR", help="where everything goes (default: demo)")
     s.add_argument("--train", action="store_true",
                    help="train a model on the built-in corpus instead of using the shipped one")
     s.add_argument("--minutes", type=float, default=3.0, help="training time for --train (default 3)")
-    s.add_argument("--num", type=int, default=3, help="pieces to write (default 3)")
+    s.add_argument("--num", type=int, default=1, help="pieces to write per style (default 1)")
     s.add_argument("--length", default="20s", help="per piece: events (e.g. 256) or seconds (e.g. 20s); default 20s")
     s.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     s.set_defaults(func=cmd_demo)
@@ -193,17 +209,22 @@ def _prepare_parser(sub):
     s = sub.add_parser("prepare", help="read MIDI / MusicXML / kern / ABC files into a corpus",
                        description="Read music files into a corpus directory (note table, song table, splits).\n"
                                    "A SOURCE is a file, a folder (recursive), a glob in quotes, or music21:NAME for "
-                                   "a\ncollection of music21's bundled corpus (e.g. music21:bach). A killed prepare "
-                                   "resumes\nwhen run again.", epilog=PREPARE_EXIT,
+                                   "a\ncollection of music21's bundled corpus (e.g. music21:bach). Write SOURCE=NAME "
+                                   "to name the\ncollection of all its files (a model is conditioned on it: "
+                                   "--condition collection=NAME);\nthe folder under the source (composer, tune book) "
+                                   "stays each song's group. Example:\n  notelm prepare music21:bach=bach "
+                                   "data/nottingham=nottingham data/pop909=pop909 -o corpus\nA killed prepare "
+                                   "resumes when run again.", epilog=PREPARE_EXIT,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    s.add_argument("sources", nargs="+", metavar="SOURCE")
+    s.add_argument("sources", nargs="+", metavar="SOURCE[=NAME]")
     s.add_argument("-o", "--output", required=True, metavar="CORPUS_DIR")
     s.add_argument("--workers", type=int, default=None, help="worker processes (default: number of cores)")
     s.add_argument("--shard", metavar="K/N", help="process only the K-th of N interleaved slices of the sorted files")
     s.add_argument("--split", default="80/10/10", metavar="TRAIN/VALID/TEST",
                    help="song-level split fractions (default 80/10/10)")
     s.add_argument("--metadata", metavar="CSV",
-                   help="CSV with columns path,collection overriding the folder-derived collection")
+                   help="CSV with columns path,collection setting each file's group (and its collection "
+                        "where the source is not named)")
     s.add_argument("--max-file-mb", type=float, default=64.0, help="skip files larger than this (default 64)")
     s.add_argument("--force", action="store_true", help="rebuild an existing corpus")
     s.set_defaults(func=cmd_prepare)
@@ -315,6 +336,13 @@ def _evaluate_parser(sub):
                         "real songs")
     s.add_argument("--generate-length", type=int, default=256, metavar="EVENTS",
                    help="events per sampled piece (default 256)")
+    s.add_argument("--collection", metavar="NAME",
+                   help="score only the songs of this collection; the baselines are fitted on its train split "
+                        "(where the baselines' corpus has it), --generate samples in its style")
+    s.add_argument("--baselines-from-train", action="store_true",
+                   help="fit the baselines on the train split of the run's own training corpus, not on the corpus "
+                        "scored: the out-of-domain comparison in one command, e.g. evaluate RUN --corpus OTHER "
+                        "--split all --baselines-from-train")
     s.add_argument("-o", "--output", metavar="DIR", help="report folder (default: RUN_DIR/eval)")
     s.set_defaults(func=cmd_evaluate)
     return s
@@ -354,13 +382,15 @@ def _generate_parser(sub):
     from notelm.generate import DEFAULT_PROMPT_NOTES
 
     s = sub.add_parser("generate", help="write new pieces with a trained model (MIDI, and WAV / piano roll on "
-                                        "request)",
+                                        "request)", formatter_class=argparse.RawDescriptionHelpFormatter,
                        description="Sample new pieces from a model (the shipped default model if --model is not "
-                                   "given), all pieces as one batch. Continue a MIDI file with --prompt, or an "
-                                   "excerpt of a held-out song with --prompt-from-test. Every run draws a new "
-                                   "random seed unless --seed is given; the seed is printed and saved in "
+                                   "given), all pieces\nas one batch. Continue a MIDI file with --prompt, or an "
+                                   "excerpt of a held-out song with\n--prompt-from-test. Each file keeps the form: "
+                                   "the time signature, key and tempo of the\nprompt, else of the style "
+                                   "(--condition), and one track per part the model knows.\nEvery run draws a new "
+                                   "random seed unless --seed is given; the seed is printed and saved in\n"
                                    "OUT_DIR/generation.json, and the same seed with the same settings writes the "
-                                   "same files again. A folder that holds an earlier generation is refused unless "
+                                   "same files again.\nA folder that holds an earlier generation is refused unless "
                                    "--force replaces it.")
     s.add_argument("run", nargs="?", help=argparse.SUPPRESS)  # a model given without --model: answered with a hint
     s.add_argument("--model", metavar="RUN_OR_MODEL", help="a run directory or model directory (default: the "
@@ -380,8 +410,16 @@ def _generate_parser(sub):
                    help="continue the start of the K-th held-out song (as --prompt-notes or --prompt-bars bound it)")
     s.add_argument("--corpus", metavar="CORPUS_DIR", help="the corpus for --prompt-from-test (default: the run's)")
     s.add_argument("--condition", metavar="collection=NAME",
-                   help="write in the style of a collection the model was trained on")
-    s.add_argument("--qpm", type=float, help="tempo of the output (default: the prompt's, else 120)")
+                   help="write in the style of a collection the model was trained on (or group=NAME for a model "
+                        "conditioned on groups; a bare NAME works too); the names are listed below for --model")
+    s.add_argument("--list-conditions", action="store_true",
+                   help="print the collections the model can write in (with their meter, key, tempo, parts) and "
+                        "exit")
+    s.add_argument("--qpm", type=float, help="tempo of the output (default: the prompt's, else the style's, else 120)")
+    s.add_argument("--meter", metavar="N/D", help="time signature of the output, e.g. 6/8 (default: the prompt's, "
+                                                  "else the style's most common)")
+    s.add_argument("--key", metavar="KEY", help="key signature of the output, e.g. D, Bb or b (minor: lower case) "
+                                                "(default: the prompt's, else the style's most common)")
     s.add_argument("--wav", action="store_true", help="also render audio through a General MIDI SoundFont")
     s.add_argument("--png", action="store_true", help="also draw a piano roll")
     s.add_argument("--soundfont", metavar="SF2", help="SoundFont for --wav (default: the one installed with notelm)")
@@ -437,8 +475,24 @@ def _version() -> str:
         return "unknown"
 
 
+def _generate_help_names(parser: argparse.ArgumentParser, argv: list[str]) -> None:
+    """``notelm generate [--model M] --help`` ends with the conditions of that model (or the shipped one)."""
+    if not argv or argv[0] != "generate" or not {"-h", "--help"} & set(argv):
+        return
+    model = next((argv[i + 1] for i, x in enumerate(argv[:-1]) if x == "--model"), None)
+    model = model or next((x.split("=", 1)[1] for x in argv if x.startswith("--model=")), None)
+    try:
+        names = model_conditions(model)
+    except (NotelmError, OSError, ValueError) as e:
+        names = f"(cannot read the conditions of {model or 'the shipped model'}: {e})"
+    for action in parser._subparsers._group_actions:  # the one sub-command action
+        action.choices["generate"].epilog = names
+
+
 def main(argv=None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    _generate_help_names(parser, argv)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()

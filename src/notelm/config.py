@@ -43,6 +43,10 @@ class DataConfig(Settings):
     section: ClassVar[str] = "data"
     representation: str = setting("events", "the representation: a name in encoding.REPRESENTATIONS")
     encoding: dict = setting({}, "[data.encoding]: the representation's settings (see its settings class)")
+    condition: str = setting("collection", "the song label a model is conditioned on: collection (as named on "
+                                           "the prepare command line, SOURCE=NAME), group (the folder under the "
+                                           "source: composer, tune book) or none",
+                             choices=("collection", "group", "none"))
 
     def check(self) -> None:
         from notelm.encoding import get_representation

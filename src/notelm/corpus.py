@@ -59,6 +59,7 @@ READS = (1, 2)  # version 1 kept the note table in one notes.arrow with a song c
 SPLITS = ("train", "valid", "test")
 DEFAULT_SPLIT = (0.8, 0.1, 0.1)
 CHUNK_FILES = 32  # files per resumable unit of work
+LABELS = ("collection", "group")  # the song labels a model can be conditioned on
 
 META_TABLES = nt.META_TABLES
 
@@ -105,6 +106,8 @@ class Corpus:
         songs = _read_table(self.path / "songs.arrow")
         _check_songs(self.path, songs)
         self.songs = {name: songs.column(name).to_numpy(zero_copy_only=False) for name in songs.column_names}
+        for name, copied in OPTIONAL_SONG_COLUMNS.items():
+            self.songs.setdefault(name, self.songs[copied])
         self._notes = read_notes(self.path)
         counted = int(np.sum(self.songs["n_notes"]))
         if self._notes.num_rows != counted:
@@ -128,6 +131,13 @@ class Corpus:
     @property
     def collections(self) -> list[str]:
         return sorted(set(self.songs["collection"].tolist()))
+
+    def labels(self, label: str = "collection") -> list[str]:
+        """The sorted names of a song label: ``collection`` (as named on the command line) or ``group``
+        (the folder under the source: composer, tune book)."""
+        if label not in LABELS:
+            raise NotelmError(f"unknown song label {label!r}; choose one of {', '.join(LABELS)}")
+        return sorted(set(self.songs[label].tolist()))
 
     def split_ids(self, split: str = "all") -> np.ndarray:
         if split == "all":
@@ -200,7 +210,7 @@ def _check_songs(path: Path, songs: pa.Table) -> None:
     the note table out of range).  Reads the numeric columns only: the table stays memory-mapped."""
     import pyarrow.compute as pc
 
-    missing = [c for c in SONG_COLUMNS if c not in songs.column_names]
+    missing = [c for c in SONG_COLUMNS if c not in songs.column_names and c not in OPTIONAL_SONG_COLUMNS]
     if missing:
         raise NotelmError(f"{printable(path)}: songs.arrow lacks the columns {', '.join(missing)}; prepare it again")
     numbers = ("song", "note_start", "note_end", "n_notes")
@@ -255,8 +265,9 @@ def _column(table: pa.Table, name: str) -> np.ndarray:
 # --------------------------------------------------------------------------- writing
 
 SONG_COLUMNS = ["song", "path", "sha", "source", "collection", "part", "split", "n_notes", "n_tracks", "tpq",
-                "duration_q", "duration_s", "qpm", "time_signature", "key", "note_start", "note_end"]
-_STRING_COLUMNS = {"path", "sha", "source", "collection", "split", "time_signature", "key"}
+                "duration_q", "duration_s", "qpm", "time_signature", "key", "note_start", "note_end", "group"]
+OPTIONAL_SONG_COLUMNS = {"group": "collection"}  # a corpus written before it existed: the column it copies
+_STRING_COLUMNS = {"path", "sha", "source", "collection", "split", "time_signature", "key", "group"}
 _FLOAT_COLUMNS = {"duration_q", "duration_s", "qpm"}
 _SONG_TYPES = {k: pa.string() if k in _STRING_COLUMNS else pa.float64() if k in _FLOAT_COLUMNS else pa.int64()
                for k in SONG_COLUMNS}
@@ -324,6 +335,7 @@ class CorpusWriter:
         self._seconds = 0.0
         self._splits = dict.fromkeys(SPLITS, 0)
         self._collections: dict[str, int] = {}
+        self._groups: dict[str, dict[str, int]] = {}  # collection -> group -> songs
         self._n_parts = 0
         self._kept_files = 0
         self._song_batches: list[int] = []  # rows of each song batch written
@@ -350,8 +362,8 @@ class CorpusWriter:
             return
         if table == "songs":
             self._song_batches.append(len(pending))
-            batch = pa.record_batch([pa.array([r[k] for r in pending], _SONG_TYPES[k]) for k in SONG_COLUMNS],
-                                    names=SONG_COLUMNS)
+            batch = pa.record_batch([pa.array([r.get(k, r.get(OPTIONAL_SONG_COLUMNS.get(k))) for r in pending],
+                                              _SONG_TYPES[k]) for k in SONG_COLUMNS], names=SONG_COLUMNS)
         else:
             batch = pa.record_batch({c: np.concatenate([cols[c] for cols in pending]) for c in pending[0]})
         self._writers[table].write_batch(batch)
@@ -381,6 +393,9 @@ class CorpusWriter:
             self._seconds += rec["duration_s"]
             self._splits[rows[-1]["split"]] += 1
             self._collections[rec["collection"]] = self._collections.get(rec["collection"], 0) + 1
+            group = rec.get("group", rec["collection"])
+            groups = self._groups.setdefault(rec["collection"], {})
+            groups[group] = groups.get(group, 0) + 1
         self._append("songs", rows, len(rows))
         self._n_songs += len(rows)
         kept = new_id >= 0
@@ -442,6 +457,7 @@ class CorpusWriter:
             **{f"{s}_songs": self._splits[s] for s in SPLITS},
         }
         manifest["collections"] = dict(sorted(self._collections.items()))
+        manifest["groups"] = {c: dict(sorted(g.items())) for c, g in sorted(self._groups.items())}
         # every note read from a file but not stored, by reason (notes.DROP_REASONS)
         given = manifest.get("dropped_notes", {})
         manifest["dropped_notes"] = {r: int(given.get(r, 0)) + n for r, n in self._dropped.items()}
@@ -475,7 +491,8 @@ def _chunks(files, shard):
 def _chunk_id(chunk) -> str:
     h = hashlib.blake2b(digest_size=8)
     for _, f in chunk:  # names as the file system has them: bytes, whatever their encoding
-        h.update(b"\0".join((os.fsencode(f.path), os.fsencode(f.collection), os.fsencode(f.source))) + b"\n")
+        h.update(b"\0".join((os.fsencode(f.path), os.fsencode(f.collection), os.fsencode(f.source),
+                              os.fsencode(f.group))) + b"\n")
     return h.hexdigest()
 
 
@@ -526,7 +543,7 @@ def prepare(sources: list[str], out: Path, workers: int | None = None, shard: tu
                 yield (stem, chunk, True), None
             else:
                 known = [{"index": i, "path": printable(f.path), "reason": f.error} for i, f in chunk if f.error]
-                files = [(i, f.path, f.source, f.collection) for i, f in chunk if not f.error]
+                files = [(i, f.path, f.source, f.collection, f.group) for i, f in chunk if not f.error]
                 yield (stem, chunk, False), Job(files, stem, chunk_id, known, max_bytes, file_timeout)
 
     with IngestPool(workers or default_workers()) as pool, atomic_dir(out) as tmp:

@@ -1,9 +1,11 @@
 """``notelm demo``: the whole tool in one command, on built-in data.
 
-Without ``--train``: a few pieces from the shipped default model, as MIDI, WAV
-and piano roll, ready to open.  With ``--train``: the full path on music21's
-Bach chorales (prepare -> train briefly -> evaluate -> generate) in a few
-minutes, using only notelm's own verbs.
+Without ``--train``: pieces from the shipped default model, one per style it
+knows (each collection it was trained on, ``--num`` per style), as MIDI, WAV and
+piano roll, ready to open; each file has its style's time signature, key and
+tracks.  With ``--train``: the full path on music21's Bach chorales (prepare ->
+train briefly -> evaluate -> generate) in a few minutes, using only notelm's own
+verbs.
 """
 
 from __future__ import annotations
@@ -17,33 +19,51 @@ from notelm.names import plural
 BUILT_IN = "music21:bach"
 
 
-def demo(out_dir="demo", train: bool = False, num: int = 3, length: str = "20s", seed: int = 0,
+def demo(out_dir="demo", train: bool = False, num: int = 1, length: str = "20s", seed: int = 0,
          minutes: float = 3.0, progress: bool = True, log=print) -> dict:
-    from notelm.config import SamplingConfig
-    from notelm.generate import OutputOptions, PieceOptions, default_model_path, generate, parse_length
+    """Returns ``{"styles": {style: generate's report}, "pieces": every piece's row}``; style "" for a
+    model without conditions."""
+    from notelm.checkpoint import load_model
+    from notelm.generate import default_model_path
 
     out_dir = Path(out_dir)
     started = time.perf_counter()
     model = default_model_path() if not train else _train_path(out_dir, minutes, progress, log)
+    styles = load_model(model).vocab.conditions or [""]
+    reports = {}
+    for style in styles:
+        if style:
+            log(f"style {style}:")
+        reports[style] = _pieces(model, out_dir / "pieces" / style if style else out_dir / "pieces", style, num,
+                                 length, seed, log)
+    rows = [row for report in reports.values() for row in report["pieces"]]
+    log("")
+    log("Open these:")
+    for row in rows:
+        files = [row["midi"]] + [row[k] for k in ("wav", "png") if k in row]
+        log("  " + "  ".join(files))
+    per_style = f" ({plural(len(styles), 'style')})" if styles != [""] else ""
+    log(f"demo done in {time.perf_counter() - started:.0f} s: {plural(len(rows), 'piece')}{per_style} in "
+        f"{out_dir / 'pieces'}")
+    return {"styles": reports, "pieces": rows}
+
+
+def _pieces(model, out_dir: Path, style: str, num: int, length: str, seed: int, log) -> dict:
+    """``num`` pieces in one style, with WAV and piano roll (MIDI and piano roll only without a SoundFont)."""
+    from notelm.config import SamplingConfig
+    from notelm.generate import OutputOptions, PieceOptions, generate, parse_length
+
     events, seconds = parse_length(length)
-    pieces = PieceOptions(num=num, length=events, seconds=seconds)
+    pieces = PieceOptions(num=num, length=events, seconds=seconds, condition=f"{style}" if style else None)
     sampling = SamplingConfig(temperature=0.95, top_p=0.95, max_repeat=4, seed=seed)
     try:
-        report = generate(model, out_dir / "pieces", pieces, sampling=sampling,
-                          output=OutputOptions(wav=True, png=True, force=True), log=log)
+        return generate(model, out_dir, pieces, sampling=sampling,
+                        output=OutputOptions(wav=True, png=True, force=True), log=log)
     except NotelmError as e:
         if "SoundFont" not in str(e) and "soundfont" not in str(e):
             raise
         log(f"note: {e}; writing MIDI and piano rolls only")
-        report = generate(model, out_dir / "pieces", pieces, sampling=sampling,
-                          output=OutputOptions(png=True, force=True), log=log)
-    log("")
-    log("Open these:")
-    for row in report["pieces"]:
-        files = [row["midi"]] + [row[k] for k in ("wav", "png") if k in row]
-        log("  " + "  ".join(files))
-    log(f"demo done in {time.perf_counter() - started:.0f} s: {plural(num, 'piece')} in {out_dir / 'pieces'}")
-    return report
+        return generate(model, out_dir, pieces, sampling=sampling, output=OutputOptions(png=True, force=True), log=log)
 
 
 def _train_path(out_dir: Path, minutes: float, progress: bool, log) -> Path:

@@ -116,9 +116,11 @@ class Targets:
         return np.concatenate([offsets[s] + 1 + r for s, r in zip(self.songs, self.rows)]).astype(np.int64)
 
 
-def song_targets(encoded, split: str) -> Targets:
-    """Every event after BOS (EOS included) of every song of ``split``."""
+def song_targets(encoded, split: str, only: np.ndarray | None = None) -> Targets:
+    """Every event after BOS (EOS included) of every song of ``split`` (and of ``only``, a mask over songs)."""
     songs = encoded.ids(split)
+    if only is not None:
+        songs = songs[np.asarray(only, bool)[songs]]
     lengths = np.diff(np.asarray(encoded.offsets, np.int64))[songs]
     return Targets("song", songs, [np.arange(length - 1, dtype=np.int64) for length in lengths])
 
@@ -274,9 +276,12 @@ def blend_logprobs(a: dict[str, np.ndarray], b: dict[str, np.ndarray], weight: f
 # =============================================================================
 
 def baseline_scores(fit_corpus, eval_corpus, eval_targets: Targets, orders=NGRAM_ORDERS,
-                    window_context: int | None = None, progress: bool = False, fit_corpus_name: str = "") -> dict:
+                    window_context: int | None = None, progress: bool = False, fit_corpus_name: str = "",
+                    fit_only: np.ndarray | None = None) -> dict:
     """Fit the baselines on the train split of ``fit_corpus``, pick the best n-gram on its valid
     split, score them all on ``eval_targets`` of ``eval_corpus``.
+
+    ``fit_only``: a mask over ``fit_corpus``'s songs (one collection): fit and choose on those only.
 
     ``window_context``: a window-split run's window length (fit on the training
     windows' targets, choose on the valid windows).  ``orders``: the n-gram orders
@@ -290,9 +295,10 @@ def baseline_scores(fit_corpus, eval_corpus, eval_targets: Targets, orders=NGRAM
         valid = window_targets(fit_corpus, "valid", window_context)
         fitted_on = f"the targets of the training windows ({window_context}-event windows)"
     else:
-        fit_on = dict(song_ids=fit_corpus.ids("train"), positions=None)
+        train_ids = fit_corpus.ids("train")
+        fit_on = dict(song_ids=train_ids if fit_only is None else train_ids[fit_only[train_ids]], positions=None)
         n_fit = len(fit_on["song_ids"])
-        valid = song_targets(fit_corpus, "valid")
+        valid = song_targets(fit_corpus, "valid", fit_only)
         fitted_on = "the train split"
     if not n_fit:
         raise NotelmError(f"{fit_corpus.path}: no training songs to fit the baselines on")
@@ -365,12 +371,18 @@ def event_ids(streams: dict[str, np.ndarray], vocab: Vocab) -> np.ndarray:
 
 
 def generation_report(model, ngram_model, ngram_name: str, encoded, split: str, n: int, length: int,
-                      copy_songs: np.ndarray, out_dir: Path, log=print) -> tuple[dict, str]:
-    """Music metrics and copy check of ``n`` model and ``n`` n-gram pieces against real songs: ``(json, markdown)``."""
+                      copy_songs: np.ndarray, out_dir: Path, log=print, only: np.ndarray | None = None,
+                      cond: int = 0) -> tuple[dict, str]:
+    """Music metrics and copy check of ``n`` model and ``n`` n-gram pieces against real songs: ``(json, markdown)``.
+
+    ``only``: a mask over the songs (one collection): the real sets are its songs, and the model's
+    pieces are sampled with condition id ``cond`` (its style).
+    """
     vocab = model.vocab
     rep = from_vocab(vocab)
-    real_ids = encoded.ids(split)
-    valid_ids = encoded.ids("valid")
+    real_ids, valid_ids = encoded.ids(split), encoded.ids("valid")
+    if only is not None:
+        real_ids, valid_ids = real_ids[only[real_ids]], valid_ids[only[valid_ids]]
     if split in ("train", "test") and len(valid_ids):
         reference_ids, second_ids, second_name = real_ids, valid_ids, "valid split"
     else:  # no separate real set: one half of the split is the reference for all, the other half the second set
@@ -385,7 +397,8 @@ def generation_report(model, ngram_model, ngram_name: str, encoded, split: str, 
 
     reference, second = real(reference_ids), real(second_ids)
     cfg = SamplingConfig(seed=0)
-    pieces = {"model": sample(model, n, length, cfg=cfg), ngram_name: sample(ngram_model, n, length, cfg=cfg)}
+    pieces = {"model": sample(model, n, length, cond=cond, cfg=cfg),
+              ngram_name: sample(ngram_model, n, length, cfg=cfg)}
     for prefix, batch in pieces.items():
         write_pieces(batch, vocab, out_dir / "generated", prefix=prefix, log=lambda *_: None)
     notes = {name: [p.notes for p in batch] for name, batch in pieces.items()}
@@ -480,6 +493,11 @@ class EvalOptions(Settings):
     generate: int = setting(0, "also sample N pieces (and N from the best n-gram) and compare their music with "
                                "real songs", minimum=0)
     generate_length: int = setting(GENERATE_LENGTH, "events per sampled piece", minimum=1)
+    collection: str = setting(None, "score only the songs of this collection (the label the model is conditioned "
+                                    "on); the baselines are fitted on that collection's train split", kind=str)
+    baselines_from_train: bool = setting(False, "fit the baselines on the train split of the run's own training "
+                                                "corpus (out-of-domain: model and baselines learned from the same "
+                                                "music)")
     device: str = setting(None, "where a neural model runs (default: CUDA when present, else CPU)", kind=str)
 
 
@@ -511,7 +529,7 @@ def evaluate(run_dir, options: EvalOptions | None = None, out_dir=None, progress
     conditioned = bool(vocab.conditions) and float(scoring.run.get("train", {}).get("cond_dropout", 0.0)) < 1.0
     cond_of_song = condition_map(vocab, encoded.vocab, conditioned)[np.asarray(encoded.cond, np.int64)]
     context, average = scoring.context, options.transpose_average
-    fit_corpus, baselines = _baselines(scoring, options.split, progress, log, baseline_cache)
+    fit_corpus, baselines = _baselines(scoring, options, progress, log, baseline_cache)
     best = baselines["best_ngram"]
     blend = (baselines["models"][best], options.ngram_blend) if options.ngram_blend else None
     label = (f"{model.family} ({'context ' + str(context) if context else 'whole song'}"
@@ -527,6 +545,7 @@ def evaluate(run_dir, options: EvalOptions | None = None, out_dir=None, progress
         "context": context, "transpose_average": average, "ngram_blend": options.ngram_blend,
         "song_cache": options.song_cache,
         "conditioned": conditioned,
+        "collection": options.collection,
         "baselines": {"fitted_on": baselines["fitted_on"], "corpus": baselines["fit_corpus"], "best_ngram": best,
                       "selection": baselines["selection"]},
         "results": _plain({"model": model_result, **baselines["results"]}),
@@ -537,9 +556,11 @@ def evaluate(run_dir, options: EvalOptions | None = None, out_dir=None, progress
         copy_songs = encoded.ids("all") if scoring.window_context else encoded.ids("train")
         if not len(copy_songs):
             copy_songs = fit_corpus.ids("train")
+        only = songs_of(encoded, options.collection) if options.collection else None
+        cond = vocab.condition_id(options.collection) if options.collection in vocab.conditions else 0
         report["generation"], section = generation_report(model, baselines["models"][best], best, encoded,
                                                           options.split, options.generate, options.generate_length,
-                                                          copy_songs, out_dir, log)
+                                                          copy_songs, out_dir, log, only, cond)
         markdown += "\n\n" + section + "\n"
     rep = from_vocab(vocab)
     if rep.step_token() is not None:  # a piano roll read step by step: also the benchmark's metric
@@ -572,7 +593,8 @@ def _scoring(run_dir: Path, options: EvalOptions, progress: bool, log) -> _Scori
     corpus = options.corpus or run_corpus
     if not corpus:
         raise NotelmError(f"{run_dir}: no run.json naming the training corpus; pass --corpus CORPUS_DIR")
-    encoded = load_or_encode(corpus, vocab.representation, vocab.config, progress=progress, log=log)
+    encoded = load_or_encode(corpus, vocab.representation, vocab.config, progress=progress, log=log,
+                             condition=vocab.condition_label)
     problems = vocab.differences(encoded.vocab)
     if problems:
         raise NotelmError(f"{corpus}: the model cannot read this corpus: {'; '.join(problems)}")
@@ -586,32 +608,56 @@ def _scoring(run_dir: Path, options: EvalOptions, progress: bool, log) -> _Scori
         context, targets = window_context, window_targets(encoded, split, window_context)
     else:
         window_context, targets = None, song_targets(encoded, split)
+    if options.collection is not None:
+        if window_context:
+            raise NotelmError(f"--collection: {run_dir} was trained on a random window split; score it whole")
+        targets = song_targets(encoded, split, songs_of(encoded, options.collection, corpus))
     if not targets.n:
-        raise NotelmError(f"{corpus}: no {split} {'windows' if window_context else 'songs'} to evaluate")
+        raise NotelmError(f"{corpus}: no {split} {'windows' if window_context else 'songs'} to evaluate"
+                          + (f" in {options.collection}" if options.collection else ""))
     return _Scoring(model, encoded, targets, run, corpus, context, window_context)
 
 
-def _baselines(scoring: _Scoring, split: str, progress: bool, log, cache: dict | None):
+def songs_of(encoded, name: str, corpus="the corpus") -> np.ndarray:
+    """A mask over the songs of ``encoded`` whose condition (collection, group) is ``name``."""
+    vocab = encoded.vocab
+    if name not in vocab.conditions:
+        raise NotelmError(f"{corpus}: no {vocab.condition_label} {name!r}; it has {', '.join(vocab.conditions)}")
+    return np.asarray(encoded.cond) == vocab.conditions.index(name) + 1
+
+
+def _baselines(scoring: _Scoring, options: EvalOptions, progress: bool, log, cache: dict | None):
     """(the corpus the baselines are fitted on, ``baseline_scores``), reused from ``cache`` when the same.
 
-    Fitted on the train split; for ``all`` on another corpus than the run's, on the run's own corpus.
+    Fitted on the train split; on the run's own corpus with ``baselines_from_train`` or for ``all`` on
+    another corpus than the run's; only on the songs of ``collection`` where the fit corpus has it.
     """
+    split, collection = options.split, options.collection
     vocab, corpus, run_corpus = scoring.model.vocab, scoring.corpus, scoring.run.get("corpus")
     fit_corpus, fit_name = scoring.encoded, str(corpus)
-    if split == "all" and run_corpus and not _same_path(corpus, run_corpus):
+    from_train = options.baselines_from_train or split == "all"
+    if from_train and run_corpus and not _same_path(corpus, run_corpus):
         if Path(run_corpus).exists():
-            fit_corpus = load_or_encode(run_corpus, vocab.representation, vocab.config, progress=progress, log=log)
+            fit_corpus = load_or_encode(run_corpus, vocab.representation, vocab.config, progress=progress, log=log,
+                                        condition=vocab.condition_label)
             fit_name = str(run_corpus)
         else:
             log(f"note: the run's corpus {run_corpus} is gone; baselines are fitted on the train split of {corpus}")
+    elif options.baselines_from_train and not run_corpus:
+        raise NotelmError("--baselines-from-train: the model names no training corpus (no run.json beside it)")
+    fit_only = None
+    if collection is not None and collection in fit_corpus.vocab.conditions:
+        fit_only = songs_of(fit_corpus, collection)
     context = scoring.context
     orders = [k for k in NGRAM_ORDERS if context is None or k - 1 <= context]  # n-grams that see <= context events
     key = json.dumps([str(Path(fit_name).resolve()), str(Path(corpus).resolve()), vocab.representation, vocab.config,
-                      split, orders, scoring.window_context])
+                      split, orders, scoring.window_context, collection, fit_only is not None])
     cache = cache if cache is not None else {}
     if key not in cache:
         cache[key] = baseline_scores(fit_corpus, scoring.encoded, scoring.targets, orders, scoring.window_context,
-                                     progress, fit_name)
+                                     progress, fit_name, fit_only)
+        if fit_only is not None:
+            cache[key]["fitted_on"] += f" (its {collection} songs)"
     return fit_corpus, cache[key]
 
 
@@ -636,7 +682,8 @@ def report_markdown(report: dict) -> str:
         f"# Evaluation of {report['run']}", "",
         f"- model: {report['model']['label']}",
         f"- corpus: `{report['corpus']}` ({report['representation']} representation), split **{report['split']}**"
-        f"{' of the random window split' if report['split_kind'] == 'window' else ''}: {report['songs']} songs, "
+        f"{' of the random window split' if report['split_kind'] == 'window' else ''}"
+        f"{', collection ' + report['collection'] if report.get('collection') else ''}: {report['songs']} songs, "
         f"{report['targets']:,} targets ({what})",
         f"- context: {context}"
         + (f"; predictions averaged over transpositions ({results['model'].get('shifts', 0):.1f} shifts per song)"

@@ -45,6 +45,7 @@ from notelm.config import MAX_SEED, SamplingConfig
 from notelm.corpus import Corpus
 from notelm.encoding import from_vocab
 from notelm.encoding.vocab import BOS, UNCONDITIONED
+from notelm.form import beats_per_bar, part_programs, piece_meta
 from notelm.io import NotelmError, printable, write_json
 from notelm.metrics import repeated_note_share
 from notelm.names import plural
@@ -62,7 +63,8 @@ ROLL_SIZE = (1200, 500, 1.0)  # piano roll width and height in px at 100 dpi, an
 
 __all__ = ["MAX_PIECES", "MAX_EVENTS", "DEFAULT_PROMPT_NOTES", "SamplingConfig", "Piece", "PieceOptions",
            "PromptOptions", "OutputOptions", "sample", "draw", "prompt_from_notes", "write_pieces", "generate",
-           "parse_length", "default_model_path", "new_seed", "continuation_start"]
+           "parse_length", "default_model_path", "new_seed", "continuation_start", "condition_name",
+           "describe_conditions"]
 
 
 @dataclass
@@ -219,15 +221,28 @@ def prompt_from_notes(vocab, notes: nt.Notes, max_notes: int | None = None, bars
 
 def write_pieces(pieces: list[Piece], vocab, out_dir, qpm: float = 120.0, wav: bool = False, png: bool = False,
                  prefix: str = "piece", soundfont: str | None = None, seconds: float | None = None,
-                 log=print, roll: tuple[int, int, float] = ROLL_SIZE) -> list[dict]:
+                 log=print, roll: tuple[int, int, float] = ROLL_SIZE, meta: nt.SongMeta | None = None,
+                 programs: np.ndarray | None = None) -> list[dict]:
     """Decode and write every piece as MIDI (+ WAV, + PNG), cut ``seconds`` after its prompt if given; one
-    report row per piece.  The piano roll marks where the music after the prompt starts."""
+    report row per piece.  The piano roll marks where the music after the prompt starts.
+
+    ``meta``: the tempo, time signature and key every file carries (``form.piece_meta``; default: the
+    style of all the model's training music, at ``qpm``).  ``programs``: the instrument of each part
+    (track) where the model has no program stream (default: the style's, ``form.part_programs``).
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rep = from_vocab(vocab)
+    meta = meta if meta is not None else piece_meta(None, vocab.form_of(None), qpm=qpm)
+    qpm = meta.first_qpm
+    if programs is None:
+        programs = part_programs(None, vocab.form_of(None), vocab.config.get("parts", 0))
     rows = []
     for i, piece in enumerate(pieces):
         notes = rep.decode(piece.streams)
+        if "program" not in vocab.names and nt.num_notes(notes):
+            track = np.minimum(notes["track"].astype(np.int64), len(programs) - 1)
+            notes["program"] = np.asarray(programs, np.int64)[track].astype(notes["program"].dtype)
         if piece.prompt_events:
             prompt = {name: ids[: piece.prompt_events + 1] for name, ids in piece.streams.items()}
             piece.prompt_notes = nt.num_notes(rep.decode(prompt))
@@ -238,34 +253,38 @@ def write_pieces(pieces: list[Piece], vocab, out_dir, qpm: float = 120.0, wav: b
             notes["duration"] = np.minimum(notes["duration"], end - notes["onset"]).astype(notes["duration"].dtype)
         piece.notes = notes
         stem = out_dir / f"{prefix}_{i:02d}"
-        rows.append(_write_piece(piece, notes, stem, len(piece.streams[vocab.names[0]]) - 1, qpm, wav,
+        rows.append(_write_piece(piece, notes, stem, len(piece.streams[vocab.names[0]]) - 1, meta, wav,
                                  png and roll, soundfont))
         log(_piece_line(stem.name, rows[-1]))
     return rows
 
 
-def _write_piece(piece: Piece, notes: nt.Notes, stem: Path, events: int, qpm: float, wav: bool,
+def _write_piece(piece: Piece, notes: nt.Notes, stem: Path, events: int, meta: nt.SongMeta, wav: bool,
                  roll: tuple[int, int, float] | None, soundfont: str | None) -> dict:
     """The files of one piece (a piano roll of ``roll``'s size unless it is None) and its report row."""
-    nt.write_midi(notes, stem.with_suffix(".mid"), qpm=qpm)
+    qpm = meta.first_qpm
+    nt.write_midi(notes, stem.with_suffix(".mid"), qpm=qpm, meta=meta)
     share = repeated_note_share(notes)
     total = nt.num_notes(notes)
+    tracks = np.unique(np.stack([notes["track"], notes["program"]], 1), axis=0) if total else []
     row = {"midi": str(stem.with_suffix(".mid")), "events": int(events), "prompt_events": piece.prompt_events,
            "notes": total, "prompt_notes": piece.prompt_notes, "new_notes": total - piece.prompt_notes,
            "seconds": round(_seconds_of(notes, qpm), 2),
            "new_seconds": round(_seconds_of(nt.take(notes, np.arange(piece.prompt_notes, total)), qpm, piece.start), 2),
-           "repeated_note_share": None if math.isnan(share) else round(share, 3)}
+           "repeated_note_share": None if math.isnan(share) else round(share, 3),
+           "time_signature": meta.time_signature, "key": meta.key, "qpm": round(qpm, 2),
+           "tracks": [{"track": int(t), "program": int(p)} for t, p in tracks]}
     if piece.prompt_events:
         row["continues_at_beat"] = round(piece.start, 4)
     if wav or roll:
         from notelm import render
 
         if wav:
-            info = render.render_wav(notes, stem.with_suffix(".wav"), qpm=qpm, soundfont=soundfont)
+            info = render.render_wav(notes, stem.with_suffix(".wav"), qpm=qpm, soundfont=soundfont, meta=meta)
             row.update(wav=str(stem.with_suffix(".wav")), wav_rms=round(info["rms"], 4))
         if roll:
             width, height, scale = roll
-            render.render_pianoroll(notes, stem.with_suffix(".png"), title=stem.name, qpm=qpm,
+            render.render_pianoroll(notes, stem.with_suffix(".png"), title=stem.name, qpm=qpm, meta=meta,
                                     prompt_end=piece.start if piece.prompt_events else None, width=width,
                                     height=height, scale=scale)
             row["png"] = str(stem.with_suffix(".png"))
@@ -277,7 +296,9 @@ def _piece_line(name: str, row: dict) -> str:
     counts = plural(row["new_notes"], "new note" if row["prompt_notes"] else "note")
     if row["prompt_notes"]:
         counts = f"{plural(row['prompt_notes'], 'prompt note')} + {counts}"
-    return (f"{name}: {counts}, {row['seconds']:.1f} s, repeated notes {share}"
+    form = f", {row['time_signature']}" + (f" in {row['key']}" if row["key"] else "") + \
+        f", {plural(len(row['tracks']), 'track')}"
+    return (f"{name}: {counts}, {row['seconds']:.1f} s{form}, repeated notes {share}"
             + (f", WAV RMS {row['wav_rms']:.3f}" if "wav_rms" in row else ""))
 
 
@@ -293,7 +314,8 @@ class PieceOptions(Settings):
     num: int = setting(4, f"pieces to write (1..{MAX_PIECES})")
     length: int = setting(256, f"new notes per piece after the prompt (1..{MAX_EVENTS}), when seconds is not given")
     seconds: float = setting(None, "seconds of new music per piece after the prompt, instead of notes", kind=float)
-    condition: str = setting(None, "collection=NAME: write in the style of a collection the model knows", kind=str)
+    condition: str = setting(None, "collection=NAME (or group=NAME, or NAME): write in the style of a collection "
+                                   "the model knows (--list-conditions shows them)", kind=str)
 
 
 @dataclass
@@ -328,7 +350,11 @@ class OutputOptions(Settings):
     section: ClassVar[str] = "generate"
     wav: bool = setting(False, "also render audio through a General MIDI SoundFont")
     png: bool = setting(False, "also draw a piano roll")
-    qpm: float = setting(None, "tempo of the output (default: the prompt's, else 120)", kind=float)
+    qpm: float = setting(None, "tempo of the output (default: the prompt's, else the style's, else 120)", kind=float)
+    meter: str = setting(None, "time signature of the output, e.g. 6/8 (default: the prompt's, else the style's "
+                               "most common)", kind=str)
+    key: str = setting(None, "key signature of the output, e.g. D or b (minor) (default: the prompt's, else the "
+                             "style's most common)", kind=str)
     soundfont: str = setting(None, "SoundFont for --wav (default: the one installed with notelm)", kind=str)
     force: bool = setting(False, "replace an earlier generation in the output folder (all of its files)")
 
@@ -359,16 +385,21 @@ def generate(model_path=None, out_dir="out", pieces: PieceOptions | None = None,
         sampling.seed = new_seed()
     model_path = model_path or default_model_path()
     model = load_model(model_path)
-    cond = _condition_id(model.vocab, pieces.condition)
-    prompt_ids, prompt_qpm = _prompt_ids(model_path, model.vocab, prompt)
-    qpm = output.qpm if output.qpm is not None else nt.check_qpm(prompt_qpm or nt.DEFAULT_QPM, _tempo_name(prompt))
+    name = condition_name(model.vocab, pieces.condition)
+    cond = model.vocab.condition_id(name)
+    prompt_ids, prompt_notes, prompt_meta = _prompt_ids(model_path, model.vocab, prompt)
+    style = model.vocab.form_of(name)
+    meta = piece_meta(prompt_meta, style, output.meter, output.key, output.qpm)
+    programs = part_programs(prompt_notes, style, model.vocab.config.get("parts", 0))
+    qpm = meta.first_qpm
     batch = sample(model, pieces.num, pieces.length, pieces.seconds, prompt_ids, cond, sampling, qpm, unit="notes")
     for path in earlier:  # only now: a run that fails before this point leaves the earlier one whole
         path.unlink(missing_ok=True)
     rows = write_pieces(batch, model.vocab, out_dir, qpm=qpm, wav=output.wav, png=output.png,
-                        soundfont=output.soundfont, seconds=pieces.seconds, log=log)
+                        soundfont=output.soundfont, seconds=pieces.seconds, log=log, meta=meta, programs=programs)
     report = {"model": str(model_path), "family": model.family, "condition": pieces.condition, "qpm": qpm,
-              "seed": sampling.seed, "length": _length_report(pieces), "prompt": _prompt_report(prompt, batch),
+              "time_signature": meta.time_signature, "key": meta.key, "seed": sampling.seed,
+              "length": _length_report(pieces), "prompt": _prompt_report(prompt, batch),
               "sampling": sampling.to_dict(), "pieces": rows, "seconds": round(time.perf_counter() - started, 2)}
     write_json(out_dir / REPORT, report)
     log(f"generated {plural(pieces.num, 'piece')} with {model.family}, seed {sampling.seed} (--seed "
@@ -394,10 +425,6 @@ def earlier_generation(out_dir: Path, force: bool) -> list[Path]:
     return earlier
 
 
-def _tempo_name(prompt: PromptOptions) -> str:
-    return f"{printable(prompt.prompt)}: its tempo" if prompt.prompt else "the prompt's tempo"
-
-
 def _length_report(pieces: PieceOptions) -> dict:
     return {"new_seconds": pieces.seconds} if pieces.seconds else {"new_notes": pieces.length}
 
@@ -410,33 +437,48 @@ def _prompt_report(options: PromptOptions, batch: list[Piece]) -> dict | None:
             "max_notes": options.max_notes(), "bars": options.prompt_bars}
 
 
-def _condition_id(vocab, condition: str | None) -> int:
+def condition_name(vocab, condition: str | None) -> str | None:
+    """The condition a ``--condition`` names: ``collection=NAME`` / ``group=NAME`` (the label the model was
+    conditioned on) or a bare ``NAME``; checked against the model's names."""
     if condition is None:
-        return UNCONDITIONED
-    key, _, value = condition.partition("=")
-    if key != "collection" or not value:
-        raise NotelmError(f"--condition {condition!r}: expected collection=NAME")
-    return vocab.condition_id(value)
+        return None
+    key, _, value = condition.rpartition("=")
+    if key and key != vocab.condition_label:
+        labels = "collections" if vocab.condition_label == "collection" else f"{vocab.condition_label}s"
+        raise NotelmError(f"--condition {condition!r}: this model is conditioned on {labels}: "
+                          f"--condition {vocab.condition_label}=NAME (--list-conditions shows them)")
+    if not value:
+        raise NotelmError(f"--condition {condition!r}: expected {vocab.condition_label}=NAME")
+    vocab.condition_id(value)  # an unknown name: a one-line error listing the known ones
+    return value
 
 
-def _prompt_ids(model_path, vocab, options: PromptOptions) -> tuple[dict | None, float | None]:
-    """(prompt ids, the prompt's tempo), or (None, None) without a prompt."""
+def describe_conditions(vocab) -> str:
+    """The styles a model can write in, one line each: name, then its form (meter, key, tempo, parts)."""
+    if not vocab.conditions:
+        return "this model was trained without conditions: it writes in the style of all its training music"
+    lines = [f"this model is conditioned on {vocab.condition_label}s: --condition {vocab.condition_label}=NAME"]
+    for name in vocab.conditions:
+        form = vocab.form_of(name)
+        shape = ", ".join(x for x in (form.get("time_signature", ""), form.get("key", "") and f"key {form['key']}",
+                                      form.get("qpm") and f"{form['qpm']:g} qpm",
+                                      form.get("parts") and plural(form["parts"], "part")) if x)
+        lines.append(f"  {name}" + (f"  ({shape})" if shape else ""))
+    return "\n".join(lines)
+
+
+def _prompt_ids(model_path, vocab, options: PromptOptions) -> tuple[dict | None, nt.Notes | None, nt.SongMeta | None]:
+    """(prompt ids, the prompt's notes, its metadata), or (None, None, None) without a prompt."""
     if options.prompt:
         try:
             notes, meta = nt.read_midi(options.prompt)
         except Exception as e:
             raise NotelmError(f"{options.prompt}: not a readable MIDI file ({e})") from None
-        ids = prompt_from_notes(vocab, notes, options.max_notes(), options.prompt_bars, _beats_per_bar(meta))
-        return ids, meta.first_qpm
+        ids = prompt_from_notes(vocab, notes, options.max_notes(), options.prompt_bars, beats_per_bar(meta))
+        return ids, notes, meta
     if options.prompt_from_test is not None:
         return _test_prompt(model_path, options, vocab)
-    return None, None
-
-
-def _beats_per_bar(meta: nt.SongMeta) -> float:
-    if len(meta.timesig_num):
-        return float(meta.timesig_num[0]) * 4.0 / float(meta.timesig_den[0])
-    return 4.0
+    return None, None, None
 
 
 def _test_prompt(model_path, options: PromptOptions, vocab):
@@ -455,4 +497,4 @@ def _test_prompt(model_path, options: PromptOptions, vocab):
     meta = corpus.meta(song)
     notes = corpus.notes(song)
     return prompt_from_notes(vocab, notes, options.max_notes(), options.prompt_bars,
-                             _beats_per_bar(meta)), meta.first_qpm
+                             beats_per_bar(meta)), notes, meta

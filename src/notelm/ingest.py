@@ -282,7 +282,7 @@ class Chunk:
 
 def load_chunk(files: list[tuple[int, str, str, str]], check_events: bool = True,
                max_bytes: int | None = DEFAULT_MAX_BYTES, timeout: float | None = None) -> Chunk:
-    """Load (index, path, source, collection) files into one Chunk; failures are recorded.  ``timeout``
+    """Load (index, path, source, collection[, group]) files into one Chunk; failures are recorded.  ``timeout``
     gives up a file after that many seconds (worker processes only: it takes over SIGALRM)."""
     out = Chunk()
     raws, info = _parse_files(files, check_events, max_bytes, out.failures, timeout)
@@ -311,9 +311,9 @@ def load_chunk(files: list[tuple[int, str, str, str]], check_events: bool = True
 
 def _parse_files(files, check_events: bool, max_bytes: int | None, failures: list,
                  timeout: float | None = None) -> tuple[list, list]:
-    """(pieces, (index, path, source, collection, sha, part) per piece); failed files go to ``failures``."""
+    """(pieces, (index, path, source, collection, sha, part, group) per piece); failed files go to ``failures``."""
     raws, info = [], []
-    for index, path, source, collection in files:
+    for index, path, source, collection, *group in files:
         try:
             with _time_limit(timeout):
                 sha, pieces = load_file(path, check_events, max_bytes)
@@ -330,7 +330,8 @@ def _parse_files(files, check_events: bool, max_bytes: int | None, failures: lis
             continue
         for part, raw in enumerate(pieces):
             raws.append(raw)
-            info.append((index, path, source, collection, sha if len(pieces) == 1 else f"{sha}#{part}", part))
+            info.append((index, path, source, collection, sha if len(pieces) == 1 else f"{sha}#{part}", part,
+                         group[0] if group else collection))
     return raws, info
 
 
@@ -367,12 +368,13 @@ def _records(raws, info, notes, counts, meta) -> list[dict]:
                             np.array([r.tpq for r in raws]))
     first_tempo, first_sig, first_key = (_first_rows(t, len(raws)) for t in (tempos, sigs, keys))
     records = []
-    for k, (raw, (_index, path, source, collection, sha, part)) in enumerate(zip(raws, info)):
+    for k, (raw, (_index, path, source, collection, sha, part, group)) in enumerate(zip(raws, info)):
         tempo, sig, key = first_tempo[k], first_sig[k], first_key[k]
         records.append({
             "path": printable(f"{path}#{part}" if "#" in sha else path),
             "sha": sha, "source": printable(source), "collection": printable(collection), "part": part,
             **({"split": raw.split} if raw.split else {}),
+            "group": printable(group),
             "tpq": raw.tpq, "n_notes": int(counts[k]), "n_tracks": len({t[4] for t in raw.tracks}),
             "duration_q": float(end_q[k]), "duration_s": float(seconds[k]),
             "qpm": float(tempos["qpm"][tempo]) if tempo >= 0 else nt.DEFAULT_QPM,
@@ -456,7 +458,7 @@ def chunk_saved(stem: Path, chunk_id: str) -> bool:
 class Job:
     """A chunk of work: files to load, failures already known, and where to save the result."""
 
-    files: list  # (index, path, source, collection)
+    files: list  # (index, path, source, collection, group)
     stem: Path
     chunk_id: str
     known_failures: list = field(default_factory=list)

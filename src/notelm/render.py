@@ -177,14 +177,25 @@ def _note_boxes(start, length, pitch, height=0.8):
                      np.stack([end, hi], 1), np.stack([start, hi], 1)], 1)
 
 
+def bar_lines(end: float, meta: SongMeta | None) -> np.ndarray:
+    """Where the bars start, in quarter notes, up to ``end``: from the first time signature (4/4 without
+    one; 6/8 is a bar every 3 quarters); every k-th bar when there would be more than ``MAX_BAR_LINES``."""
+    from notelm.form import beats_per_bar
+
+    bar = beats_per_bar(meta)
+    step = bar * max(1, int(np.ceil(end / bar / MAX_BAR_LINES)))
+    return np.arange(0, end, step)
+
+
 def render_pianoroll(notes: Notes, path, title: str | None = None, qpm: float = DEFAULT_QPM,
                      meta: SongMeta | None = None, prompt_end: float | None = None, width: int = 1200,
                      height: int = 500, scale: float = 1.0) -> Path:
     """Draw a piano roll PNG (``width`` x ``height`` px, times ``scale``): time in beats across, MIDI pitch up.
 
-    One color per track, opacity by velocity; drum hits are dark diamonds at their
-    onsets (their pitch is an instrument, their length meaningless).  ``prompt_end``
-    (a beat) shades the prompt.  ``scale`` (a screen's pixel ratio) adds pixels, not text size.
+    One color per track (named in a legend with its program), opacity by velocity; drum
+    hits are dark diamonds at their onsets (their pitch is an instrument, their length
+    meaningless); bar lines from the time signature of ``meta``.  ``prompt_end`` (a beat)
+    shades the prompt.  ``scale`` (a screen's pixel ratio) adds pixels, not text size.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.collections import PolyCollection
@@ -213,11 +224,7 @@ def render_pianoroll(notes: Notes, path, title: str | None = None, qpm: float = 
     lanes = lanes[np.isin(lanes % 12, BLACK_KEYS)].astype(np.float64)
     ax.add_collection(PolyCollection(_note_boxes(np.full(len(lanes), -end), np.full(len(lanes), 3 * end), lanes, 1.0),
                                      facecolors=(0.93, 0.93, 0.95), edgecolors="none", zorder=0))
-    beats_per_bar = 4.0
-    if meta is not None and len(meta.timesig_num):
-        beats_per_bar = 4.0 * float(meta.timesig_num[0]) / float(meta.timesig_den[0])
-    bar_step = beats_per_bar * max(1, int(np.ceil(end / beats_per_bar / MAX_BAR_LINES)))  # every k-th bar if many
-    ax.vlines(np.arange(0, end, bar_step), low - 0.5, high + 0.5, colors=(0.75, 0.75, 0.8), linewidth=0.6, zorder=1)
+    ax.vlines(bar_lines(end, meta), low - 0.5, high + 0.5, colors=(0.6, 0.6, 0.7), linewidth=0.8, zorder=1)
 
     if prompt_end is not None:
         _mark_prompt(ax, -0.01 * end, prompt_end, high + 0.5)
@@ -239,7 +246,8 @@ def render_pianoroll(notes: Notes, path, title: str | None = None, qpm: float = 
 
     c_pitches = np.arange((low + 11) // 12 * 12, high + 1, 12)
     ax.set_yticks(c_pitches, [pitch_name(int(p)) for p in c_pitches])
-    ax.set_xlabel(f"beats (quarter notes, {meta.first_qpm if meta is not None else qpm:g} qpm)")
+    meter = f", {meta.time_signature} bars" if meta is not None and meta.time_signature else ""
+    ax.set_xlabel(f"beats (quarter notes, {meta.first_qpm if meta is not None else qpm:g} qpm{meter})")
     ax.set_ylabel("pitch")
     ax.set_title(title or f"{num_notes(notes)} notes")
     if len(tracks) + int(drum.any()) > 1:

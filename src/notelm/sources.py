@@ -5,6 +5,12 @@ within every folder) without building the whole list first, so a folder of
 100k files costs memory for one folder's listing at a time.  Problems met on
 the way (unreadable folder, symlink loop, file over the size limit) come out
 as records with ``error`` set, so prepare can report them like parse failures.
+
+Every file carries two labels: its ``collection`` and its ``group``.  The group is
+the first folder under the source root (a composer, a tune book), else the root's
+own name; a CSV sidecar may set it per file.  A source written ``SOURCE=NAME``
+(``music21:bach=bach``, ``data/nottingham=folk``) names the collection of all its
+files; without a name the collection is the group, as before.
 """
 
 from __future__ import annotations
@@ -30,8 +36,23 @@ MAX_SIDECAR_BYTES = 256 * 1024 * 1024
 class SourceFile:
     path: str  # absolute path on disk
     source: str  # the source argument it came from
-    collection: str  # composer / collection / tune book
+    collection: str  # the name given as SOURCE=NAME, else the group
     error: str = ""  # set when the file cannot even be queued
+    group: str = ""  # the first folder under the source root (composer / tune book), or the sidecar's value
+
+
+def split_source(text: str) -> tuple[str, str | None]:
+    """``SOURCE=NAME`` -> (SOURCE, NAME); a source without ``=NAME`` (or an existing path holding '=') -> (it, None).
+
+    The name is what follows the last '='; it may not hold a path separator, so a folder named
+    ``a=b/`` stays a folder.
+    """
+    if "=" not in text or os.path.exists(text):
+        return text, None
+    source, name = text.rsplit("=", 1)
+    if not source or not name.strip() or "/" in name or os.sep in name:
+        raise NotelmError(f"{text}: expected SOURCE=NAME with a collection name after '=' (no '/' in the name)")
+    return source, name.strip()
 
 
 def is_midi(path: str) -> bool:
@@ -102,7 +123,8 @@ def iter_files(sources: list[str], max_file_mb: float | None = None,
     overrides = overrides or {}
     seen_dirs: set = set()
     limit = None if max_file_mb is None else max_file_mb * 1024 * 1024
-    for source in sources:
+    for named in sources:
+        source, name = split_source(named)
         fixed_collection = None
         if source.startswith("music21:"):
             name = source.split(":", 1)[1]
@@ -130,12 +152,12 @@ def iter_files(sources: list[str], max_file_mb: float | None = None,
             rel = path[len(prefix):] if path.startswith(prefix) else path
             # the first folder under the source root, else the root's own name
             if os.path.splitext(path)[1].lower() in PIANOROLL_SUFFIXES:
-                collection = os.path.splitext(os.path.basename(path))[0]  # a benchmark file holds one dataset
+                group = os.path.splitext(os.path.basename(path))[0]  # a benchmark file holds one dataset
             else:
-                collection = fixed_collection or (rel.split(os.sep, 1)[0] if os.sep in rel else root_name)
+                group = fixed_collection or (rel.split(os.sep, 1)[0] if os.sep in rel else root_name)
             if overrides:
-                collection = (overrides.get(rel.replace(os.sep, "/")) or overrides.get(path)
-                              or overrides.get(os.path.basename(path)) or collection)
+                group = (overrides.get(rel.replace(os.sep, "/")) or overrides.get(path)
+                         or overrides.get(os.path.basename(path)) or group)
             if not error and limit is not None:
                 try:
                     size = os.stat(path).st_size
@@ -144,7 +166,7 @@ def iter_files(sources: list[str], max_file_mb: float | None = None,
                 else:
                     if size > limit:
                         error = f"file is {size / 1048576:.1f} MB, over the --max-file-mb limit of {max_file_mb:g} MB"
-            yield SourceFile(path, source, collection, error)
+            yield SourceFile(path, source, name or group, error, group)
 
 
 def _glob_root(pattern: str) -> str:

@@ -106,9 +106,33 @@ def size_tables(corpus) -> dict:
              "hours": float(seconds.sum() / 3600),
              **{s: int(np.count_nonzero(split == s)) for s in SPLITS}}
     by_split = {r["name"]: r for r in rows(split)}
-    return {"collections": rows(collection),
+    group = np.asarray(songs.get("group", songs["collection"])).astype(str)
+    return {"collections": rows(collection), "groups": rows(np.char.add(np.char.add(collection, " / "), group)),
+            "form": form_rows(songs),
             "splits": [by_split.get(s, {"name": s, "songs": 0, "notes": 0, "hours": 0.0}) for s in SPLITS],
             "total": total}
+
+
+def form_rows(songs) -> list[dict]:
+    """Per collection: its groups, and the most common time signature, key and number of tracks of its songs."""
+    collection = np.asarray(songs["collection"]).astype(str)
+    group = np.asarray(songs.get("group", songs["collection"])).astype(str)
+    out = []
+    for name in np.unique(collection):
+        mine = collection == name
+        out.append({"name": str(name), "groups": sorted(set(group[mine].tolist())),
+                    **{column: _most_common(np.asarray(songs[column])[mine]) for column in ("time_signature", "key")},
+                    "n_tracks": _most_common(np.asarray(songs["n_tracks"])[mine])})
+    return out
+
+
+def _most_common(values: np.ndarray) -> str:
+    """The most common value as text ('-' when there is none; empty strings do not count)."""
+    values = values[values != ""] if values.dtype.kind in "OUS" else values
+    if not len(values):
+        return "-"
+    names, counts = np.unique(values.astype(str), return_counts=True)
+    return str(names[np.argmax(counts)])
 
 
 # --------------------------------------------------------------------------- histograms
@@ -520,6 +544,11 @@ def _size_rows(rows: list[dict], splits: bool) -> list[list]:
              f"{r['hours']:.2f}", *([f"{r[s]:,}" for s in SPLITS] if splits else [])] for r in rows]
 
 
+def _names_text(names: list[str], shown: int = 8) -> str:
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
+
+
 def render_markdown(result: dict) -> str:
     """The report ``stats.md`` from what ``stats`` computed."""
     t, h = result["tables"], result["histograms"]
@@ -534,6 +563,17 @@ def render_markdown(result: dict) -> str:
            "### Per collection", "",
            _md_table(["collection", "songs", "notes", "hours", *(f"{s} songs" for s in SPLITS)],
                      _size_rows(t["collections"] + [total], True)), ""]
+    if len(t["groups"]) > len(t["collections"]):
+        out += ["### Per collection and group (the folder under the source: composer, tune book)", "",
+                _md_table(["collection / group", "songs", "notes", "hours", *(f"{s} songs" for s in SPLITS)],
+                          _size_rows(t["groups"], True)), ""]
+    out += ["### Form per collection", "",
+            "The names a model trained on this corpus is conditioned on (`--condition collection=NAME`, or "
+            "`group=NAME` with `data.condition = \"group\"`), and the most common time signature, key and "
+            "number of tracks of their songs.", "",
+            _md_table(["collection", "groups", "time signature", "key", "tracks"],
+                      [[r["name"], _names_text(r["groups"]), r["time_signature"], r["key"], r["n_tracks"]]
+                       for r in t["form"]]), ""]
 
     out += ["## Notes", "", "Drum notes are left out of pitch, duration, polyphony and program counts; inter-onset "
             "intervals use all notes. Durations and intervals use the log-spaced bins of `metrics.TIME_BIN_EDGES` "
@@ -653,7 +693,11 @@ def summary_text(result: dict, shown: int = 3) -> str:
     lines = [f"{'split':<8}{'songs':>9}{'notes':>14}{'hours':>9}"]
     for r in t["splits"] + [t["total"]]:
         lines.append(f"{r['name']:<8}{r['songs']:>9,}{r['notes']:>14,}{r['hours']:>9.1f}")
-    lines.append(f"{plural(len(t['collections']), 'collection')}; pitch {h['pitch'].summary.get('lowest', '-')}.."
+    lines.append(f"{plural(len(t['collections']), 'collection')}: "
+                 + "; ".join(f"{r['name']} ({plural(r['songs'], 'song')}"
+                             + (f", groups {_names_text(f['groups'], 4)}" if f["groups"] != [r["name"]] else "") + ")"
+                             for r, f in zip(t["collections"], t["form"])))
+    lines.append(f"pitch {h['pitch'].summary.get('lowest', '-')}.."
                  f"{h['pitch'].summary.get('highest', '-')} (median {h['pitch'].summary.get('median', '-')}), "
                  f"median duration {h['duration'].summary['median']}, mean polyphony {h['polyphony'].summary['mean']}")
     for kind, title in NGRAM_KINDS.items():

@@ -277,7 +277,7 @@ def _prepare(corpus_path, run: RunConfig | None, out_dir: Path, resume: bool, in
     if run.train.threads:
         torch.set_num_threads(run.train.threads)
     base, run = _base_model(run, out_dir, saved, init, dist)
-    encoded = load_or_encode(corpus_path, run.representation, run.encoding)
+    encoded = load_or_encode(corpus_path, run.representation, run.encoding, condition=run.data.condition)
     check_memory(run, base.vocab if base else encoded.vocab, str(dist.device))
     model = base or build_model(encoded.vocab, run.model, device=str(dist.device))
     problems = model.vocab.differences(encoded.vocab)

@@ -57,9 +57,10 @@ def encode_corpus(corpus, representation: str = "events", config: dict | None = 
 
 
 def load_or_encode(corpus_path, representation: str = "events", config: dict | None = None, progress: bool = False,
-                   force: bool = False, log=None) -> EncodedCorpus:
-    """The encoded corpus for these settings: read from the cache, or encoded and cached."""
-    return cached_encoding(corpus_path, get_representation(representation, config), progress, force, log)
+                   force: bool = False, log=None, condition: str = "collection") -> EncodedCorpus:
+    """The encoded corpus for these settings: read from the cache, or encoded and cached; its conditions
+    name the song label ``condition`` (collection, group or none)."""
+    return cached_encoding(corpus_path, get_representation(representation, config), progress, force, log, condition)
 
 
 def parse_settings(representation: str, items: list[str] | None) -> dict:

@@ -6,6 +6,7 @@ Layout of ``<corpus>/encoded/<representation>-<hash of settings>/``::
                    (uint8 when the stream's vocabulary fits, else uint16)
     offsets.npy    int64 [n_songs + 1]: song i is positions offsets[i]:offsets[i+1]
     cond.npy       int32 [n_songs]: condition id (1 + index of the song's collection; 0 = none)
+                   (``with_conditions`` replaces it on load when a model is conditioned on another label)
     split.npy      int8  [n_songs]: 0 train, 1 valid, 2 test
     vocab.json     the Vocab (representation, resolved settings, streams, conditions)
     info.json      counts, encode time, and which corpus build it came from
@@ -180,11 +181,28 @@ def encode_corpus(rep, corpus: Corpus, progress: bool = False) -> EncodedCorpus:
     return encoded
 
 
-def cached_encoding(corpus_path, rep, progress: bool = False, force: bool = False, log=None) -> EncodedCorpus:
+def with_conditions(encoded: EncodedCorpus, corpus: Corpus, label: str = "collection") -> EncodedCorpus:
+    """``encoded`` conditioned on a song label of ``corpus``: ``collection``, ``group`` or ``none``; its
+    vocabulary lists that label's names and the form of each (``form.corpus_forms``).  Cheap: one pass
+    over the song table and three note columns, so the label is chosen per run, not per cache."""
+    from notelm.form import corpus_forms
+
+    names = corpus.labels(label) if label != "none" else []
+    vocab = Vocab(encoded.vocab.representation, encoded.vocab.config, encoded.vocab.streams, names, label,
+                  corpus_forms(corpus, label, int(encoded.vocab.config.get("parts", 0))))
+    cond = condition_ids(vocab, corpus.songs[label]) if names else np.zeros(len(corpus), np.int32)
+    out = EncodedCorpus(vocab, encoded.streams, encoded.offsets, cond, encoded.split, encoded.path)
+    out.seconds, out.cached = encoded.seconds, encoded.cached
+    return out
+
+
+def cached_encoding(corpus_path, rep, progress: bool = False, force: bool = False, log=None,
+                    label: str = "collection") -> EncodedCorpus:
     """The corpus encoded with ``rep``: read from the cache, or encoded and cached.
 
     A corpus folder that cannot be written to (a shared, read-only corpus) is
-    encoded in memory instead, with a note through ``log``.
+    encoded in memory instead, with a note through ``log``.  ``label``: the song label
+    the conditions name (``with_conditions``).
     """
     corpus = Corpus(corpus_path)
     stamp = {"corpus_created": corpus.manifest.get("created"), "corpus_songs": len(corpus),
@@ -195,7 +213,7 @@ def cached_encoding(corpus_path, rep, progress: bool = False, force: bool = Fals
         try:
             encoded = EncodedCorpus.load(path)
             encoded.seconds = time.perf_counter() - started
-            return encoded
+            return with_conditions(encoded, corpus, label)
         except NotelmError:
             pass  # a damaged cache is simply made again
     encoded = encode_corpus(rep, corpus, progress=progress)
@@ -204,11 +222,11 @@ def cached_encoding(corpus_path, rep, progress: bool = False, force: bool = Fals
     except OSError as e:
         if log:
             log(f"note: cannot write the cache {path} ({e.strerror or e}); using the encoding in memory")
-        return encoded
+        return with_conditions(encoded, corpus, label)
     seconds = encoded.seconds
     encoded = EncodedCorpus.load(path)  # memory-mapped, as every later run will see it
     encoded.seconds, encoded.cached = seconds, False
-    return encoded
+    return with_conditions(encoded, corpus, label)
 
 
 def _array_problem(vocab: Vocab, streams: dict, offsets, cond, split) -> str:

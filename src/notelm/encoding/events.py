@@ -3,6 +3,7 @@
 Streams, one value per event, in the order ordered heads predict them::
 
     shift     grid steps since the previous event's onset: "0" .. str(max_shift)
+    part      (parts > 0) the part the note belongs to: "0" .. str(parts - 1), "-" on rests
     pitch     MIDI pitch "0" .. "127", or "rest" (an event that only moves time on)
     duration  grid steps "1" .. str(linear_durations) exactly, then log-spaced classes
               up to max_duration; "-" on rests
@@ -15,6 +16,16 @@ followed by the note with the remainder (1 .. max_shift).  Notes that start
 together (a chord, or voices of several instruments) are events with shift 0,
 ordered by pitch, then program, duration and velocity, so the encoding of a
 piece does not depend on the order of its tracks.
+
+Parts (``parts = N``): where the music has parts (the four voices of a chorale,
+melody and chords of a folk tune, melody / bridge / piano of a pop song), each
+note's part is the rank of its track among the song's tracks (0 = the first
+track with notes; tracks past the N-th share the last part), so a model learns
+which voice plays each note and generated pieces come out as tracks.  Notes
+that start together are then ordered by part first, then pitch.  Decoded notes
+get track = part; the program of each part comes from the program stream when
+there is one, else from whoever writes the file (``generate``: the prompt's or
+the style's programs).
 
 Durations of up to ``linear_durations`` steps (default 24 = 2 quarters) are
 kept exactly; longer ones snap, in log space, to ``durations_per_octave``
@@ -40,6 +51,7 @@ import numpy as np
 from notelm import notes as nt
 from notelm.encoding.base import SHIFTS, EventColumns, Representation, notes_from_columns, single_song
 from notelm.encoding.vocab import N_SPECIAL, Stream, Vocab
+from notelm.form import part_ranks
 from notelm.io import NotelmError
 from notelm.settings import Settings, setting
 
@@ -66,6 +78,8 @@ class EventsSettings(Settings):
     velocity_bins: int = setting(0, "0: no velocity stream; else this many equal bins over 0..127",
                                  minimum=0, maximum=128)
     program: bool = setting(False, "a program stream (General MIDI program, or drums)")
+    parts: int = setting(0, "0: no part stream; else a part stream of this many parts (a note's part is the rank "
+                            "of its track in its song; later tracks share the last part)", minimum=0, maximum=64)
     drums: str = setting("auto", "drop or keep drum notes; auto: keep them when program is on, else drop",
                          choices=("auto", "drop", "keep"))
 
@@ -89,6 +103,8 @@ class Events(Representation):
     def __init__(self, config: dict | None = None):
         super().__init__(config)
         c = self.config
+        if c["parts"]:
+            self.note_columns = (*Events.note_columns, "track")
         self.duration_steps = duration_classes(c["linear_durations"], c["max_duration"], c["durations_per_octave"])
         # steps (0..max_duration) -> class
         self.class_of_steps = nearest_class_table(self.duration_steps).astype(np.int16)
@@ -98,8 +114,10 @@ class Events(Representation):
     # ------------------------------------------------------------------ vocabulary
     def vocab(self, conditions=()) -> Vocab:
         c = self.config
-        streams = [
-            Stream("shift", [str(s) for s in range(c["max_shift"] + 1)]),
+        streams = [Stream("shift", [str(s) for s in range(c["max_shift"] + 1)])]
+        if c["parts"]:
+            streams.append(Stream("part", [str(p) for p in range(c["parts"])] + ["-"]))
+        streams += [
             Stream("pitch", [str(p) for p in range(PITCHES)] + ["rest"]),
             Stream("duration", [str(int(s)) for s in self.duration_steps] + ["-"]),
         ]
@@ -141,24 +159,30 @@ class Events(Representation):
         if c["program"]:
             program = np.clip(col("program"), 0, 127).astype(np.int16)
             grid["program"] = np.where(col("is_drum"), np.int16(DRUMS), program)
+        if c["parts"]:
+            song = col("song") if "song" in notes else np.zeros(len(grid["pitch"]), np.int64)
+            grid["part"] = part_ranks(song, col("track"), c["parts"])
         if "song" in notes:
             grid["song"] = col("song")
         return grid
 
-    def _notes_from_grid(self, onset, duration_class, pitch, velocity_bin=None, program=None) -> nt.Notes:
+    def _notes_from_grid(self, onset, duration_class, pitch, velocity_bin=None, program=None, part=None) -> nt.Notes:
         c = self.config
         velocity = self.velocity_centres[velocity_bin] if velocity_bin is not None else DEFAULT_VELOCITY
         if program is None:
             program_col, is_drum, track = 0, False, 0
         else:
             program_col, is_drum, track = np.where(program == DRUMS, 0, program), program == DRUMS, program
+        if part is not None:
+            track = part
         return notes_from_columns(onset, self.duration_steps[duration_class], pitch, velocity, program_col, is_drum,
                                   track, c["steps_per_quarter"])
 
     def quantize(self, notes: nt.Notes) -> nt.Notes:
         """The notes exactly as the encoding keeps them (dropped drums gone, everything on the grid)."""
         g = self._grid(notes)
-        return self._notes_from_grid(g["onset"], g["duration"], g["pitch"], g.get("velocity"), g.get("program"))
+        return self._notes_from_grid(g["onset"], g["duration"], g["pitch"], g.get("velocity"), g.get("program"),
+                                     g.get("part"))
 
     # ------------------------------------------------------------------ encode
     def encode_events(self, notes: nt.Notes, n_songs: int) -> EventColumns:
@@ -189,6 +213,9 @@ class Events(Representation):
         if c["program"]:
             values["program"] = g["program"]
             filler["program"] = N_SPECIAL + DRUMS + 1
+        if c["parts"]:
+            values["part"] = g["part"]
+            filler["part"] = N_SPECIAL + c["parts"]
         for v in values.values():  # values -> ids (in place: these arrays are ours)
             v += N_SPECIAL
         return EventColumns(song, values, lead=rests, filler=filler)
@@ -199,7 +226,7 @@ class Events(Representation):
 
         Ill-formed events a model may write are made playable, never fatal: a note
         whose duration is "-" lasts a quarter, velocity "-" is the bin of 80, program
-        "-" is program 0.
+        "-" is program 0, part "-" is part 0.
         """
         c = self.config
         names = self.stream_names
@@ -210,7 +237,10 @@ class Events(Representation):
         duration = v["duration"][is_note]
         quarter = int(np.argmin(np.abs(self.duration_steps - c["steps_per_quarter"])))
         duration = np.where(duration < n_classes, duration, quarter)
-        velocity = program = None
+        velocity = program = part = None
+        if c["parts"]:
+            part = v["part"][is_note]
+            part = np.where(part < c["parts"], part, 0)  # "-": part 0
         if c["velocity_bins"]:
             bins = c["velocity_bins"]
             velocity = v["velocity"][is_note]
@@ -218,7 +248,7 @@ class Events(Representation):
         if c["program"]:
             program = v["program"][is_note]
             program = np.where(program <= DRUMS, program, 0)  # "-": program 0
-        return self._notes_from_grid(time[is_note], duration, v["pitch"][is_note], velocity, program)
+        return self._notes_from_grid(time[is_note], duration, v["pitch"][is_note], velocity, program, part)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -259,13 +289,13 @@ def _round_half_up(quarters: np.ndarray, steps_per_quarter: int, lowest: int, hi
 
 
 def _sorted_events(grid: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Grid columns sorted by song, onset, pitch, program, duration, velocity.
+    """Grid columns sorted by song, onset, part, pitch, program, duration, velocity.
 
     All of them fit, as bit fields, in one int64 per note for any real corpus
     chunk: sorting those keys and unpacking the fields is several times faster
     than an argsort and a gather per column.  Otherwise: lexsort.
     """
-    names = [k for k in ("song", "onset", "pitch", "program", "duration", "velocity") if k in grid]
+    names = [k for k in ("song", "onset", "part", "pitch", "program", "duration", "velocity") if k in grid]
     song = grid["song"]
     if len(song) == 0:
         return grid

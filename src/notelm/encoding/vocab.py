@@ -56,6 +56,8 @@ class Vocab:
     config: dict  # the encoder's settings (grid, caps, flags): part of the identity
     streams: list[Stream]
     conditions: list[str] = field(default_factory=list)  # id = 1 + index; 0 = unconditioned
+    condition_label: str = "collection"  # the song label the conditions name: collection, group or none
+    form: dict = field(default_factory=dict)  # condition name ("" = all) -> its form (form.corpus_forms)
 
     @property
     def names(self) -> list[str]:
@@ -76,8 +78,12 @@ class Vocab:
             return UNCONDITIONED
         if name not in self.conditions:
             valid = ", ".join(self.conditions) or "(none: this model was trained without conditioning)"
-            raise NotelmError(f"unknown condition {name!r}; valid names: {valid}")
+            raise NotelmError(f"unknown {self.condition_label} {name!r}; valid names: {valid}")
         return 1 + self.conditions.index(name)
+
+    def form_of(self, name: str | None) -> dict:
+        """The form (meter, key, tempo, programs per part) of a condition's training songs, or of all of them."""
+        return self.form.get(name or "", self.form.get("", {}))
 
     def to_json(self) -> dict:
         return {
@@ -85,13 +91,19 @@ class Vocab:
             "config": self.config,
             "streams": [{"name": s.name, "tokens": s.tokens} for s in self.streams],
             "conditions": self.conditions,
+            "condition_label": self.condition_label,
+            "form": self.form,
         }
 
     @classmethod
     def from_json(cls, obj: dict) -> Vocab:
         try:
+            form = obj.get("form", {})
+            if not isinstance(form, dict) or not all(isinstance(v, dict) for v in form.values()):
+                raise TypeError("'form'")
             return cls(obj["representation"], dict(obj["config"]),
-                       [Stream(s["name"], list(s["tokens"])) for s in obj["streams"]], list(obj.get("conditions", [])))
+                       [Stream(s["name"], list(s["tokens"])) for s in obj["streams"]], list(obj.get("conditions", [])),
+                       str(obj.get("condition_label", "collection")), form)
         except (KeyError, TypeError) as e:
             raise NotelmError(f"malformed vocabulary: missing or wrong field {e}") from None
 

@@ -48,6 +48,7 @@ import numpy as np
 
 from notelm import generate as gen
 from notelm import notes as nt
+from notelm.form import part_programs, piece_meta
 from notelm.io import NotelmError, printable
 
 WEB_DIR = Path(__file__).parent
@@ -238,9 +239,13 @@ class Jobs:
             pieces = gen.sample(_ProgressModel(model, job), request.num, request.length, None, request.prompt,
                                 request.cond, request.cfg, request.qpm, unit="notes")
             job.stage = "rendering audio and piano roll"
-            with self.render_lock:
-                rows = gen.write_pieces(pieces, model.vocab, job.dir, qpm=request.qpm, wav=False, png=True,
-                                        log=lambda *a: None, roll=request.roll)
+            vocab = model.vocab
+            style = vocab.form_of(vocab.conditions[request.cond - 1] if request.cond else None)
+            with self.render_lock:  # the style's meter, key and programs per part (form.py)
+                rows = gen.write_pieces(pieces, vocab, job.dir, qpm=request.qpm, wav=False, png=True,
+                                        log=lambda *a: None, roll=request.roll,
+                                        meta=piece_meta(None, style, qpm=request.qpm),
+                                        programs=part_programs(None, style, vocab.config.get("parts", 0)))
                 job.warning = _render_audio(pieces, rows, job.dir, request.qpm)
                 job.pieces = rows
             job.status, job.stage = "done", "done"

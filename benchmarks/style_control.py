@@ -1,0 +1,182 @@
+"""Style control of a conditioned model: are pieces written "in the style of" S closer to S than to the others?
+
+    .venv/bin/python benchmarks/style_control.py RUN_DIR [--corpus CORPUS] [--pieces 16] [--length 256] [--quick]
+
+For every style S the model is conditioned on (the collections of its corpus),
+``--pieces`` pieces of ``--length`` events are sampled with ``--condition S``
+(default sampling settings, seed 0), and the same number from the best n-gram
+fitted on S's train songs alone (the n-gram with the lowest bits on S's valid
+songs among per-stream and joint Kneser-Ney n-grams of orders 2-5).  Each set
+is described by four histograms, each the mean of its pieces' normalized
+histograms: pitch class (12), duration and inter-onset interval (the log-spaced
+bins of ``metrics.TIME_BIN_EDGES``), and polyphony (how many notes start
+together: 1 .. 8 or more).  Closeness of two sets: the overlapping area of each
+histogram (sum of the bin-wise minimum; 1 = identical), averaged over the four.
+
+The real sets are the first ``--length`` events of every test song of each
+style.  The table has a row per generated style and a column per real style:
+style control works where each row's largest value is on the diagonal.  Beside
+it: the n-gram's samples against their own style, and the real valid songs of
+each style against its test songs (how close two real sets of one style are).
+
+The copy check: for every sampled piece, the longest run of whole events it
+shares with any training song of the corpus (``metrics.CorpusIndex``).
+
+Prints the tables and, last, one JSON line: ``table`` (generated style -> real
+style -> overlap), ``diagonal_wins`` (rows whose best column is their own style),
+``beats_ngram`` (styles where the model's own-style overlap is above the
+n-gram's), ``copy_max`` / ``copy_median`` (model pieces), ``ngram_copy_max``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from notelm import notes as nt
+from notelm.checkpoint import load_model
+from notelm.config import SamplingConfig
+from notelm.encoding import from_vocab, load_or_encode
+from notelm.evaluate import event_ids, fit_models, read_run, score_model, song_targets, songs_of
+from notelm.generate import sample
+from notelm.metrics import TIME_BIN_EDGES, CorpusIndex
+from notelm.models.ngram import NGramModel
+
+HISTOGRAMS = ("pitch class", "duration", "inter-onset", "polyphony")
+MAX_CHORD = 8
+ORDERS = (2, 3, 4, 5)
+CHOOSE_ON_SONGS = 30  # valid songs per style the n-gram is chosen on (enough to rank orders)
+
+
+def histograms(notes: nt.Notes) -> dict[str, np.ndarray]:
+    """The four normalized histograms of one piece (all zero without notes)."""
+    pitched = ~np.asarray(notes["is_drum"], bool)
+    onset = np.round(np.asarray(notes["onset"], np.float64) * 48).astype(np.int64)  # a fine grid: exact starts
+    starts, chord = np.unique(onset, return_counts=True)
+    counts = {
+        "pitch class": np.bincount(np.asarray(notes["pitch"], np.int64)[pitched] % 12, minlength=12),
+        "duration": _time_counts(np.asarray(notes["duration"], np.float64)[pitched]),
+        "inter-onset": _time_counts(np.diff(starts) / 48.0),
+        "polyphony": np.bincount(np.minimum(chord, MAX_CHORD) - 1, minlength=MAX_CHORD)[:MAX_CHORD],
+    }
+    return {k: v / v.sum() if v.sum() else v.astype(np.float64) for k, v in counts.items()}
+
+
+def _time_counts(quarters: np.ndarray) -> np.ndarray:
+    bins = np.clip(np.searchsorted(TIME_BIN_EDGES, quarters, side="right") - 1, 0, len(TIME_BIN_EDGES) - 2)
+    return np.bincount(bins, minlength=len(TIME_BIN_EDGES) - 1)
+
+
+def set_histograms(pieces: list[nt.Notes]) -> dict[str, np.ndarray]:
+    per_piece = [histograms(p) for p in pieces if nt.num_notes(p)]
+    return {k: np.mean([h[k] for h in per_piece], 0) for k in HISTOGRAMS}
+
+
+def closeness(a: dict, b: dict) -> float:
+    """Overlapping area of the four histograms, averaged (1 = the same distributions)."""
+    return float(np.mean([np.minimum(a[k], b[k]).sum() for k in HISTOGRAMS]))
+
+
+def best_ngram(encoded, only: np.ndarray) -> tuple[str, NGramModel]:
+    """The n-gram fitted on one style's train songs with the lowest bits on (up to 30 of) its valid songs."""
+    train_ids = encoded.ids("train")
+    models = fit_models(encoded.vocab, encoded.streams, encoded.offsets, train_ids[only[train_ids]],
+                        orders=ORDERS, joint_orders=ORDERS)
+    valid = song_targets(encoded, "valid", only)
+    valid.songs, valid.rows = valid.songs[:CHOOSE_ON_SONGS], valid.rows[:CHOOSE_ON_SONGS]
+    if not valid.n:
+        return "ngram3", models["ngram3"]
+    bits = {name: score_model(m, encoded, valid)["total"]["bits"] for name, m in models.items()
+            if name.startswith(("ngram", "joint"))}
+    name = min(bits, key=bits.get)
+    return name, models[name]
+
+
+def real_pieces(encoded, ids, length: int) -> tuple[list[nt.Notes], list[np.ndarray]]:
+    rep = from_vocab(encoded.vocab)
+    songs = [encoded.song(int(i)) for i in ids]
+    return ([rep.decode({k: np.asarray(v[: length + 1], np.int64) for k, v in s.items()}) for s in songs],
+            [event_ids(s, encoded.vocab) for s in songs])
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("run", type=Path)
+    ap.add_argument("--corpus", help="default: the run's own corpus")
+    ap.add_argument("--pieces", type=int, default=16)
+    ap.add_argument("--length", type=int, default=256)
+    ap.add_argument("--quick", action="store_true", help="4 pieces of 64 events per style")
+    a = ap.parse_args(argv)
+    if a.quick:
+        a.pieces, a.length = 4, 64
+    started = time.perf_counter()
+    model = load_model(a.run)
+    vocab = model.vocab
+    corpus = a.corpus or read_run(a.run).get("corpus")
+    encoded = load_or_encode(corpus, vocab.representation, vocab.config, condition=vocab.condition_label)
+    styles = [s for s in vocab.conditions if s in encoded.vocab.conditions]
+    if len(styles) < 2:
+        print(f"style_control: the model knows {len(styles)} style(s) of {corpus}; needs 2 or more", file=sys.stderr)
+        return 1
+    rep = from_vocab(vocab)
+    cfg = SamplingConfig(seed=0)
+    real, valid, generated, ngram_sets, pieces = {}, {}, {}, {}, {"model": [], "ngram": []}
+    for style in styles:
+        only = songs_of(encoded, style)
+        test, valid_ids = encoded.ids("test"), encoded.ids("valid")
+        real[style] = set_histograms(real_pieces(encoded, test[only[test]], a.length)[0])
+        valid[style] = set_histograms(real_pieces(encoded, valid_ids[only[valid_ids]], a.length)[0])
+        batch = sample(model, a.pieces, a.length, cond=vocab.condition_id(style), cfg=cfg)
+        generated[style] = set_histograms([rep.decode(p.streams) for p in batch])
+        name, ngram = best_ngram(encoded, only)
+        ngram_batch = sample(ngram, a.pieces, a.length, cfg=cfg)
+        ngram_sets[style] = (name, set_histograms([rep.decode(p.streams) for p in ngram_batch]))
+        pieces["model"] += [event_ids(p.streams, vocab) for p in batch]
+        pieces["ngram"] += [event_ids(p.streams, vocab) for p in ngram_batch]
+        print(f"{style}: sampled {a.pieces} pieces (model) and {a.pieces} ({name}) in "
+              f"{time.perf_counter() - started:.0f} s", file=sys.stderr)
+    table = {g: {r: closeness(generated[g], real[r]) for r in styles} for g in styles}
+    ngram_own = {s: closeness(ngram_sets[s][1], real[s]) for s in styles}
+    valid_own = {s: closeness(valid[s], real[s]) for s in styles}
+    copies = _copy_check(encoded, pieces)
+    _print_tables(styles, table, ngram_sets, ngram_own, valid_own, copies, a)
+    result = {"styles": styles, "pieces": a.pieces, "length": a.length, "table": table,
+              "diagonal_wins": sum(max(table[s], key=table[s].get) == s for s in styles),
+              "beats_ngram": sum(table[s][s] > ngram_own[s] for s in styles), "ngram_own": ngram_own,
+              "valid_own": valid_own, "copy_max": int(copies["model"].max()),
+              "copy_median": float(np.median(copies["model"])), "ngram_copy_max": int(copies["ngram"].max()),
+              "seconds": round(time.perf_counter() - started, 1)}
+    print(json.dumps(result))
+    return 0
+
+
+def _copy_check(encoded, pieces: dict) -> dict[str, np.ndarray]:
+    """Longest run of whole events each piece shares with any training song of the corpus."""
+    train = [event_ids(encoded.song(int(i)), encoded.vocab) for i in encoded.ids("train")]
+    offsets = np.concatenate([[0], np.cumsum([len(t) for t in train])[:-1]]).astype(np.int64)
+    index = CorpusIndex(np.concatenate(train), offsets)
+    return {name: index.longest_shared_runs(p) for name, p in pieces.items()}
+
+
+def _print_tables(styles, table, ngram_sets, ngram_own, valid_own, copies, a) -> None:
+    print(f"\nCloseness (mean overlapping area of pitch-class, duration, inter-onset and polyphony histograms; "
+          f"1 = identical) of {a.pieces} pieces x {a.length} events per style to each style's real test songs:\n")
+    print("| generated in the style of | " + " | ".join(f"real {s}" for s in styles)
+          + " | best n-gram of the style (own style) | real valid songs (own style) |")
+    print("|---|" + "---:|" * (len(styles) + 2))
+    for g in styles:
+        best = max(table[g], key=table[g].get)
+        cells = [f"**{table[g][r]:.3f}**" if r == best else f"{table[g][r]:.3f}" for r in styles]
+        print(f"| {g} | " + " | ".join(cells) + f" | {ngram_own[g]:.3f} ({ngram_sets[g][0]}) | {valid_own[g]:.3f} |")
+    for name, runs in copies.items():
+        print(f"\ncopy check ({name}): longest run shared with a training song: max {runs.max()}, "
+              f"median {np.median(runs):g} events; pieces over 16: {int((runs > 16).sum())} of {len(runs)}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
