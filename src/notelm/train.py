@@ -111,6 +111,9 @@ class Dist:
         if self.world > 1:
             import torch.distributed as dist
 
+            # every rank past its last collective before any tears the group down: a rank that left early
+            # closed gloo's connections under a peer still reading (a SIGABRT seen once on a loaded machine)
+            dist.barrier()
             dist.destroy_process_group()
 
 
