@@ -1,7 +1,7 @@
 """The classic piano-roll benchmark: notelm's test NLL per time step on JSB Chorales, Nottingham,
 Piano-midi.de and MuseData, beside the two calibration baselines and the best n-gram.
 
-    python benchmarks/polyphonic.py                     # all four sets (about 8 minutes of training each)
+    python benchmarks/polyphonic.py                     # all four sets (about 3 minutes of training each; --steps 2000: up to the 510 s cap)
     python benchmarks/polyphonic.py --sets jsb,piano    # some of them; results of earlier sets are kept
     python benchmarks/polyphonic.py --quick             # metric and baselines only, no training (< 1 minute)
 
@@ -41,7 +41,7 @@ from notelm.train import train
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "polyphonic"
 FILES = {"jsb": "JSB_Chorales.mat", "nottingham": "Nottingham.mat", "piano": "Piano_midi.mat", "muse": "MuseData.mat"}
-# Training budget per set, in optimizer steps (the same on every machine): about 8 minutes each on one core
+# Training budget per set, in optimizer steps (the same on every machine): about 3 minutes each on one core
 # of a shared 2-core CPU; TIME_LIMIT is the safety cap that ends a run on a slower or busier machine.
 STEPS = {"jsb": 560, "nottingham": 560, "piano": 560, "muse": 560}
 TIME_LIMIT = 510
