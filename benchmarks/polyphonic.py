@@ -1,8 +1,9 @@
 """The classic piano-roll benchmark: notelm's test NLL per time step on JSB Chorales, Nottingham,
 Piano-midi.de and MuseData, beside the two calibration baselines and the best n-gram.
 
-    python benchmarks/polyphonic.py                     # all four sets (about 3 minutes of training each; --steps 2000: up to the 510 s cap)
+    python benchmarks/polyphonic.py                     # all four sets (about 3 minutes of training each)
     python benchmarks/polyphonic.py --sets jsb,piano    # some of them; results of earlier sets are kept
+    python benchmarks/polyphonic.py --steps 2000        # a longer budget (up to the 510 s cap a set)
     python benchmarks/polyphonic.py --quick             # metric and baselines only, no training (< 1 minute)
 
 Per set: ``notelm prepare`` of its .mat file (the official split), the two baselines (a Bernoulli per
