@@ -231,17 +231,66 @@ def test_the_baselines_on_the_real_files_equal_the_rows_of_source_md(tmp_path):
 
 
 def test_crops_by_length_draw_each_song_with_the_chance_of_its_length():
-    from notelm.data import CropSampler
+    from notelm.data import CropSampler, crop_weights
 
     lengths = np.array([20, 40, 200])  # crops of 16: 5, 25 and 185 full crops
     offsets = np.concatenate([[0], np.cumsum(lengths)])
     stream = np.arange(offsets[-1])
     rng = np.random.default_rng(0)
     uniform = CropSampler([stream], offsets, np.arange(3), 16)
-    by_length = CropSampler([stream], offsets, np.arange(3), 16, by_length=True)
+    weights = crop_weights("by_length", lengths, np.zeros(3))
+    by_length = CropSampler([stream], offsets, np.arange(3), 16, song_weights=weights)
     share = {name: np.bincount(s.sample(rng, 20000)[1], minlength=3) / 20000
              for name, s in (("uniform", uniform), ("by_length", by_length))}
     np.testing.assert_allclose(share["uniform"], [5 / 215, 25 / 215, 185 / 215], atol=0.01)
     np.testing.assert_allclose(share["by_length"], lengths / lengths.sum(), atol=0.01)
     tokens, songs = by_length.sample(rng, 500)  # every crop lies inside its song
     assert ((tokens[:, 0, 0] >= offsets[songs]) & (tokens[:, -1, 0] < offsets[songs + 1])).all()
+
+
+def test_balanced_crops_give_each_label_the_square_root_of_its_size():
+    from notelm.data import CropSampler, crop_weights
+
+    # label 0: one song of 100 events; label 1: three songs, 900 events. By length: 10 % / 90 %;
+    # balanced: sqrt(100) : sqrt(900) = 1 : 3, so 25 % / 75 %, and within label 1 each song by its length
+    lengths = np.array([100, 300, 200, 400])
+    labels = np.array([0, 1, 1, 1])
+    assert crop_weights("uniform", lengths, labels) is None
+    weights = crop_weights("balanced", lengths, labels)
+    np.testing.assert_allclose(weights / weights.sum(), [0.25, 0.75 / 3, 0.75 * 2 / 9, 0.75 * 4 / 9])
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    sampler = CropSampler([np.arange(offsets[-1])], offsets, np.arange(4), 32, song_weights=weights)
+    share = np.bincount(sampler.sample(np.random.default_rng(1), 40000)[1], minlength=4) / 40000
+    np.testing.assert_allclose(share, weights / weights.sum(), atol=0.01)
+
+
+def test_a_mixture_of_models_and_transpositions_is_exact_and_reduces_to_its_parts(tiny):
+    """One model mixed with itself, or with the identity transposition, scores what it scores alone; a
+    shift that takes a key off the keyboard gives that key probability 0 and then falls silent."""
+    from notelm.config import load_config
+    from notelm.models import build_model
+    from notelm.rollmetrics import component_logprobs, scored_rows
+
+    _, path = tiny
+    encoded = load_or_encode(path, "steps")
+    model = build_model(encoded.vocab, load_config("steps", ["model.hidden=16", "model.embed_dim=8"]).model)
+    songs = split_songs(encoded, "test")
+    conds = np.zeros(len(songs))
+    alone = step_nll(model, songs, conds, STEP_ID)
+    tables = get_representation("steps").transpositions()
+    assert step_nll([model, model], songs, conds, STEP_ID) == pytest.approx(alone, rel=1e-6)
+    assert step_nll(model, songs, conds, STEP_ID, tables=[None, tables[0]]) == pytest.approx(alone, rel=1e-6)
+    # a song whose 4th token is the lowest key: a shift down cannot say anything after it
+    song = np.array([BOS, key_id(60), STEP_ID, key_id(21), STEP_ID, key_id(62), STEP_ID, EOS])
+    rows = scored_rows(song, STEP_ID)
+    down = component_logprobs(model, song, rows, 0, tables[-1])
+    up = component_logprobs(model, song, rows, 0, tables[1])
+    assert rows.tolist() == [2, 3, 4, 5]
+    assert np.isneginf(down[0]) and np.isnan(down[1:]).all() and np.isfinite(up).all()
+    # mixed: the first token is the mean of the identity's and the shift up's probabilities (the shift down
+    # gives it 0), each token after it the mean of the two that still read the song
+    same = component_logprobs(model, song, rows, 0, None)
+    mixed = step_nll(model, [{"pitch": song}], [0], STEP_ID, tables=[None, tables[1], tables[-1]])
+    first = np.log((np.exp(same[0]) + np.exp(up[0])) / 3)
+    rest = np.logaddexp(same[1:], up[1:]) - np.log(2)
+    assert mixed == pytest.approx(-(first + rest.sum()) / 2)

@@ -105,6 +105,7 @@ def cmd_evaluate(a):
     from notelm.evaluate import EvalOptions, evaluate
 
     options = EvalOptions(corpus=a.corpus, split=a.split, context=a.context, transpose_average=a.transpose_average,
+                          ensemble=",".join(a.ensemble) if a.ensemble else None,
                           ngram_blend=a.ngram_blend, song_cache=a.song_cache, generate=a.generate,
                           generate_length=a.generate_length, collection=a.collection,
                           baselines_from_train=a.baselines_from_train)
@@ -325,6 +326,9 @@ def _evaluate_parser(sub):
                    help="each prediction sees at most N previous events (default: the whole song)")
     s.add_argument("--transpose-average", action="store_true",
                    help="average the predictions of the 12 transpositions of the input (where they fit)")
+    s.add_argument("--ensemble", action="append", metavar="RUN_DIR",
+                   help="another run trained on the same corpus (repeatable): each prediction is the mean of "
+                        "every run's probabilities, an exact mixture")
     s.add_argument("--ngram-blend", type=float, default=0.0, metavar="W",
                    help="mix each prediction with the best n-gram's (fitted on the train split), weight W "
                         "(default 0: off)")

@@ -79,8 +79,10 @@ class TrainConfig(Settings):
     seed: int = setting(0, "random seed of the model's initialization and of the crops", minimum=0,
                          maximum=2**32 - 1)
     crops: str = setting("uniform", "how training crops are drawn: 'uniform' (every crop of every song equally "
-                                    "likely) or 'by_length' (a song with the chance of its length, then one of its "
-                                    "crops: for songs about as long as a crop)", choices=("uniform", "by_length"))
+                                    "likely), 'by_length' (a song with the chance of its length, then one of its "
+                                    "crops: for songs about as long as a crop) or 'balanced' (as by_length, each "
+                                    "condition label with the chance of the square root of its size: a small "
+                                    "collection is seen more often)", choices=("uniform", "by_length", "balanced"))
     split: str = setting("song", "'song': train/valid/test by song; 'window': the original's random split of "
                                  "windows (it leaks: neighbouring windows overlap)", choices=("song", "window"))
     time_limit: float = setting(0.0, "a safety cap: seconds of training after which the run stops even if "

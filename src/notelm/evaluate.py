@@ -220,8 +220,9 @@ def predict_rows_transposed(model, song, cond, rows, context, tables: dict[int, 
 
 def score_model(model, encoded, targets: Targets, cond_of_song: np.ndarray | None = None, context: int | None = None,
                 transpose_average: bool = False, progress: bool = False, desc: str = "evaluate",
-                song_cache: float = 0.0, blend: tuple[NextEventModel, float] | None = None) -> dict:
+                song_cache: float = 0.0, blend: tuple[NextEventModel, float] | None = None, ensemble=()) -> dict:
     """``PredictionScores.result()`` of ``model`` on ``targets`` (+ ``"shifts"``: mean transpositions per song);
+    ``ensemble``: more models whose predictions are averaged with the model's (probability space);
     ``blend``: (another model, its weight) mixed into every prediction; ``song_cache``: the weight per
     matched event of the song cache blended in last (0: none)."""
     from tqdm import tqdm
@@ -244,11 +245,15 @@ def score_model(model, encoded, targets: Targets, cond_of_song: np.ndarray | Non
         song = {name: np.asarray(encoded.streams[name][encoded.offsets[song_id]:encoded.offsets[song_id + 1]], np.int64)
                 for name in names}
         cond = int(cond_of_song[song_id]) if cond_of_song is not None else 0
-        if tables:
-            logprobs, used = predict_rows_transposed(model, song, cond, rows, context, tables, rep.pitch_stream)
-            shifts.append(used)
-        else:
-            logprobs = predict_rows(model, song, cond, rows, context)
+        predictions = []
+        for member in (model, *ensemble):
+            if tables:
+                logprobs, used = predict_rows_transposed(member, song, cond, rows, context, tables, rep.pitch_stream)
+                shifts.append(used)
+            else:
+                logprobs = predict_rows(member, song, cond, rows, context)
+            predictions.append(logprobs)
+        logprobs = predictions[0] if len(predictions) == 1 else mean_logprobs(predictions)
         if blend:
             logprobs = blend_logprobs(logprobs, predict_rows(blend[0], song, cond, rows, context), blend[1])
         if song_cache:
@@ -259,6 +264,12 @@ def score_model(model, encoded, targets: Targets, cond_of_song: np.ndarray | Non
     if tables:
         result["shifts"] = float(np.mean(shifts)) if shifts else math.nan
     return result
+
+
+def mean_logprobs(predictions: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """The mean of several predictions per stream, in probability space (log-probabilities in and out)."""
+    return {name: (np.logaddexp.reduce(np.stack([p[name].astype(np.float64) for p in predictions]), 0)
+                   - np.log(len(predictions))).astype(np.float32) for name in predictions[0]}
 
 
 def blend_logprobs(a: dict[str, np.ndarray], b: dict[str, np.ndarray], weight: float) -> dict[str, np.ndarray]:
@@ -484,6 +495,8 @@ class EvalOptions(Settings):
     context: int = setting(None, "each prediction sees at most N previous events (default: the whole song)",
                            kind=int, minimum=1)
     transpose_average: bool = setting(False, "average the predictions of the transpositions of the input")
+    ensemble: str = setting(None, "more runs (comma-separated) trained on the same kind of data: each prediction "
+                                  "is the mean of every run's probabilities", kind=str)
     ngram_blend: float = setting(0.0, "mix each prediction with the best n-gram's (fitted on the train split, chosen "
                                       "on the valid split), weight W in probability space; 0: off",
                                  minimum=0.0, maximum=1.0)
@@ -512,6 +525,7 @@ class _Scoring:
     corpus: str
     context: int | None
     window_context: int | None  # a window-split run's window length
+    device: str = "cpu"
 
 
 def evaluate(run_dir, options: EvalOptions | None = None, out_dir=None, progress: bool = True, log=print,
@@ -529,20 +543,23 @@ def evaluate(run_dir, options: EvalOptions | None = None, out_dir=None, progress
     conditioned = bool(vocab.conditions) and float(scoring.run.get("train", {}).get("cond_dropout", 0.0)) < 1.0
     cond_of_song = condition_map(vocab, encoded.vocab, conditioned)[np.asarray(encoded.cond, np.int64)]
     context, average = scoring.context, options.transpose_average
+    ensemble = _ensemble(options.ensemble, model, scoring.run, scoring.device)
     fit_corpus, baselines = _baselines(scoring, options, progress, log, baseline_cache)
     best = baselines["best_ngram"]
     blend = (baselines["models"][best], options.ngram_blend) if options.ngram_blend else None
-    label = (f"{model.family} ({'context ' + str(context) if context else 'whole song'}"
+    label = (f"{model.family}{f' x {1 + len(ensemble)} runs' if ensemble else ''} "
+             f"({'context ' + str(context) if context else 'whole song'}"
              f"{', transposition average' if average else ''}"
              f"{f', blended with {best} {options.ngram_blend:g}' if blend else ''}"
              f"{f', song cache {options.song_cache:g}' if options.song_cache else ''})")
     model_result = score_model(model, encoded, targets, cond_of_song, context, average, progress, desc=model.family,
-                               song_cache=options.song_cache, blend=blend)
+                               song_cache=options.song_cache, blend=blend, ensemble=ensemble)
     report = {
         "run": str(run_dir), "model": {"family": model.family, "label": label, "ordered": bool(model.ordered)},
         "corpus": str(scoring.corpus), "representation": vocab.representation, "streams": vocab.names,
         "split": options.split, "split_kind": targets.kind, "songs": int(len(targets.songs)), "targets": targets.n,
-        "context": context, "transpose_average": average, "ngram_blend": options.ngram_blend,
+        "context": context, "transpose_average": average, "ensemble": options.ensemble,
+        "ngram_blend": options.ngram_blend,
         "song_cache": options.song_cache,
         "conditioned": conditioned,
         "collection": options.collection,
@@ -564,7 +581,9 @@ def evaluate(run_dir, options: EvalOptions | None = None, out_dir=None, progress
         markdown += "\n\n" + section + "\n"
     rep = from_vocab(vocab)
     if rep.step_token() is not None:  # a piano roll read step by step: also the benchmark's metric
-        report["per_step"] = step_report(model, rep, encoded, fit_corpus, options.split, cond_of_song)
+        tables = list(rep.transpositions().values()) if average else None
+        report["per_step"] = step_report([model, *ensemble], rep, encoded, fit_corpus, options.split, cond_of_song,
+                                         tables)
         markdown += "\n" + step_markdown(report["per_step"])
     report["seconds"] = round(time.perf_counter() - started, 1)
     write_json(out_dir / f"{REPORT_NAME}.json", report)
@@ -577,6 +596,23 @@ def evaluate(run_dir, options: EvalOptions | None = None, out_dir=None, progress
             f"{p['ngram']:.3f}, Bernoulli per key given the previous step {p['markov']:.3f}, Bernoulli per key "
             f"{p['bernoulli']:.3f}")
     return report
+
+
+def _ensemble(runs: str | None, model, run: dict, device: str) -> list:
+    """The models of ``--ensemble`` (comma-separated run or model directories); each must read what ``model``
+    reads, and none may have trained on what the first run holds out (their corpus and split are the same)."""
+    out = []
+    for path in [p.strip() for p in (runs or "").split(",") if p.strip()]:
+        other = load_model(path, device=device)
+        problems = model.vocab.differences(other.vocab)
+        if problems:
+            raise NotelmError(f"--ensemble {path}: it does not read what {model.family} reads: {'; '.join(problems)}")
+        other_run = read_run(path)
+        if run.get("corpus") and other_run.get("corpus") and not _same_path(run["corpus"], other_run["corpus"]):
+            raise NotelmError(f"--ensemble {path}: trained on {other_run['corpus']}, not on {run['corpus']}: the "
+                              "songs scored may be among its training songs")
+        out.append(other)
+    return out
 
 
 def _scoring(run_dir: Path, options: EvalOptions, progress: bool, log) -> _Scoring:
@@ -615,7 +651,7 @@ def _scoring(run_dir: Path, options: EvalOptions, progress: bool, log) -> _Scori
     if not targets.n:
         raise NotelmError(f"{corpus}: no {split} {'windows' if window_context else 'songs'} to evaluate"
                           + (f" in {options.collection}" if options.collection else ""))
-    return _Scoring(model, encoded, targets, run, corpus, context, window_context)
+    return _Scoring(model, encoded, targets, run, corpus, context, window_context, device)
 
 
 def songs_of(encoded, name: str, corpus="the corpus") -> np.ndarray:

@@ -44,8 +44,51 @@ def step_logprob(logprobs: np.ndarray, tokens: np.ndarray, rows: np.ndarray) -> 
     return float((lp[np.arange(len(rows)), np.asarray(tokens)[rows + 1]] - norm).sum())
 
 
-def step_nll(model, songs: list[dict[str, np.ndarray]], conds, step_id: int, stream: str = "pitch") -> float:
-    """Nats per predicted step of ``model`` (any ``NextEventModel``) over the ``songs`` (framed token streams)."""
+def component_logprobs(model, tokens: np.ndarray, rows: np.ndarray, cond: int, table: np.ndarray | None = None,
+                       stream: str = "pitch") -> np.ndarray:
+    """log p(token r + 1 | tokens 0..r) for each of ``rows`` under one component of a mixture: ``model`` as it
+    is, or reading the song moved through a transposition ``table`` (id -> moved id, -1 off the keyboard) with
+    its predictions moved back.  NaN where the component cannot predict.
+
+    Moved back, the distribution over the ids that have a moved counterpart is renormalized: a key the shift
+    takes off the keyboard gets probability 0 (-inf).  After such a key the moved song cannot be read on,
+    so the component has nothing to say (NaN) about the rest of the song: whether a component speaks
+    depends only on the tokens before the one predicted.
+    """
+    if table is None:
+        table = np.arange(model.vocab.sizes[model.vocab.names.index(stream)])
+    moved = table[tokens]
+    off = np.flatnonzero(moved < 0)
+    readable = int(off[0]) if len(off) else len(tokens)  # tokens 0..readable-1 can be read
+    out = np.full(len(rows), np.nan)
+    now = rows < readable
+    if not now.any():
+        return out
+    read = moved if readable == len(tokens) else np.append(moved[:readable], table[tokens[0]])  # a row for readable - 1
+    lp = np.asarray(model.predict({stream: read}, cond)[stream], np.float64)[rows[now]]
+    back = table[N_SPECIAL:]
+    regular = lp[:, back[back >= 0]]
+    top = regular.max(1, keepdims=True)
+    norm = np.log(np.exp(regular - top).sum(1)) + top[:, 0]
+    target = moved[rows[now] + 1]
+    with np.errstate(invalid="ignore"):
+        out[now] = np.where(target >= 0, lp[np.arange(len(target)), np.maximum(target, 0)] - norm, -np.inf)
+    return out
+
+
+def step_nll(model, songs: list[dict[str, np.ndarray]], conds, step_id: int, stream: str = "pitch",
+             tables: list[np.ndarray | None] | None = None) -> float:
+    """Nats per predicted step of ``model`` (any ``NextEventModel``, or a list of them) over the ``songs``
+    (framed token streams).
+
+    Several models, or ``tables`` (transpositions; ``None``: the song as it is), make a mixture: each
+    (model, transposition) is a component, and every token's probability is the mean of the probabilities
+    the components that can read the song so far give it.  Each token's distribution sums to one, so the
+    product over a song is an exact distribution and the metric stays exact.
+    """
+    models = model if isinstance(model, (list, tuple)) else [model]
+    mixture = len(models) > 1 or tables is not None
+    tables = [None] if tables is None else list(tables)
     total, steps = 0.0, 0
     for song, cond in zip(songs, conds):
         tokens = np.asarray(song[stream], np.int64)
@@ -53,8 +96,15 @@ def step_nll(model, songs: list[dict[str, np.ndarray]], conds, step_id: int, str
         if n_steps < 2:
             continue
         rows = scored_rows(tokens, step_id)
-        logprobs = model.predict({stream: tokens}, int(cond))[stream]
-        total -= step_logprob(logprobs, tokens, rows)
+        if not mixture:
+            logprobs = models[0].predict({stream: tokens}, int(cond))[stream]
+            total -= step_logprob(logprobs, tokens, rows)
+        else:
+            logp = np.stack([component_logprobs(m, tokens, rows, int(cond), t, stream) for m in models for t in tables])
+            speaking = ~np.isnan(logp)
+            with np.errstate(divide="ignore"):
+                mixed = np.logaddexp.reduce(np.where(speaking, logp, -np.inf), 0) - np.log(speaking.sum(0))
+            total -= float(mixed.sum())
         steps += n_steps - 1
     return total / max(steps, 1)
 
@@ -108,9 +158,9 @@ def fit_step_ngrams(fit_corpus, step_id: int, orders=STEP_NGRAM_ORDERS) -> tuple
     return min(scores, key=scores.get), models
 
 
-def step_report(model, rep, encoded, fit_corpus, split: str, cond_of_song, progress=None) -> dict:
-    """Nats per predicted step of ``model``, the best n-gram and both baselines on ``split`` of ``encoded``
-    (fitted on the train split of ``fit_corpus``)."""
+def step_report(model, rep, encoded, fit_corpus, split: str, cond_of_song, tables=None) -> dict:
+    """Nats per predicted step of ``model`` (or a mixture: see ``step_nll``), the best n-gram and both
+    baselines on ``split`` of ``encoded`` (fitted on the train split of ``fit_corpus``)."""
     step_id = rep.step_token()
     songs = split_songs(encoded, split)
     ids = encoded.ids(split)
@@ -120,7 +170,7 @@ def step_report(model, rep, encoded, fit_corpus, split: str, cond_of_song, progr
     zeros = np.zeros(len(songs), np.int64)
     return {
         "split": split, "songs": len(songs), "steps": int(sum(max(len(r) - 1, 0) for r in rolls)),
-        "model": step_nll(model, songs, np.asarray(cond_of_song)[ids], step_id),
+        "model": step_nll(model, songs, np.asarray(cond_of_song)[ids], step_id, tables=tables),
         "best_ngram": best, "ngram": step_nll(ngrams[best], songs, zeros, step_id),
         "bernoulli": bernoulli_nll(train_rolls, rolls), "markov": markov_nll(train_rolls, rolls),
     }

@@ -46,7 +46,7 @@ from notelm.checkpoint import (
     save_training_checkpoint,
 )
 from notelm.config import RunConfig, TrainConfig, apply_overrides, check_resume, parse_config, read_preset
-from notelm.data import CropSampler, condition_map, transpose_batch, window_splits
+from notelm.data import CropSampler, condition_map, crop_weights, transpose_batch, window_splits
 from notelm.encoding import from_vocab, load_or_encode
 from notelm.encoding.vocab import PAD, UNCONDITIONED
 from notelm.evaluate import valid_against_ngram
@@ -365,6 +365,7 @@ def _batches(encoded, vocab, cfg: TrainConfig) -> Batches:
     """Training crops of the train split (or of the training windows), fixed crops of the valid split."""
     streams = [encoded.streams[n] for n in vocab.names]
     length = cfg.context + 1
+    cond_of_song = condition_map(vocab, encoded.vocab)[np.asarray(encoded.cond, np.int64)]
     train_ids, valid_ids = encoded.ids("train"), encoded.ids("valid")
     if not len(valid_ids):
         valid_ids = train_ids  # tiny corpora: watch the training loss rather than fail
@@ -374,7 +375,8 @@ def _batches(encoded, vocab, cfg: TrainConfig) -> Batches:
         sampler = CropSampler(streams, encoded.offsets, every, length, windows=windows["train"])
         valid = CropSampler(streams, encoded.offsets, every, length, windows=windows["valid"])
     else:
-        sampler = CropSampler(streams, encoded.offsets, train_ids, length, by_length=cfg.crops == "by_length")
+        weights = crop_weights(cfg.crops, np.diff(encoded.offsets)[train_ids], cond_of_song[train_ids])
+        sampler = CropSampler(streams, encoded.offsets, train_ids, length, song_weights=weights)
         valid = CropSampler(streams, encoded.offsets, valid_ids, length)
     eval_rng = np.random.default_rng(12345)
     valid_batches = [valid.sample(eval_rng, min(cfg.batch_size, cfg.eval_crops))
@@ -382,7 +384,6 @@ def _batches(encoded, vocab, cfg: TrainConfig) -> Batches:
     rep = from_vocab(vocab)
     tables = rep.transpositions() if cfg.transpose else None
     pitch_index = vocab.names.index(rep.pitch_stream) if tables else -1
-    cond_of_song = condition_map(vocab, encoded.vocab)[np.asarray(encoded.cond, np.int64)]
     return Batches(sampler, valid_batches, cond_of_song, tables, pitch_index, encoded)
 
 
