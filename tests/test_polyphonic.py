@@ -294,3 +294,16 @@ def test_a_mixture_of_models_and_transpositions_is_exact_and_reduces_to_its_part
     first = np.log((np.exp(same[0]) + np.exp(up[0])) / 3)
     rest = np.logaddexp(same[1:], up[1:]) - np.log(2)
     assert mixed == pytest.approx(-(first + rest.sum()) / 2)
+
+
+def test_start_crops_begin_that_share_of_crops_at_the_first_event_of_their_song():
+    from notelm.data import CropSampler
+
+    lengths = np.array([1000, 3000])
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    sampler = CropSampler([np.arange(offsets[-1])], offsets, np.arange(2), 64, start_share=0.25)
+    tokens, songs = sampler.sample(np.random.default_rng(2), 20000)
+    at_start = tokens[:, 0, 0] == offsets[songs]
+    # a quarter chosen to begin there, plus the 1 in ~940 / ~2940 that a uniform start puts there anyway
+    assert at_start.mean() == pytest.approx(0.25 + 0.75 * (0.25 / 937 + 0.75 / 2937), abs=0.01)
+    assert np.bincount(songs, minlength=2)[1] / 20000 == pytest.approx(2937 / (937 + 2937), abs=0.01)

@@ -83,6 +83,9 @@ class TrainConfig(Settings):
                                     "crops: for songs about as long as a crop) or 'balanced' (as by_length, each "
                                     "condition label with the chance of the square root of its size: a small "
                                     "collection is seen more often)", choices=("uniform", "by_length", "balanced"))
+    start_crops: float = setting(0.0, "share of training crops that begin at their song's first event (the rest "
+                                      "begin anywhere): how pieces open, learned from every collection, not only "
+                                      "from its short songs", minimum=0.0, maximum=1.0)
     split: str = setting("song", "'song': train/valid/test by song; 'window': the original's random split of "
                                  "windows (it leaks: neighbouring windows overlap)", choices=("song", "window"))
     time_limit: float = setting(0.0, "a safety cap: seconds of training after which the run stops even if "

@@ -34,8 +34,9 @@ class CropSampler:
     """
 
     def __init__(self, streams: list[np.ndarray], offsets: np.ndarray, songs: np.ndarray, length: int,
-                 windows: np.ndarray | None = None, song_weights: np.ndarray | None = None):
+                 windows: np.ndarray | None = None, song_weights: np.ndarray | None = None, start_share: float = 0.0):
         self.streams, self.length = streams, length
+        self.start_share = start_share  # this share of crops begins at its song's first event
         self.windows = windows  # if given, only these window indices are ever drawn
         self.songs = np.asarray(songs, np.int64)
         if not len(self.songs):
@@ -57,8 +58,15 @@ class CropSampler:
         if self.cum_weight is not None:
             k = np.searchsorted(self.cum_weight, rng.random(batch) * self.cum_weight[-1], side="right") - 1
             k = np.minimum(k, len(self.songs) - 1)
-            return self.at(self.cum[k] + (rng.random(batch) * (self.cum[k + 1] - self.cum[k])).astype(np.int64))
-        return self.at(rng.integers(0, self.n_windows, batch))
+            window = self.cum[k] + (rng.random(batch) * (self.cum[k + 1] - self.cum[k])).astype(np.int64)
+        else:
+            window = rng.integers(0, self.n_windows, batch)
+        if self.start_share:
+            # a long song's first events are in few of its crops: without these, a model sees how pieces
+            # begin almost only in the short songs, and writes their openings in every style
+            k = np.searchsorted(self.cum, window, side="right") - 1
+            window = np.where(rng.random(batch) < self.start_share, self.cum[k], window)
+        return self.at(window)
 
     def at(self, window: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The crops with the given window indices (0 .. n_windows-1)."""

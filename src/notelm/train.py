@@ -376,7 +376,8 @@ def _batches(encoded, vocab, cfg: TrainConfig) -> Batches:
         valid = CropSampler(streams, encoded.offsets, every, length, windows=windows["valid"])
     else:
         weights = crop_weights(cfg.crops, np.diff(encoded.offsets)[train_ids], cond_of_song[train_ids])
-        sampler = CropSampler(streams, encoded.offsets, train_ids, length, song_weights=weights)
+        sampler = CropSampler(streams, encoded.offsets, train_ids, length, song_weights=weights,
+                              start_share=cfg.start_crops)
         valid = CropSampler(streams, encoded.offsets, valid_ids, length)
     eval_rng = np.random.default_rng(12345)
     valid_batches = [valid.sample(eval_rng, min(cfg.batch_size, cfg.eval_crops))
