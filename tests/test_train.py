@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shlex
 import signal
@@ -208,6 +209,27 @@ def test_resume_raises_steps_or_time_limit_and_refuses_other_changes(corpus, tmp
     again = train(corpus, resume_config(cut, "seed", settings + ["train.time_limit=0"]), cut, resume=True,
                   progress=False, log=quiet)
     assert again["steps"] == 30 and again["stopped"] == "completed"
+
+
+def test_a_run_whose_valid_loss_turns_nan_stops_and_keeps_its_last_good_checkpoint(corpus, tmp_path, monkeypatch):
+    import notelm.train as training
+
+    real = training._evaluate
+    calls = []
+
+    def diverging(s):  # the second evaluation (step 20) finds the weights ruined
+        calls.append(s.state["step"])
+        return real(s) if len(calls) == 1 else {**real(s), "loss": float("nan")}
+
+    monkeypatch.setattr(training, "_evaluate", diverging)
+    said = []
+    summary = train(corpus, load_config("seed", TINY + ["train.steps=40", "train.patience=100"]), tmp_path / "run",
+                    progress=False, log=said.append)
+    assert calls == [10, 20] and summary["steps"] == 20
+    assert summary["stopped"].startswith("diverged: the valid loss is nan at step 20; lower train.lr")
+    assert "20 of 40 steps (diverged" in said[0]
+    saved = read_json(tmp_path / "run" / "checkpoint" / "config.json")
+    assert saved["train_state"]["step"] == 10 and math.isfinite(summary["best_valid_loss"])
 
 
 def test_ctrl_c_prints_a_command_that_resumes(corpus, tmp_path):

@@ -56,6 +56,7 @@ from notelm.precision import autocast
 from notelm.precision import resolve as resolve_precision
 
 TIME_LIMIT_STOP = "time limit"  # how the stop reason of a run cut short by train.time_limit begins
+DIVERGED_STOP = "diverged"  # ... and of a run whose valid loss is no longer a number
 
 
 # --------------------------------------------------------------------------- devices and precision
@@ -480,7 +481,11 @@ def _evaluate_and_save(s: Session, out_of_time: bool) -> float | None:
         valid = metrics["loss"]
         _append(s.out_dir / "metrics.jsonl", {"step": state["step"], "split": "valid",
                                               "time": round(state["elapsed"], 2), **metrics})
-        if valid < state["best_valid"] - 1e-4:
+        if not math.isfinite(valid):
+            # NaN weights only give NaN: stop, and keep the last checkpoint and best weights as they were
+            state["stopped"] = (f"{DIVERGED_STOP}: the valid loss is {valid} at step {state['step']:,}; "
+                                "lower train.lr, or train with train.precision = \"fp32\"")
+        elif valid < state["best_valid"] - 1e-4:
             state["best_valid"], state["bad_evals"] = valid, 0
             save_model(s.model, s.out_dir / "best")
         else:
@@ -489,7 +494,8 @@ def _evaluate_and_save(s: Session, out_of_time: bool) -> float | None:
                 state["stopped"] = f"early stop: no validation improvement in {cfg.patience} evaluations"
         if out_of_time and not state["stopped"]:
             state["stopped"] = f"{TIME_LIMIT_STOP} of {cfg.time_limit:g} s reached"
-        save_training_checkpoint(s.out_dir / "checkpoint", s.model, s.opt, s.run.to_json(), state, rng_states)
+        if not state["stopped"].startswith(DIVERGED_STOP):
+            save_training_checkpoint(s.out_dir / "checkpoint", s.model, s.opt, s.run.to_json(), state, rng_states)
     state["stopped"] = s.dist.broadcast(state["stopped"])
     return valid
 
