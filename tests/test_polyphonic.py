@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -307,3 +308,31 @@ def test_start_crops_begin_that_share_of_crops_at_the_first_event_of_their_song(
     # a quarter chosen to begin there, plus the 1 in ~940 / ~2940 that a uniform start puts there anyway
     assert at_start.mean() == pytest.approx(0.25 + 0.75 * (0.25 / 937 + 0.75 / 2937), abs=0.01)
     assert np.bincount(songs, minlength=2)[1] / 20000 == pytest.approx(2937 / (937 + 2937), abs=0.01)
+
+
+def test_evaluate_ensemble_scores_the_mixture_and_refuses_a_run_of_another_corpus(tiny, tmp_path):
+    from notelm.checkpoint import load_model
+    from notelm.config import load_config
+    from notelm.evaluate import EvalOptions, evaluate
+    from notelm.io import NotelmError
+    from notelm.train import train
+
+    _, path = tiny
+    settings = ["model.hidden=16", "model.embed_dim=8", "train.steps=4", "train.eval_every=2", "train.batch_size=4",
+                "train.context=32", "train.eval_crops=4"]
+    for seed in (0, 1):
+        train(path, load_config("steps", [*settings, f"train.seed={seed}"]), tmp_path / f"run{seed}", progress=False,
+              log=quiet)
+    report = evaluate(tmp_path / "run0", EvalOptions(split="test", ensemble=str(tmp_path / "run1")), progress=False,
+                      log=quiet)
+    encoded = load_or_encode(path, "steps")
+    songs = split_songs(encoded, "test")
+    models = [load_model(tmp_path / f"run{seed}") for seed in (0, 1)]
+    cond = np.full(len(songs), models[0].vocab.condition_id("Tiny_Set"))
+    assert report["per_step"]["model"] == pytest.approx(step_nll(models, songs, cond, STEP_ID), rel=1e-5)
+    assert report["model"]["label"].startswith("steps_lstm x 2 runs")
+    other = tmp_path / "other"
+    shutil.copytree(path, other)
+    train(other, load_config("steps", settings), tmp_path / "elsewhere", progress=False, log=quiet)
+    with pytest.raises(NotelmError, match="not on .*the songs scored may be among its training songs"):
+        evaluate(tmp_path / "run0", EvalOptions(ensemble=str(tmp_path / "elsewhere")), progress=False, log=quiet)
