@@ -30,44 +30,35 @@ def scored_rows(tokens: np.ndarray, step_id: int) -> np.ndarray:
     return np.flatnonzero((steps_before >= 1) & (tokens[1:] >= N_SPECIAL))
 
 
-def step_logprob(logprobs: np.ndarray, tokens: np.ndarray, rows: np.ndarray) -> float:
-    """Sum of the log-probabilities of ``tokens[rows + 1]``, each renormalized over the regular ids.
-
-    A step's tokens are keys and the end-of-step token, never PAD, BOS or EOS; the
-    published metric conditions on the sequence's length, so EOS is ruled out where a
-    step begins: the mass a model gives special ids is given back to the others.
-    """
-    lp = np.asarray(logprobs, np.float64)[rows]
-    regular = lp[:, N_SPECIAL:]
-    top = regular.max(1, keepdims=True)
-    norm = np.log(np.exp(regular - top).sum(1)) + top[:, 0]
-    return float((lp[np.arange(len(rows)), np.asarray(tokens)[rows + 1]] - norm).sum())
-
-
 def component_logprobs(model, tokens: np.ndarray, rows: np.ndarray, cond: int, table: np.ndarray | None = None,
                        stream: str = "pitch") -> np.ndarray:
     """log p(token r + 1 | tokens 0..r) for each of ``rows`` under one component of a mixture: ``model`` as it
     is, or reading the song moved through a transposition ``table`` (id -> moved id, -1 off the keyboard) with
     its predictions moved back.  NaN where the component cannot predict.
 
-    Moved back, the distribution over the ids that have a moved counterpart is renormalized: a key the shift
-    takes off the keyboard gets probability 0 (-inf).  After such a key the moved song cannot be read on,
-    so the component has nothing to say (NaN) about the rest of the song: whether a component speaks
-    depends only on the tokens before the one predicted.
+    Each prediction is renormalized over the regular ids: a step's tokens are keys and the end-of-step
+    token, never PAD, BOS or EOS; the published metric conditions on the sequence's length, so EOS is ruled
+    out where a step begins and the mass a model gives special ids is given back to the others.  Moved back,
+    only the ids that have a moved counterpart count: a key the shift takes off the keyboard gets
+    probability 0 (-inf).  After such a key the moved song cannot be read on, so the component has nothing
+    to say (NaN) about the rest of the song: whether a component speaks depends only on the tokens before
+    the one predicted.
     """
-    if table is None:
-        table = np.arange(model.vocab.sizes[model.vocab.names.index(stream)])
-    moved = table[tokens]
+    moved = tokens if table is None else table[tokens]
     off = np.flatnonzero(moved < 0)
     readable = int(off[0]) if len(off) else len(tokens)  # tokens 0..readable-1 can be read
     out = np.full(len(rows), np.nan)
     now = rows < readable
     if not now.any():
         return out
-    read = moved if readable == len(tokens) else np.append(moved[:readable], table[tokens[0]])  # a row for readable - 1
+    # a token after the last readable one (BOS: any id would do) gives the prediction of row readable - 1
+    read = moved if readable == len(tokens) else np.append(moved[:readable], moved[0])
     lp = np.asarray(model.predict({stream: read}, cond)[stream], np.float64)[rows[now]]
-    back = table[N_SPECIAL:]
-    regular = lp[:, back[back >= 0]]
+    if table is None:
+        regular = lp[:, N_SPECIAL:]
+    else:
+        back = table[N_SPECIAL:]
+        regular = lp[:, back[back >= 0]]
     top = regular.max(1, keepdims=True)
     norm = np.log(np.exp(regular - top).sum(1)) + top[:, 0]
     target = moved[rows[now] + 1]
@@ -87,7 +78,6 @@ def step_nll(model, songs: list[dict[str, np.ndarray]], conds, step_id: int, str
     product over a song is an exact distribution and the metric stays exact.
     """
     models = model if isinstance(model, (list, tuple)) else [model]
-    mixture = len(models) > 1 or tables is not None
     tables = [None] if tables is None else list(tables)
     total, steps = 0.0, 0
     for song, cond in zip(songs, conds):
@@ -96,15 +86,11 @@ def step_nll(model, songs: list[dict[str, np.ndarray]], conds, step_id: int, str
         if n_steps < 2:
             continue
         rows = scored_rows(tokens, step_id)
-        if not mixture:
-            logprobs = models[0].predict({stream: tokens}, int(cond))[stream]
-            total -= step_logprob(logprobs, tokens, rows)
-        else:
-            logp = np.stack([component_logprobs(m, tokens, rows, int(cond), t, stream) for m in models for t in tables])
-            speaking = ~np.isnan(logp)
-            with np.errstate(divide="ignore"):
-                mixed = np.logaddexp.reduce(np.where(speaking, logp, -np.inf), 0) - np.log(speaking.sum(0))
-            total -= float(mixed.sum())
+        logp = np.stack([component_logprobs(m, tokens, rows, int(cond), t, stream) for m in models for t in tables])
+        speaking = ~np.isnan(logp)
+        with np.errstate(divide="ignore"):
+            mixed = np.logaddexp.reduce(np.where(speaking, logp, -np.inf), 0) - np.log(speaking.sum(0))
+        total -= float(mixed.sum())
         steps += n_steps - 1
     return total / max(steps, 1)
 
