@@ -109,6 +109,8 @@ class SamplingConfig(Settings):
                                              "(1 = off)")
     penalty_window: int = setting(16, "how many recent events the repetition penalty looks at")
     max_repeat: int = setting(0, "never the same pitch more than this many times in a row (0 = off)")
+    guidance: float = setting(1.0, "with --condition: above 1 pushes the pieces further toward the condition's "
+                                   "style, 0 ignores it (classifier-free guidance; 1 = off)", minimum=0.0, maximum=8.0)
     seed: int = setting(None, "random seed, 0..2**32-1 (default: a new one each run, printed and saved in "
                               "generation.json; the same seed and settings give the same pieces)", kind=int,
                         minimum=0, maximum=MAX_SEED)
@@ -117,7 +119,7 @@ class SamplingConfig(Settings):
     def check(self) -> None:
         from notelm.sampling import build_processors
 
-        for name in ("temperature", "top_p", "repetition_penalty"):  # inf passes a processor's "> 0"
+        for name in ("temperature", "top_p", "repetition_penalty", "guidance"):  # inf passes a processor's "> 0"
             value = getattr(self, name)
             if not math.isfinite(value):
                 raise NotelmError(f"{self.label(name)} = {value!r}: expected a finite number")
@@ -256,7 +258,8 @@ def check_family_reads(family: str, representation: str) -> None:
 
 
 RESUMABLE = {"train.steps", "train.time_limit"}  # what a resumed run may change (raise) with --set
-FREE_ON_RESUME = {"train.precision", "train.compare_ngram"}  # free on resume: the weights do not depend on them
+# free on resume: the weights do not depend on them
+FREE_ON_RESUME = {"train.precision", "train.compare_ngram", "train.threads"}
 
 
 def check_resume(saved: RunConfig, asked: RunConfig) -> None:

@@ -264,6 +264,19 @@ def _named(path: Path, tmp: Path | None = None):
         raise OSError(e.errno, os.strerror(e.errno), str(path)) from None  # OSError picks the subclass
 
 
+def sweep_dead_temporaries(directory) -> None:
+    """Delete every ``.NAME.<host>-<pid>.*.tmp`` in ``directory`` that a writer on this machine left behind
+    when it was killed (a resumed run cleans up after the run that died)."""
+    owner = f"{socket.gethostname()}-"
+    try:
+        names = {n.split(f".{owner}", 1)[0][1:] for n in os.listdir(directory)
+                 if n.startswith(".") and n.endswith(".tmp") and f".{owner}" in n}
+    except OSError:
+        return
+    for name in names:
+        _remove_dead_temporaries(Path(directory) / name, owner)
+
+
 def _remove_dead_temporaries(path: Path, owner: str) -> None:
     """Delete ``.NAME.<owner><pid>.*.tmp`` beside ``path`` whose process is gone."""
     start = f".{path.name}.{owner}"

@@ -50,7 +50,7 @@ from notelm.data import CropSampler, condition_map, crop_weights, transpose_batc
 from notelm.encoding import from_vocab, load_or_encode
 from notelm.encoding.vocab import PAD, UNCONDITIONED
 from notelm.evaluate import valid_against_ngram
-from notelm.io import NotelmError, atomic_path, printable, read_jsonl, write_json
+from notelm.io import NotelmError, atomic_path, printable, read_jsonl, sweep_dead_temporaries, write_json
 from notelm.models import build_model
 from notelm.precision import autocast
 from notelm.precision import resolve as resolve_precision
@@ -275,6 +275,7 @@ def _prepare(corpus_path, run: RunConfig | None, out_dir: Path, resume: bool, in
         run = run or saved_run
         check_resume(saved_run, run)
         saved = read_config(out_dir / "checkpoint")
+        sweep_dead_temporaries(out_dir)  # what a killed run was writing when it died
     elif (out_dir / "checkpoint").exists():
         raise NotelmError(f"{out_dir}: a run is already there; pass --resume to continue it or choose another -o")
     torch.manual_seed(run.train.seed + dist.rank)
