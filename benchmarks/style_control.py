@@ -1,10 +1,12 @@
 """Style control of a conditioned model: are pieces written "in the style of" S closer to S than to the others?
 
-    .venv/bin/python benchmarks/style_control.py RUN_DIR [--corpus CORPUS] [--pieces 16] [--length 256] [--quick]
+    .venv/bin/python benchmarks/style_control.py RUN_DIR [--corpus CORPUS] [--pieces 16] [--length 256]
+                                                 [--guidance G] [--top-p P] [--quick]
 
 For every style S the model is conditioned on (the collections of its corpus),
 ``--pieces`` pieces of ``--length`` events are sampled with ``--condition S``
-(default sampling settings, seed 0), and the same number from the best n-gram
+(default sampling settings, seed 0; ``--guidance`` and
+``--top-p`` as ``notelm generate``'s), and the same number from the best n-gram
 fitted on S's train songs alone (the n-gram with the lowest bits on S's valid
 songs among per-stream and joint Kneser-Ney n-grams of orders 2-5).  Each set
 is described by four histograms, each the mean of its pieces' normalized
@@ -110,6 +112,10 @@ def main(argv=None) -> int:
     ap.add_argument("--corpus", help="default: the run's own corpus")
     ap.add_argument("--pieces", type=int, default=16)
     ap.add_argument("--length", type=int, default=256)
+    ap.add_argument("--guidance", type=float, default=SamplingConfig.guidance,
+                    help="classifier-free guidance of the model's samples (default: generate's)")
+    ap.add_argument("--top-p", type=float, default=SamplingConfig.top_p,
+                    help="nucleus sampling of the model's samples (default: generate's)")
     ap.add_argument("--quick", action="store_true", help="4 pieces of 64 events per style")
     a = ap.parse_args(argv)
     if a.quick:
@@ -124,7 +130,7 @@ def main(argv=None) -> int:
         print(f"style_control: the model knows {len(styles)} style(s) of {corpus}; needs 2 or more", file=sys.stderr)
         return 1
     rep = from_vocab(vocab)
-    cfg = SamplingConfig(seed=0)
+    cfg = SamplingConfig(seed=0, guidance=a.guidance, top_p=a.top_p)
     real, valid, generated, ngram_sets, pieces = {}, {}, {}, {}, {"model": [], "ngram": []}
     for style in styles:
         only = songs_of(encoded, style)
@@ -145,7 +151,8 @@ def main(argv=None) -> int:
     valid_own = {s: closeness(valid[s], real[s]) for s in styles}
     copies = _copy_check(encoded, pieces)
     _print_tables(styles, table, ngram_sets, ngram_own, valid_own, copies, a)
-    result = {"styles": styles, "pieces": a.pieces, "length": a.length, "table": table,
+    result = {"styles": styles, "pieces": a.pieces, "length": a.length, "guidance": a.guidance, "top_p": a.top_p,
+              "table": table,
               "diagonal_wins": sum(max(table[s], key=table[s].get) == s for s in styles),
               "beats_ngram": sum(table[s][s] > ngram_own[s] for s in styles), "ngram_own": ngram_own,
               "valid_own": valid_own, "copy_max": int(copies["model"].max()),

@@ -21,6 +21,7 @@ from notelm.generate import (
     prompt_from_notes,
     sample,
 )
+from notelm.guidance import Guided, guide
 from notelm.io import NotelmError
 from notelm.models import build_model
 from notelm.models.lstm import LSTMConfig
@@ -85,6 +86,44 @@ def test_same_seed_same_pieces_and_batch_of_distinct_pieces():
     assert not np.array_equal(a[0].streams["pitch"], a[1].streams["pitch"])
     for piece in a:  # never a special id inside a piece
         assert all((v[1:] >= 3).all() for v in piece.streams.values())
+
+
+def test_guidance_is_the_renormalized_extrapolation_from_unconditioned_to_conditioned():
+    cond, none = np.log([[0.5, 0.25, 0.25]]), np.log([[0.25, 0.25, 0.5]])
+    np.testing.assert_allclose(np.exp(guide(cond, none, 2.0)), [[1 / 1.375, 0.25 / 1.375, 0.125 / 1.375]])  # c^2/n
+    np.testing.assert_allclose(guide(cond, none, 1.0), cond)
+    np.testing.assert_allclose(guide(cond, none, 0.0), none)
+    with np.errstate(divide="ignore"):  # impossible given the condition: stays impossible; only without it: cond
+        cond, none = np.log([[0.5, 0.5, 0.0]]), np.log([[0.0, 0.5, 0.5]])
+    np.testing.assert_allclose(np.exp(guide(cond, none, 3.0)), [[0.5, 0.5, 0.0]])
+
+    model = events_model()
+    prompt = {name: np.array([[BOS]]) for name in model.vocab.names}
+    guided = Guided(model, 2.5)
+    state = guided.begin(prompt, np.array([2]))
+    with_cond, without = model.begin(prompt, np.array([2])), model.begin(prompt, np.array([0]))
+    np.testing.assert_allclose(guided.stream_logprobs(state, 0, []),
+                               guide(model.stream_logprobs(with_cond, 0, []), model.stream_logprobs(without, 0, []),
+                                     2.5), atol=1e-5)
+    plain = sample(model, 2, 30, cond=2, cfg=SamplingConfig(seed=3))
+    pushed = sample(model, 2, 30, cond=2, cfg=SamplingConfig(seed=3, guidance=4.0))
+    again = sample(model, 2, 30, cond=2, cfg=SamplingConfig(seed=3, guidance=4.0))
+    assert all(np.array_equal(a.streams["pitch"], b.streams["pitch"]) for a, b in zip(pushed, again))
+    assert not all(np.array_equal(a.streams["pitch"], b.streams["pitch"]) for a, b in zip(plain, pushed))
+    with pytest.raises(NotelmError, match="guidance"):
+        SamplingConfig(guidance=-1.0).validate()
+
+
+def test_guidance_is_refused_for_a_model_that_never_trained_without_its_condition(tmp_path, capsys):
+    save_model(events_model(), tmp_path / "run" / "best")
+    (tmp_path / "run" / "run.json").write_text('{"train": {"cond_dropout": 0.0}}')
+    rc, _, err = cli(capsys, "--model", tmp_path / "run", "-o", tmp_path / "out", "--condition", "jigs",
+                     "--guidance", "2")
+    assert rc == 1 and "never learned to write without its condition (train.cond_dropout = 0)" in err
+    assert not (tmp_path / "out").exists()
+    rc, _, err = cli(capsys, "--model", tmp_path / "run", "-o", tmp_path / "out", "--condition", "jigs",
+                     "--guidance", "1", "--num", "1", "--length", "8")
+    assert rc == 0, err
 
 
 def test_top_k_top_p_and_temperature_processors():
@@ -261,6 +300,8 @@ def test_a_second_run_into_the_same_folder_never_mixes_with_the_first(tiny_model
     (["--qpm", "1e9"], "--qpm 1e+09: the tempo must be between"),
     (["--prompt-notes", "0"], "--prompt-notes must be >= 1"),
     (["--prompt-bars", "0"], "--prompt-bars must be > 0"),
+    (["--guidance", "-1"], "--guidance must be >= 0"),
+    (["--guidance", "nan"], "--guidance = nan: expected a finite number"),
 ])
 def test_generate_arguments_are_checked_before_any_work(tiny_model, tmp_path, capsys, monkeypatch, args, message):
     import notelm.generate as gen

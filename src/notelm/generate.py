@@ -46,6 +46,7 @@ from notelm.corpus import Corpus
 from notelm.encoding import from_vocab
 from notelm.encoding.vocab import BOS, UNCONDITIONED
 from notelm.form import beats_per_bar, part_programs, piece_meta
+from notelm.guidance import Guided
 from notelm.io import NotelmError, printable, write_json
 from notelm.metrics import repeated_note_share
 from notelm.names import plural
@@ -109,6 +110,8 @@ def sample(model, n: int = 4, length: int = 256, seconds: float | None = None,
                           "take a part of it with --prompt-notes or --prompt-bars")
     if hasattr(model, "use_precision"):  # neural models: the arithmetic of their forward steps
         model.use_precision(cfg.precision, "generate")
+    if cfg.guidance != 1.0 and cond != UNCONDITIONED:
+        model = Guided(model, cfg.guidance)
     with model.session(n):
         return _Sampler(model, cfg, seconds, qpm).run(n, length, prompt, cond, unit)
 
@@ -387,6 +390,10 @@ def generate(model_path=None, out_dir="out", pieces: PieceOptions | None = None,
     model = load_model(model_path)
     name = condition_name(model.vocab, pieces.condition)
     cond = model.vocab.condition_id(name)
+    if sampling.guidance != 1.0 and cond != UNCONDITIONED and read_run(model_path).get("train", {}).get(
+            "cond_dropout") == 0:
+        raise NotelmError("--guidance: this model never learned to write without its condition "
+                          "(train.cond_dropout = 0), so there is nothing to guide away from; use --guidance 1")
     prompt_ids, prompt_notes, prompt_meta = _prompt_ids(model_path, model.vocab, prompt)
     style = model.vocab.form_of(name)
     meta = piece_meta(prompt_meta, style, output.meter, output.key, output.qpm)
