@@ -30,11 +30,12 @@ def scored_rows(tokens: np.ndarray, step_id: int) -> np.ndarray:
     return np.flatnonzero((steps_before >= 1) & (tokens[1:] >= N_SPECIAL))
 
 
-def component_logprobs(model, tokens: np.ndarray, rows: np.ndarray, cond: int, table: np.ndarray | None = None,
+def component_logprobs(model, tokens: np.ndarray, rows: np.ndarray, cond: int, tables=(None,),
                        stream: str = "pitch") -> np.ndarray:
-    """log p(token r + 1 | tokens 0..r) for each of ``rows`` under one component of a mixture: ``model`` as it
-    is, or reading the song moved through a transposition ``table`` (id -> moved id, -1 off the keyboard) with
-    its predictions moved back.  NaN where the component cannot predict.
+    """log p(token r + 1 | tokens 0..r) ``[len(tables), len(rows)]``: for each of ``rows``, under each component
+    of a mixture: ``model`` reading the song as it is (table ``None``), or moved through a transposition
+    ``table`` (id -> moved id, -1 off the keyboard) with its predictions moved back.  NaN where a component
+    cannot predict.  All the components are read in one batch (``model.predict_batch``).
 
     Each prediction is renormalized over the regular ids: a step's tokens are keys and the end-of-step
     token, never PAD, BOS or EOS; the published metric conditions on the sequence's length, so EOS is ruled
@@ -44,26 +45,29 @@ def component_logprobs(model, tokens: np.ndarray, rows: np.ndarray, cond: int, t
     to say (NaN) about the rest of the song: whether a component speaks depends only on the tokens before
     the one predicted.
     """
-    moved = tokens if table is None else table[tokens]
-    off = np.flatnonzero(moved < 0)
-    readable = int(off[0]) if len(off) else len(tokens)  # tokens 0..readable-1 can be read
-    out = np.full(len(rows), np.nan)
-    now = rows < readable
-    if not now.any():
-        return out
-    # a token after the last readable one (BOS: any id would do) gives the prediction of row readable - 1
-    read = moved if readable == len(tokens) else np.append(moved[:readable], moved[0])
-    lp = np.asarray(model.predict({stream: read}, cond)[stream], np.float64)[rows[now]]
-    if table is None:
-        regular = lp[:, N_SPECIAL:]
-    else:
-        back = table[N_SPECIAL:]
-        regular = lp[:, back[back >= 0]]
-    top = regular.max(1, keepdims=True)
-    norm = np.log(np.exp(regular - top).sum(1)) + top[:, 0]
-    target = moved[rows[now] + 1]
-    with np.errstate(invalid="ignore"):
-        out[now] = np.where(target >= 0, lp[np.arange(len(target)), np.maximum(target, 0)] - norm, -np.inf)
+    tables = list(tables)
+    moved = np.stack([tokens if t is None else t[tokens] for t in tables])  # [C, T]
+    unreadable = moved < 0
+    readable = np.where(unreadable.any(1), unreadable.argmax(1), moved.shape[1])  # tokens 0..readable-1 can be read
+    # the models are causal: what follows a component's last readable token (BOS here) changes nothing before it
+    lp = model.predict_batch({stream: np.where(unreadable, moved[:, :1], moved)}, cond)[stream]  # [C, T-1, V]
+    out = np.full((len(tables), len(rows)), np.nan)
+    for c, table in enumerate(tables):
+        now = rows < readable[c]
+        if not now.any():
+            continue
+        scores = np.asarray(lp[c, rows[now]], np.float64)
+        if table is None:
+            regular = scores[:, N_SPECIAL:]
+        else:
+            back = table[N_SPECIAL:]
+            regular = scores[:, back[back >= 0]]
+        top = regular.max(1, keepdims=True)
+        norm = np.log(np.exp(regular - top).sum(1)) + top[:, 0]
+        target = moved[c, rows[now] + 1]
+        with np.errstate(invalid="ignore"):
+            out[c, now] = np.where(target >= 0, scores[np.arange(len(target)), np.maximum(target, 0)] - norm,
+                                   -np.inf)
     return out
 
 
@@ -86,7 +90,7 @@ def step_nll(model, songs: list[dict[str, np.ndarray]], conds, step_id: int, str
         if n_steps < 2:
             continue
         rows = scored_rows(tokens, step_id)
-        logp = np.stack([component_logprobs(m, tokens, rows, int(cond), t, stream) for m in models for t in tables])
+        logp = np.concatenate([component_logprobs(m, tokens, rows, int(cond), tables, stream) for m in models])
         speaking = ~np.isnan(logp)
         with np.errstate(divide="ignore"):
             mixed = np.logaddexp.reduce(np.where(speaking, logp, -np.inf), 0) - np.log(speaking.sum(0))

@@ -55,6 +55,12 @@ class NextEventModel:
         """Log-probabilities for one song: ``{stream: float32 [T-1, V]}`` from ``{stream: int [T]}``."""
         raise NotImplementedError
 
+    def predict_batch(self, streams: dict[str, np.ndarray], cond: int = 0) -> dict[str, np.ndarray]:
+        """``predict`` of several songs of one length at once: ``{stream: [B, T-1, V]}`` from ``{stream: [B, T]}``."""
+        rows = [self.predict({name: ids[b] for name, ids in streams.items()}, cond)
+                for b in range(len(next(iter(streams.values()))))]
+        return {name: np.stack([r[name] for r in rows]) for name in rows[0]}
+
     # ------------------------------------------------------------------ generation
     def begin(self, prompt: dict[str, np.ndarray], cond: np.ndarray) -> Any:
         """State after reading ``prompt`` (``{stream: int [B, P]}``, P >= 1, starting with BOS)."""

@@ -299,22 +299,26 @@ class NeuralModel(NextEventModel):
         return cls(vocab, cfg, device=device)
 
     # ------------------------------------------------------------------ evaluation
-    @torch.inference_mode()
     def predict(self, streams: dict[str, np.ndarray], cond: int = 0) -> dict[str, np.ndarray]:
+        return {name: lp[0] for name, lp in self.predict_batch({n: np.asarray(v)[None] for n, v in streams.items()},
+                                                                cond).items()}
+
+    @torch.inference_mode()
+    def predict_batch(self, streams: dict[str, np.ndarray], cond: int = 0) -> dict[str, np.ndarray]:
         self.net.eval()
-        tokens = np.stack([np.asarray(streams[n], np.int64) for n in self.vocab.names], axis=-1)  # [T, S]
-        T = len(tokens)
-        out = [np.zeros((T - 1, v), np.float32) for v in self.vocab.sizes]
-        c = torch.tensor([cond], device=self.device)
+        tokens = np.stack([np.asarray(streams[n], np.int64) for n in self.vocab.names], axis=-1)  # [B, T, S]
+        B, T = tokens.shape[:2]
+        out = [np.zeros((B, T - 1, v), np.float32) for v in self.vocab.sizes]
+        c = torch.full((B,), cond, device=self.device)
         span, fresh = self.window(T)
         done, lo = 0, 0  # positions 0..done-1 are scored; the next pass reads tokens lo..
         while done < T - 1:
             hi = min(T, lo + span + 1)
-            x = torch.as_tensor(tokens[lo:hi], device=self.device)[None]
+            x = torch.as_tensor(tokens[:, lo:hi], device=self.device)
             with autocast(self.device, self.precision):
                 logits, _ = self.net(x[:, :-1], c, targets=x[:, 1:])
             for k, lg in enumerate(logits):
-                out[k][done:hi - 1] = torch.log_softmax(lg[0, done - lo:].float(), -1).cpu().numpy()
+                out[k][:, done:hi - 1] = torch.log_softmax(lg[:, done - lo:].float(), -1).cpu().numpy()
             done = hi - 1
             lo = done - (span - fresh)  # later positions keep at least span - fresh events of context
         return dict(zip(self.vocab.names, out))
