@@ -1,6 +1,7 @@
 """The song cache: known answers for its counts and its blend, and its place in evaluation."""
 
 import numpy as np
+import pytest
 
 from notelm.models.song_cache import MAX_WEIGHT, cache_counts, event_ids, mix
 
@@ -51,3 +52,17 @@ def test_mix_blends_each_stream_with_the_marginal_of_the_counts():
     strong = mix(uniform, tokens, rows, ["p", "d"], [2, 3], weight=5.0)
     np.testing.assert_allclose(np.exp(strong["p"][2]), [(1 - MAX_WEIGHT) * 0.5, (1 - MAX_WEIGHT) * 0.5 + MAX_WEIGHT])
 
+
+
+def test_mix_counts_only_the_songs_own_events_so_a_large_vocabulary_fits():
+    # four streams of 300 values: 8.1e9 possible whole events, which the cache must never lay out
+    rng = np.random.default_rng(0)
+    phrase = rng.integers(3, 300, (8, 4))
+    tokens = np.concatenate([phrase, phrase, phrase[:1]])  # the phrase twice: its second time repeats the first
+    rows = np.arange(len(tokens) - 1)
+    uniform = {n: np.log(np.full((len(rows), 300), 1 / 300)) for n in "abcd"}
+    out = mix(uniform, tokens, rows, list("abcd"), [300] * 4, weight=0.1)
+    # row 8 (after the phrase's first event again, context k = 1 .. up to 8) predicts the phrase's second event
+    for s, name in enumerate("abcd"):
+        p = np.exp(out[name][8])
+        assert p.argmax() == phrase[1, s] and p.sum() == pytest.approx(1.0)

@@ -60,15 +60,21 @@ def cache_counts(events: np.ndarray, n_values: int, max_context: int = MAX_CONTE
 def mix(logprobs: dict[str, np.ndarray], tokens: np.ndarray, rows: np.ndarray, names: list[str], sizes: list[int],
         weight: float, max_context: int = MAX_CONTEXT) -> dict[str, np.ndarray]:
     """A model's log-probabilities ``{stream: [len(rows), V]}`` of one song's rows blended with the song
-    cache of that song (``tokens`` [T, S] in the order of ``names``); returns the blended log-probabilities."""
-    k, counts = cache_counts(event_ids(tokens, sizes), int(np.prod(sizes)), max_context)
-    k, counts = k[rows], counts[rows].reshape(len(rows), *sizes)
+    cache of that song (``tokens`` [T, S] in the order of ``names``); returns the blended log-probabilities.
+
+    The cache counts the song's own distinct events only (at most T of them): counting every possible
+    whole event (the product of the streams' sizes, millions for ``events``) would not fit in memory."""
+    tokens = np.asarray(tokens, np.int64)
+    distinct, first, local = np.unique(event_ids(tokens, sizes), return_index=True, return_inverse=True)
+    k, counts = cache_counts(local.reshape(-1), len(distinct), max_context)
+    k, counts = k[rows], counts[rows]
     share = np.minimum(weight * k, MAX_WEIGHT)[:, None]
-    total = np.maximum(counts.reshape(len(rows), -1).sum(1), 1)[:, None]
+    total = np.maximum(counts.sum(1), 1)[:, None]
     out = {}
     for s, name in enumerate(names):
-        axes = tuple(a + 1 for a in range(len(sizes)) if a != s)
-        cache = counts.sum(axis=axes) / total  # the marginal of stream s
+        value_of = np.zeros((len(distinct), sizes[s]))  # distinct event -> its value in stream s
+        value_of[np.arange(len(distinct)), tokens[first, s]] = 1
+        cache = counts @ value_of / total  # the marginal of stream s
         model = np.exp(logprobs[name].astype(np.float64))
         with np.errstate(divide="ignore"):
             out[name] = np.log((1 - share) * model + share * cache).astype(np.float32)
