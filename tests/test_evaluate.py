@@ -20,6 +20,7 @@ from notelm.evaluate import (
     blend_logprobs,
     compare,
     evaluate,
+    fit_models,
     predict_rows,
     predict_rows_transposed,
     song_targets,
@@ -260,6 +261,19 @@ def test_evaluate_blends_the_song_cache(runs, encoded, tmp_path):
         right += int((blended["pitch"].argmax(1) == song["pitch"][1:]).sum())
         n += len(rows)
     assert report["results"]["model"]["pitch"]["accuracy"] == pytest.approx(right / n)
+    # like for like: the best n-gram with the same cache is a row of its own, its bits those of the blend
+    best = report["baselines"]["best_ngram"]
+    ngram = fit_models(encoded.vocab, encoded.streams, encoded.offsets, encoded.ids("train"), orders=(2, 3, 4, 5),
+                       joint_orders=(2, 3, 4, 5))[best]
+    nats, n = 0.0, 0
+    for i in song_targets(encoded, "test").songs:
+        song = song_of(encoded, i)
+        rows = np.arange(len(song["pitch"]) - 1)
+        blended = mix(ngram.predict(song), np.stack([song[name] for name in names], -1), rows, names,
+                      encoded.vocab.sizes, 0.1)
+        nats -= sum(float(blended[name][rows, song[name][1:]].sum()) for name in names)
+        n += len(rows)
+    assert report["results"][f"{best} + song cache"]["total"]["bits"] == pytest.approx(nats / n / np.log(2), rel=1e-5)
     with pytest.raises(NotelmError, match="--song-cache.*--context"):
         evaluate(runs["song"], EvalOptions(song_cache=0.1, context=4), out_dir=tmp_path, progress=False, log=quiet)
 

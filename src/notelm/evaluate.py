@@ -501,7 +501,8 @@ class EvalOptions(Settings):
                                       "on the valid split), weight W in probability space; 0: off",
                                  minimum=0.0, maximum=1.0)
     song_cache: float = setting(0.0, "blend each prediction with what followed earlier occurrences of its context "
-                                     "in the same song, weight W per matched event (at most 0.9); 0: off",
+                                     "in the same song, weight W per matched event (at most 0.9); the best "
+                                     "n-gram with the same cache is a row of its own; 0: off",
                                 minimum=0.0)
     generate: int = setting(0, "also sample N pieces (and N from the best n-gram) and compare their music with "
                                "real songs", minimum=0)
@@ -554,6 +555,10 @@ def evaluate(run_dir, options: EvalOptions | None = None, out_dir=None, progress
              f"{f', song cache {options.song_cache:g}' if options.song_cache else ''})")
     model_result = score_model(model, encoded, targets, cond_of_song, context, average, progress, desc=model.family,
                                song_cache=options.song_cache, blend=blend, ensemble=ensemble)
+    cached = {}
+    if options.song_cache:  # like for like: the best n-gram with the same cache beside the model with it
+        cached[f"{best} + song cache"] = score_model(baselines["models"][best], encoded, targets,
+                                                     song_cache=options.song_cache)
     report = {
         "run": str(run_dir), "model": {"family": model.family, "label": label, "ordered": bool(model.ordered)},
         "corpus": str(scoring.corpus), "representation": vocab.representation, "streams": vocab.names,
@@ -565,7 +570,7 @@ def evaluate(run_dir, options: EvalOptions | None = None, out_dir=None, progress
         "collection": options.collection,
         "baselines": {"fitted_on": baselines["fitted_on"], "corpus": baselines["fit_corpus"], "best_ngram": best,
                       "selection": baselines["selection"]},
-        "results": _plain({"model": model_result, **baselines["results"]}),
+        "results": _plain({"model": model_result, **baselines["results"], **cached}),
     }
     out_dir = Path(out_dir) if out_dir else run_dir / "eval"
     markdown = report_markdown(report)
@@ -747,9 +752,12 @@ def summary_line(report: dict, out_dir: Path) -> str:
              f"(best n-gram {reported_accuracy(report, best, s):.3f})"
              for s in report["streams"]]
     model_bits, ngram_bits = report["results"]["model"]["total"]["bits"], report["results"][best]["total"]["bits"]
+    cached = f"{best} + song cache"
+    versus = (f"{best} {ngram_bits:.3f} ({cached} {report['results'][cached]['total']['bits']:.3f})"
+              if cached in report["results"] else f"{best} {ngram_bits:.3f}")
     return (f"evaluated {report['model']['label']} on {plural(report['targets'], report['split'] + ' target')} of "
-            f"{plural(report['songs'], 'song')}: {', '.join(parts)}; {model_bits:.3f} bits/event vs {best} "
-            f"{ngram_bits:.3f}, in {report['seconds']:.0f} s -> {out_dir / (REPORT_NAME + '.md')}")
+            f"{plural(report['songs'], 'song')}: {', '.join(parts)}; {model_bits:.3f} bits/event vs {versus}, "
+            f"in {report['seconds']:.0f} s -> {out_dir / (REPORT_NAME + '.md')}")
 
 
 def plot_results(report: dict, path: Path) -> None:
