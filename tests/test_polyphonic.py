@@ -16,6 +16,7 @@ from notelm.corpus import Corpus  # noqa: E402
 from notelm.encoding import encode_corpus, get_representation, load_or_encode  # noqa: E402
 from notelm.encoding.steps import STEP_ID  # noqa: E402
 from notelm.encoding.vocab import BOS, EOS, N_SPECIAL  # noqa: E402
+from notelm.models.base import NextEventModel  # noqa: E402
 from notelm.rollmetrics import bernoulli_nll, markov_nll, split_songs, step_nll  # noqa: E402
 
 from conftest import prepare_quietly, quiet  # noqa: E402
@@ -142,7 +143,7 @@ def test_both_baselines_give_known_answers_on_a_tiny_roll():
     assert markov_nll([train], [test]) == pytest.approx(math.log(2) + 87 * math.log(8 / 7))
 
 
-class Uniform:
+class Uniform(NextEventModel):
     """A model that gives every id of the vocabulary the same probability."""
 
     def predict(self, streams, cond=0):

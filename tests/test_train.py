@@ -271,3 +271,21 @@ def test_torchrun_two_processes_gloo(corpus, tmp_path):
     # both ranks draw their own crops: 2 x batch x context targets per step
     assert read_json(run_dir / "checkpoint" / "config.json")["train_state"]["events"] == 20 * 2 * 8 * 16
     assert load_model(run_dir).family == "lstm"
+
+
+def test_label_smoothing_spreads_a_share_of_the_loss_over_the_values_a_head_can_give():
+    from notelm.train import batch_loss
+
+    logits = torch.log(torch.tensor([[[0.0, 0.5, 0.25, 0.25], [0.0, 0.1, 0.6, 0.3]]]))  # value 0 (PAD): impossible
+
+    def net(x, cond, targets=None):
+        return [logits], None
+
+    tokens = torch.tensor([[[1], [1], [3]]])  # targets 1 then 3 (the first token is only read)
+    plain, stats = batch_loss(net, tokens, torch.zeros(1, dtype=torch.long), "full")
+    nll = -(math.log(0.5) + math.log(0.3)) / 2
+    assert float(plain) == pytest.approx(nll, rel=1e-6)
+    smoothed, smoothed_stats = batch_loss(net, tokens, torch.zeros(1, dtype=torch.long), "full", smoothing=0.1)
+    spread = -(math.log(0.5) + 2 * math.log(0.25) + math.log(0.1) + math.log(0.6) + math.log(0.3)) / 3 / 2
+    assert float(smoothed) == pytest.approx(0.9 * nll + 0.1 * spread, rel=1e-6)  # finite and exact
+    assert float(smoothed_stats[0][0]) == pytest.approx(float(stats[0][0]))  # what is reported stays the NLL

@@ -72,6 +72,9 @@ class TrainConfig(Settings):
     transpose: bool = setting(True, "shift every crop's pitches by a random interval, where the representation "
                                     "can transpose")
     cond_dropout: float = setting(0.2, "chance of training a crop unconditioned", minimum=0.0, maximum=1.0)
+    label_smoothing: float = setting(0.0, "share of the training loss spread over every value a head can give "
+                                          "(never certain: for music unlike the training songs); 0: off",
+                                     minimum=0.0, below=1.0)
     eval_every: int = setting(200, "steps between evaluations on the valid split (and checkpoints)", minimum=1)
     eval_crops: int = setting(256, "valid crops per evaluation", minimum=1, maximum=1_000_000)
     patience: int = setting(5, "evaluations without improvement before stopping early", minimum=1)

@@ -129,8 +129,12 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * progress))
 
 
-def batch_loss(net, tokens: torch.Tensor, cond: torch.Tensor, objective: str):
-    """(mean loss summed over streams, per-stream (loss sum, correct, count)) for one batch."""
+def batch_loss(net, tokens: torch.Tensor, cond: torch.Tensor, objective: str, smoothing: float = 0.0):
+    """(mean loss summed over streams, per-stream (loss sum, correct, count)) for one batch.
+
+    ``smoothing`` (training only): the loss that is minimized takes that share of the mean -log p over the
+    values the head can give (finite log-probabilities), so the model is never certain; the statistics stay
+    the plain negative log-likelihood."""
     x, y = tokens[:, :-1], tokens[:, 1:]
     logits, _ = net(x, cond, targets=y)
     if objective == "last":
@@ -143,7 +147,13 @@ def batch_loss(net, tokens: torch.Tensor, cond: torch.Tensor, objective: str):
         n = mask.sum()
         loss = F.cross_entropy(lg.float().reshape(-1, lg.shape[-1]), target.reshape(-1), ignore_index=PAD,
                                reduction="sum")
-        total = total + loss / n.clamp(min=1)
+        if smoothing:
+            lp = torch.log_softmax(lg.float(), -1)
+            finite = torch.isfinite(lp)
+            spread = -(torch.where(finite, lp, 0.0).sum(-1) / finite.sum(-1).clamp(min=1))[mask].sum()
+            total = total + ((1 - smoothing) * loss + smoothing * spread) / n.clamp(min=1)
+        else:
+            total = total + loss / n.clamp(min=1)
         correct = ((lg.argmax(-1) == target) & mask).sum()
         stats.append((loss.detach(), correct.detach(), n.detach()))
     return total, stats
@@ -427,7 +437,7 @@ def _train_step(s: Session):
         group["lr"] = lr_at(step, cfg)
     with autocast(device, s.precision):
         loss, stats = batch_loss(s.ddp, torch.as_tensor(tokens, device=device), torch.as_tensor(cond, device=device),
-                                 cfg.objective)
+                                 cfg.objective, cfg.label_smoothing)
     s.opt.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(s.model.net.parameters(), cfg.clip)
