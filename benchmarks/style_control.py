@@ -1,12 +1,14 @@
 """Style control of a conditioned model: are pieces written "in the style of" S closer to S than to the others?
 
     .venv/bin/python benchmarks/style_control.py RUN_DIR [--corpus CORPUS] [--pieces 16] [--length 256]
-                                                 [--guidance G] [--top-p P] [--quick]
+                                                 [--guidance G] [--top-p P] [--temperature T]
+                                                 [--smoothing-floor F] [--quick]
 
 For every style S the model is conditioned on (the collections of its corpus),
 ``--pieces`` pieces of ``--length`` events are sampled with ``--condition S``
-(default sampling settings, seed 0; ``--guidance`` and
-``--top-p`` as ``notelm generate``'s), and the same number from the best n-gram
+(default sampling settings, seed 0; ``--guidance``, ``--top-p`` and
+``--temperature`` and ``--smoothing-floor`` as ``notelm generate``'s; the n-gram samples with the same
+top-p and temperature), and the same number from the best n-gram
 fitted on S's train songs alone (the n-gram with the lowest bits on S's valid
 songs among per-stream and joint Kneser-Ney n-grams of orders 2-5).  Each set
 is described by four histograms, each the mean of its pieces' normalized
@@ -36,6 +38,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -115,7 +118,11 @@ def main(argv=None) -> int:
     ap.add_argument("--guidance", type=float, default=SamplingConfig.guidance,
                     help="classifier-free guidance of the model's samples (default: generate's)")
     ap.add_argument("--top-p", type=float, default=SamplingConfig.top_p,
-                    help="nucleus sampling of the model's samples (default: generate's)")
+                    help="nucleus sampling of both sets of samples (default: generate's)")
+    ap.add_argument("--temperature", type=float, default=SamplingConfig.temperature,
+                    help="temperature of both sets of samples (default: generate's)")
+    ap.add_argument("--smoothing-floor", type=float, default=None,
+                    help="the floor a label-smoothed model's samples take back (default: generate's, the model's own)")
     ap.add_argument("--quick", action="store_true", help="4 pieces of 64 events per style")
     a = ap.parse_args(argv)
     if a.quick:
@@ -130,7 +137,8 @@ def main(argv=None) -> int:
         print(f"style_control: the model knows {len(styles)} style(s) of {corpus}; needs 2 or more", file=sys.stderr)
         return 1
     rep = from_vocab(vocab)
-    cfg = SamplingConfig(seed=0, guidance=a.guidance, top_p=a.top_p)
+    cfg = SamplingConfig(seed=0, guidance=a.guidance, top_p=a.top_p, temperature=a.temperature,
+                         smoothing_floor=a.smoothing_floor).validate()
     real, valid, generated, ngram_sets, pieces = {}, {}, {}, {}, {"model": [], "ngram": []}
     for style in styles:
         only = songs_of(encoded, style)
@@ -140,7 +148,7 @@ def main(argv=None) -> int:
         batch = sample(model, a.pieces, a.length, cond=vocab.condition_id(style), cfg=cfg)
         generated[style] = set_histograms([rep.decode(p.streams) for p in batch])
         name, ngram = best_ngram(encoded, only)
-        ngram_batch = sample(ngram, a.pieces, a.length, cfg=cfg)
+        ngram_batch = sample(ngram, a.pieces, a.length, cfg=replace(cfg, smoothing_floor=None))  # its own: none
         ngram_sets[style] = (name, set_histograms([rep.decode(p.streams) for p in ngram_batch]))
         pieces["model"] += [event_ids(p.streams, vocab) for p in batch]
         pieces["ngram"] += [event_ids(p.streams, vocab) for p in ngram_batch]
@@ -152,6 +160,7 @@ def main(argv=None) -> int:
     copies = _copy_check(encoded, pieces)
     _print_tables(styles, table, ngram_sets, ngram_own, valid_own, copies, a)
     result = {"styles": styles, "pieces": a.pieces, "length": a.length, "guidance": a.guidance, "top_p": a.top_p,
+              "temperature": a.temperature, "smoothing_floor": a.smoothing_floor,
               "table": table,
               "diagonal_wins": sum(max(table[s], key=table[s].get) == s for s in styles),
               "beats_ngram": sum(table[s][s] > ngram_own[s] for s in styles), "ngram_own": ngram_own,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -27,7 +29,7 @@ from notelm.models import build_model
 from notelm.models.lstm import LSTMConfig
 from notelm.models.ngram import NGramModel
 from notelm.models.transformer import TransformerConfig
-from notelm.sampling import TopK, TopP, apply_processors, build_processors, draw
+from notelm.sampling import SmoothingFloor, TopK, TopP, apply_processors, build_processors, draw
 
 from conftest import scale_tune, write_midi
 
@@ -240,6 +242,39 @@ def test_default_model_generates_from_the_cli(tmp_path, capsys):
 def tiny_model(tmp_path):
     save_model(events_model(), tmp_path / "model")
     return str(tmp_path / "model")
+
+
+def test_the_smoothing_floor_is_taken_back_so_sampling_draws_from_the_models_own_guess(tiny_model, tmp_path,
+                                                                                     capsys):
+    import json
+
+    q = np.array([[0.0, 0.6, 0.3, 0.1, 0.0]])  # PAD impossible; the last value never in the music
+    smoothed = 0.8 * q + 0.2 / 4 * np.array([[0, 1, 1, 1, 1]])  # label smoothing 0.2 over the 4 possible values
+    with np.errstate(divide="ignore"):
+        lp = np.log(smoothed)
+    back = np.exp(SmoothingFloor(0.2)(lp.copy(), None, None))
+    np.testing.assert_allclose(back / back.sum(), q, atol=1e-12)  # the model's guess exactly, the floor gone
+    assert [type(p).__name__ for p in build_processors(SamplingConfig(smoothing_floor=0.1, top_k=2))] == \
+        ["SmoothingFloor", "SuppressSpecials", "TopK"]  # first: the floor is the model's, not a sampling choice
+    with pytest.raises(NotelmError, match="smoothing-floor"):
+        SamplingConfig(smoothing_floor=1.0).validate()
+    model = Path(tiny_model)
+    (model / "run.json").write_text(json.dumps({"train": {"label_smoothing": 0.2}}))  # a run's own settings
+    for args, floor in (((), 0.2), (("--smoothing-floor", 0), 0.0)):  # the model's own unless told
+        out = tmp_path / f"floor{floor}"
+        assert cli(capsys, "--model", model, "-o", out, "--num", "1", "--length", "8", *args)[0] == 0
+        assert json.loads((out / "generation.json").read_text())["sampling"]["smoothing_floor"] == floor
+    (model / "run.json").unlink()
+    config = json.loads((model / "config.json").read_text())
+    for smoothing, floor in ((0.3, 0.3), ("lots", None)):  # a shipped model keeps its run as trained_with
+        config["trained_with"] = {"train": {"label_smoothing": smoothing}}
+        (model / "config.json").write_text(json.dumps(config))
+        out = tmp_path / f"shipped{floor}"
+        rc, _, err = cli(capsys, "--model", model, "-o", out, "--num", "1", "--length", "8")
+        if floor is None:
+            assert rc != 0 and "train.label_smoothing = 'lots'" in err
+        else:
+            assert rc == 0 and json.loads((out / "generation.json").read_text())["sampling"]["smoothing_floor"] == floor
 
 
 def cli(capsys, *args):

@@ -244,9 +244,11 @@ def test_ctrl_c_prints_a_command_that_resumes(corpus, tmp_path):
     deadline = time.time() + 120
     while time.time() < deadline and not (run_dir / "checkpoint" / "config.json").exists():
         time.sleep(0.02)
+    still_running = proc.poll() is None
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err
+    steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert proc.returncode == 130, (still_running, err, steps[-3:], (run_dir / "summary.json").exists())
     printed = err.strip().splitlines()[-1].split("continue from the last checkpoint with: ")[1]
     args = shlex.split(printed)
     assert args == ["notelm", "train", str(corpus), "-o", str(run_dir), "--resume"]

@@ -184,7 +184,10 @@ def read_config(directory: Path) -> dict:
 def load_model(path, device: str = "cpu") -> NextEventModel:
     """Any saved notelm model, of any family, from a run or model directory."""
     directory = resolve(path)
-    return model_from_directory(directory, read_config(directory), device)
+    config = read_config(directory)
+    model = model_from_directory(directory, config, device)
+    model.label_smoothing = _label_smoothing(directory, read_run(directory) or config.get("trained_with") or {})
+    return model
 
 
 def model_from_directory(directory: Path, config: dict, device: str = "cpu") -> NextEventModel:
@@ -216,6 +219,16 @@ def model_from_directory(directory: Path, config: dict, device: str = "cpu") -> 
                           f"{' '.join(str(e).split())[:120]}); the file is damaged") from None
     _check_values(file, model.tensors())  # float64 weights beyond float32's range became infinite
     return model
+
+
+def _label_smoothing(directory: Path, run: dict) -> float:
+    """``train.label_smoothing`` of the run that made a model: its run.json, or the ``trained_with`` a shipped
+    model keeps in its config.json (0 for a model that was counted, not trained)."""
+    train = run.get("train") if isinstance(run, dict) else None
+    value = train.get("label_smoothing", 0.0) if isinstance(train, dict) else 0.0
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+        raise NotelmError(f"{directory}: the run's train.label_smoothing = {value!r}: expected a number in [0, 1)")
+    return float(value)
 
 
 def _check_values(file: Path, tensors: dict) -> None:

@@ -114,6 +114,9 @@ class SamplingConfig(Settings):
     max_repeat: int = setting(0, "never the same pitch more than this many times in a row (0 = off)")
     guidance: float = setting(1.0, "with --condition: above 1 pushes the pieces further toward the condition's "
                                    "style, 0 ignores it (classifier-free guidance; 1 = off)", minimum=0.0, maximum=8.0)
+    smoothing_floor: float = setting(None, "a model trained with train.label_smoothing = e keeps e / K under each "
+                                           "of its K values; sampling takes that floor back (default: the model's "
+                                           "own e; 0 keeps it)", kind=float, minimum=0.0, below=1.0)
     seed: int = setting(None, "random seed, 0..2**32-1 (default: a new one each run, printed and saved in "
                               "generation.json; the same seed and settings give the same pieces)", kind=int,
                         minimum=0, maximum=MAX_SEED)

@@ -29,6 +29,7 @@ replace it (its pieces, audio and piano rolls all go).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 import secrets
@@ -108,6 +109,8 @@ def sample(model, n: int = 4, length: int = 256, seconds: float | None = None,
     if len(prompt[names[0]]) - 1 > MAX_EVENTS:  # memory grows with pieces x (prompt + length) too
         raise NotelmError(f"the prompt holds {len(prompt[names[0]]) - 1} events, more than {MAX_EVENTS}; "
                           "take a part of it with --prompt-notes or --prompt-bars")
+    if cfg.smoothing_floor is None:  # the model's own: sample from what it guesses, not from its floor
+        cfg = dataclasses.replace(cfg, smoothing_floor=getattr(model, "label_smoothing", 0.0))
     if hasattr(model, "use_precision"):  # neural models: the arithmetic of their forward steps
         model.use_precision(cfg.precision, "generate")
     if cfg.guidance != 1.0 and cond != UNCONDITIONED:
@@ -388,6 +391,8 @@ def generate(model_path=None, out_dir="out", pieces: PieceOptions | None = None,
         sampling.seed = new_seed()
     model_path = model_path or default_model_path()
     model = load_model(model_path)
+    if sampling.smoothing_floor is None:  # resolved here too, so that generation.json says which floor was taken
+        sampling.smoothing_floor = model.label_smoothing
     name = condition_name(model.vocab, pieces.condition)
     cond = model.vocab.condition_id(name)
     if sampling.guidance != 1.0 and cond != UNCONDITIONED and read_run(model_path).get("train", {}).get(

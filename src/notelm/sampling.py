@@ -6,6 +6,7 @@ row.  A processor checks its own setting when it is made (a bad value is a
 one-line error naming the command-line flag).  ``build_processors`` turns a
 ``config.SamplingConfig`` into the chain, in the order they apply:
 
+    SmoothingFloor        take back the floor that train.label_smoothing put under every value
     SuppressSpecials      never PAD, BOS or EOS: the caller decides where a piece ends
     RepetitionPenalty     lower the odds of pitches used in the last N events   (pitch stream only)
     MaxRepeat             never the same pitch more than N times in a row       (pitch stream only)
@@ -36,6 +37,28 @@ class LogitsProcessor:
 
     def __call__(self, logprobs: np.ndarray, history: np.ndarray, skip: np.ndarray) -> np.ndarray:
         raise NotImplementedError
+
+
+class SmoothingFloor(LogitsProcessor):
+    """Each probability less eps / K (K: the values the head can give), clipped at 0.
+
+    A model trained with ``train.label_smoothing = eps`` learns p = (1 - eps) q + eps / K: every value it can
+    give keeps at least eps / K, so one draw in 1 / eps would be a value the music never uses.  Taking the
+    floor back samples from q, the model's own guess; the likeliest value always stays (p >= 1 / K).
+    """
+
+    def __init__(self, eps: float):
+        if not 0 <= eps < 1:
+            raise NotelmError("--smoothing-floor must be in [0, 1)")
+        self.eps = eps
+
+    def __call__(self, logprobs, history, skip):
+        finite = np.isfinite(logprobs)
+        p = np.exp(logprobs - logprobs.max(1, keepdims=True))
+        p /= p.sum(1, keepdims=True)
+        kept = p - self.eps / finite.sum(1, keepdims=True)
+        with np.errstate(divide="ignore"):
+            return np.where(finite & (kept > 0), np.log(np.maximum(kept, 0)), -np.inf)
 
 
 class SuppressSpecials(LogitsProcessor):
@@ -128,7 +151,8 @@ class MaxRepeat(LogitsProcessor):
 
 def build_processors(cfg) -> list[LogitsProcessor]:
     """The chain for a ``SamplingConfig``; every processor checks its own setting."""
-    chain: list[LogitsProcessor] = [SuppressSpecials()]
+    chain: list[LogitsProcessor] = [SmoothingFloor(cfg.smoothing_floor)] if cfg.smoothing_floor else []
+    chain.append(SuppressSpecials())
     optional = [
         (cfg.repetition_penalty != 1.0, lambda: RepetitionPenalty(cfg.repetition_penalty, cfg.penalty_window)),
         (cfg.max_repeat != 0, lambda: MaxRepeat(cfg.max_repeat)),

@@ -44,6 +44,7 @@ class NextEventModel:
     cfg: Settings
     ordered: bool = False  # do later streams see the earlier streams of the same event?
     representations: tuple[str, ...] = ()  # the representations this family reads (empty: every one)
+    label_smoothing: float = 0.0  # train.label_smoothing of its run: the floor sampling takes back
 
     @classmethod
     def build(cls, vocab: Vocab, cfg: Settings, device: str = "cpu") -> NextEventModel:
