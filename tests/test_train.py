@@ -238,7 +238,9 @@ def test_a_run_whose_valid_loss_turns_nan_stops_and_keeps_its_last_good_checkpoi
 def test_ctrl_c_prints_a_command_that_resumes(corpus, tmp_path):
     run_dir = tmp_path / "run"
     cmd = [sys.executable, "-m", "notelm", "train", str(corpus), "--config", "seed", "-o", str(run_dir), "-q"]
-    for o in TINY + ["train.steps=400", "train.patience=1000"]:
+    # 2,000 tiny steps take ~8 s: time enough for the signal to land mid-run even when this process is slow to
+    # see the first checkpoint (with 400, a CI run once sent it only after the last step)
+    for o in TINY + ["train.steps=2000", "train.patience=1000"]:
         cmd += ["--set", o]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
@@ -254,7 +256,7 @@ def test_ctrl_c_prints_a_command_that_resumes(corpus, tmp_path):
     assert args == ["notelm", "train", str(corpus), "-o", str(run_dir), "--resume"]
     again = subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True)
     assert again.returncode == 0, again.stderr
-    assert read_json(run_dir / "summary.json")["steps"] == 400
+    assert read_json(run_dir / "summary.json")["steps"] == 2000
 
 
 @pytest.mark.slow
