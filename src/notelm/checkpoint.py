@@ -186,7 +186,10 @@ def load_model(path, device: str = "cpu") -> NextEventModel:
     directory = resolve(path)
     config = read_config(directory)
     model = model_from_directory(directory, config, device)
-    model.label_smoothing = _label_smoothing(directory, read_run(directory) or config.get("trained_with") or {})
+    # the run that made it (its run.json, or the trained_with a shipped model keeps), checked as every run is:
+    # its train.label_smoothing is the floor sampling takes back
+    run = read_run(directory) or _checked_run(directory / "config.json", config.get("trained_with") or {})
+    model.label_smoothing = float(run.get("train", {}).get("label_smoothing", 0.0))
     return model
 
 
@@ -219,16 +222,6 @@ def model_from_directory(directory: Path, config: dict, device: str = "cpu") -> 
                           f"{' '.join(str(e).split())[:120]}); the file is damaged") from None
     _check_values(file, model.tensors())  # float64 weights beyond float32's range became infinite
     return model
-
-
-def _label_smoothing(directory: Path, run: dict) -> float:
-    """``train.label_smoothing`` of the run that made a model: its run.json, or the ``trained_with`` a shipped
-    model keeps in its config.json (0 for a model that was counted, not trained)."""
-    train = run.get("train") if isinstance(run, dict) else None
-    value = train.get("label_smoothing", 0.0) if isinstance(train, dict) else 0.0
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
-        raise NotelmError(f"{directory}: the run's train.label_smoothing = {value!r}: expected a number in [0, 1)")
-    return float(value)
 
 
 def _check_values(file: Path, tensors: dict) -> None:

@@ -29,7 +29,6 @@ replace it (its pieces, audio and piano rolls all go).
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import re
 import secrets
@@ -51,7 +50,7 @@ from notelm.guidance import Guided
 from notelm.io import NotelmError, printable, write_json
 from notelm.metrics import repeated_note_share
 from notelm.names import plural
-from notelm.sampling import apply_processors, build_processors, draw
+from notelm.sampling import apply_processors, build_processors, draw, with_model_floor
 from notelm.settings import Settings, setting
 
 MAX_PIECES = 256  # refuse bigger batches: memory grows with pieces x length
@@ -109,8 +108,7 @@ def sample(model, n: int = 4, length: int = 256, seconds: float | None = None,
     if len(prompt[names[0]]) - 1 > MAX_EVENTS:  # memory grows with pieces x (prompt + length) too
         raise NotelmError(f"the prompt holds {len(prompt[names[0]]) - 1} events, more than {MAX_EVENTS}; "
                           "take a part of it with --prompt-notes or --prompt-bars")
-    if cfg.smoothing_floor is None:  # the model's own: sample from what it guesses, not from its floor
-        cfg = dataclasses.replace(cfg, smoothing_floor=getattr(model, "label_smoothing", 0.0))
+    cfg = with_model_floor(cfg, model)  # sample from what the model guesses, not from its floor
     if hasattr(model, "use_precision"):  # neural models: the arithmetic of their forward steps
         model.use_precision(cfg.precision, "generate")
     if cfg.guidance != 1.0 and cond != UNCONDITIONED:
@@ -391,8 +389,7 @@ def generate(model_path=None, out_dir="out", pieces: PieceOptions | None = None,
         sampling.seed = new_seed()
     model_path = model_path or default_model_path()
     model = load_model(model_path)
-    if sampling.smoothing_floor is None:  # resolved here too, so that generation.json says which floor was taken
-        sampling.smoothing_floor = model.label_smoothing
+    sampling = with_model_floor(sampling, model)  # settled here so that generation.json names the floor taken
     name = condition_name(model.vocab, pieces.condition)
     cond = model.vocab.condition_id(name)
     if sampling.guidance != 1.0 and cond != UNCONDITIONED and read_run(model_path).get("train", {}).get(

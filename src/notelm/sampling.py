@@ -20,6 +20,8 @@ of the chain.  A new control is one class here and one line in ``build_processor
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from notelm.encoding.vocab import N_SPECIAL
@@ -147,6 +149,13 @@ class MaxRepeat(LogitsProcessor):
             ok = np.isfinite(blocked[rows]).any(1)  # never block the only option
             logprobs[rows[ok]] = blocked[rows[ok]]
         return logprobs
+
+
+def with_model_floor(cfg, model):
+    """``cfg`` with ``smoothing_floor`` settled: None (the default) is the model's own train.label_smoothing."""
+    if cfg.smoothing_floor is not None:
+        return cfg
+    return dataclasses.replace(cfg, smoothing_floor=getattr(model, "label_smoothing", 0.0))
 
 
 def build_processors(cfg) -> list[LogitsProcessor]:
