@@ -12,14 +12,18 @@ on the train split, then the ``steps`` preset trained ``SEEDS`` times (seeds 0, 
 optimizer steps each (the same on every machine).  Each run keeps the checkpoint with the lowest loss on
 the valid split.  notelm's model is the mixture of those checkpoints, each reading the sequence in its
 12 transpositions (``notelm evaluate RUN --ensemble RUN2 ... --transpose-average``): every token's
-probability is the mean of the components', so the metric stays exact.  It is scored once on valid and
-once on test, in nats per predicted time step (steps 2..T of every sequence, given all earlier steps),
-beside the first run alone (``*_single``).  Nothing is chosen on test.
+probability is the mean of the components', so the metric stays exact.  That probability is then blended
+with the song cache (``--song-cache W``: what followed earlier occurrences of the same context in the same
+sequence, ``models/song_cache.py``), its weight ``W`` the best of ``SONG_CACHE`` on valid.  It is scored
+once on valid and once on test, in nats per predicted time step (steps 2..T of every sequence, given all
+earlier steps), beside the mixture without the cache (``*_no_cache``) and the first run alone
+(``*_single``).  Nothing is chosen on test.
 
 Each set's result goes to ``WORK/SET/result.json`` and a set already done is not trained again
 (``--force``: again; a run already trained is kept), so the sets can run one at a time.  The last line is
 one JSON object: ``jsb``, ``nottingham``, ``piano``, ``muse`` (test nats per step of notelm's model),
-``*_valid``, ``*_single`` / ``*_single_valid`` (the first run alone, no transpositions), ``*_bernoulli``,
+``*_valid``, ``*_song_cache`` (the cache's weight), ``*_no_cache`` / ``*_no_cache_valid`` (the mixture
+alone), ``*_single`` / ``*_single_valid`` (the first run alone, no transpositions), ``*_bernoulli``,
 ``*_markov`` (the two baselines, test), ``*_ngram`` (best n-gram, test) and ``*_minutes`` (minutes of
 training, all runs), for every set done so far.  ``--quick`` checks that both baseline rows equal those of
 the data's SOURCE.md (exit status 1 if not) and prints the n-gram rows.
@@ -41,7 +45,16 @@ from notelm.corpus import prepare
 from notelm.data import condition_map
 from notelm.encoding import from_vocab, load_or_encode
 from notelm.io import NotelmError, read_json, write_json
-from notelm.rollmetrics import STEP_NGRAM_ORDERS, bernoulli_nll, fit_step_ngrams, markov_nll, split_songs, step_nll
+from notelm.rollmetrics import (
+    STEP_NGRAM_ORDERS,
+    bernoulli_nll,
+    fit_step_ngrams,
+    markov_nll,
+    mixture_logprobs,
+    nats_per_step,
+    split_songs,
+    step_nll,
+)
 from notelm.train import train
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "polyphonic"
@@ -52,6 +65,8 @@ FILES = {"jsb": "JSB_Chorales.mat", "nottingham": "Nottingham.mat", "piano": "Pi
 STEPS = {"jsb": 560, "nottingham": 2000, "piano": 560, "muse": 2000}
 SEEDS = {"jsb": 4, "nottingham": 2, "piano": 4, "muse": 1}
 TIME_LIMIT = 1200
+# Weights of the song cache (per matched token, models/song_cache.py) tried on valid; the best is used on test.
+SONG_CACHE = (0.0, 0.02, 0.05, 0.1)
 PRESET = "steps"
 QUICK_NGRAM_ORDERS = (5,)  # --quick: one small n-gram per set, enough to check the metric end to end
 # What the data's SOURCE.md states (test split, nats per predicted step): the check of --quick.
@@ -93,7 +108,8 @@ def train_one(corpus: Path, run_dir: Path, steps: int, seed: int, overrides: lis
 def train_and_score(name: str, corpus: Path, work: Path, steps: int, seeds: int, overrides: list[str],
                     test: bool) -> dict:
     """Train the preset ``seeds`` times (unless done), score the mixture of their best checkpoints over the
-    12 transpositions on valid (and test), and the first run alone."""
+    12 transpositions, blended with the song cache of the weight best on valid, on valid (and test), and the
+    first run alone."""
     runs = [work / name / ("run" if seed == 0 else f"run_seed{seed}") for seed in range(seeds)]
     summaries = [train_one(corpus, run, steps, seed, overrides) for seed, run in enumerate(runs)]
     models = [load_model(run / "best") for run in runs]
@@ -104,12 +120,19 @@ def train_and_score(name: str, corpus: Path, work: Path, steps: int, seeds: int,
     out = {"steps": [s["steps"] for s in summaries], "runs": seeds,
            "minutes": round(sum(s["seconds"] for s in summaries) / 60, 2),
            "stopped": [s["stopped"] for s in summaries]}
+    step_id = rep.step_token()
     for split in ("valid", "test") if test else ("valid",):
         songs = split_songs(encoded, split)
         conds = cond[encoded.ids(split)]
-        key = "model" if split == "test" else "valid"
-        out[key] = step_nll(models, songs, conds, rep.step_token(), tables=tables)
-        out["single" if split == "test" else "single_valid"] = step_nll(models[0], songs, conds, rep.step_token())
+        scored = mixture_logprobs(models, songs, conds, step_id, tables=tables)
+        if split == "valid":  # the song cache's weight is chosen here, once
+            by_weight = {w: nats_per_step(scored, step_id, w) for w in SONG_CACHE}
+            out["song_cache"] = min(by_weight, key=by_weight.get)
+            out["valid"], out["valid_no_cache"] = by_weight[out["song_cache"]], by_weight[0.0]
+        else:
+            out["model"] = nats_per_step(scored, step_id, out["song_cache"])
+            out["model_no_cache"] = nats_per_step(scored, step_id)
+        out["single" if split == "test" else "single_valid"] = step_nll(models[0], songs, conds, step_id)
     return out
 
 
@@ -171,7 +194,9 @@ def main(argv=None) -> dict:
     print(table(results))
     out = {}
     for name, r in results.items():
-        for key, field in (("", "model"), ("_valid", "valid"), ("_single", "single"), ("_single_valid", "single_valid"),
+        for key, field in (("", "model"), ("_valid", "valid"), ("_song_cache", "song_cache"),
+                           ("_no_cache", "model_no_cache"), ("_no_cache_valid", "valid_no_cache"),
+                           ("_single", "single"), ("_single_valid", "single_valid"),
                            ("_bernoulli", "bernoulli"), ("_markov", "markov"), ("_ngram", "ngram"),
                            ("_minutes", "minutes")):
             if field in r:

@@ -29,7 +29,8 @@ shares with any training song of the corpus (``metrics.CorpusIndex``).
 Prints the tables and, last, one JSON line: ``table`` (generated style -> real
 style -> overlap), ``diagonal_wins`` (rows whose best column is their own style),
 ``beats_ngram`` (styles where the model's own-style overlap is above the
-n-gram's), ``copy_max`` / ``copy_median`` (model pieces), ``ngram_copy_max``.
+n-gram's), ``own_by_histogram`` (style -> model / n-gram -> each histogram's own-style
+overlap: where a gap comes from), ``copy_max`` / ``copy_median`` (model pieces), ``ngram_copy_max``.
 """
 
 from __future__ import annotations
@@ -82,9 +83,14 @@ def set_histograms(pieces: list[nt.Notes]) -> dict[str, np.ndarray]:
     return {k: np.mean([h[k] for h in per_piece], 0) for k in HISTOGRAMS}
 
 
+def overlaps(a: dict, b: dict) -> dict[str, float]:
+    """Overlapping area of each of the four histograms (1 = the same distribution)."""
+    return {k: float(np.minimum(a[k], b[k]).sum()) for k in HISTOGRAMS}
+
+
 def closeness(a: dict, b: dict) -> float:
-    """Overlapping area of the four histograms, averaged (1 = the same distributions)."""
-    return float(np.mean([np.minimum(a[k], b[k]).sum() for k in HISTOGRAMS]))
+    """The four overlapping areas, averaged."""
+    return float(np.mean(list(overlaps(a, b).values())))
 
 
 def best_ngram(encoded, only: np.ndarray) -> tuple[str, NGramModel]:
@@ -157,14 +163,16 @@ def main(argv=None) -> int:
     table = {g: {r: closeness(generated[g], real[r]) for r in styles} for g in styles}
     ngram_own = {s: closeness(ngram_sets[s][1], real[s]) for s in styles}
     valid_own = {s: closeness(valid[s], real[s]) for s in styles}
+    by_histogram = {s: {"model": overlaps(generated[s], real[s]), "ngram": overlaps(ngram_sets[s][1], real[s])}
+                    for s in styles}
     copies = _copy_check(encoded, pieces)
-    _print_tables(styles, table, ngram_sets, ngram_own, valid_own, copies, a)
+    _print_tables(styles, table, ngram_sets, ngram_own, valid_own, by_histogram, copies, a)
     result = {"styles": styles, "pieces": a.pieces, "length": a.length, "guidance": a.guidance, "top_p": a.top_p,
               "temperature": a.temperature, "smoothing_floor": a.smoothing_floor,
               "table": table,
               "diagonal_wins": sum(max(table[s], key=table[s].get) == s for s in styles),
               "beats_ngram": sum(table[s][s] > ngram_own[s] for s in styles), "ngram_own": ngram_own,
-              "valid_own": valid_own, "copy_max": int(copies["model"].max()),
+              "valid_own": valid_own, "own_by_histogram": by_histogram, "copy_max": int(copies["model"].max()),
               "copy_median": float(np.median(copies["model"])), "ngram_copy_max": int(copies["ngram"].max()),
               "seconds": round(time.perf_counter() - started, 1)}
     print(json.dumps(result))
@@ -179,7 +187,7 @@ def _copy_check(encoded, pieces: dict) -> dict[str, np.ndarray]:
     return {name: index.longest_shared_runs(p) for name, p in pieces.items()}
 
 
-def _print_tables(styles, table, ngram_sets, ngram_own, valid_own, copies, a) -> None:
+def _print_tables(styles, table, ngram_sets, ngram_own, valid_own, by_histogram, copies, a) -> None:
     print(f"\nCloseness (mean overlapping area of pitch-class, duration, inter-onset and polyphony histograms; "
           f"1 = identical) of {a.pieces} pieces x {a.length} events per style to each style's real test songs:\n")
     print("| generated in the style of | " + " | ".join(f"real {s}" for s in styles)
@@ -189,6 +197,12 @@ def _print_tables(styles, table, ngram_sets, ngram_own, valid_own, copies, a) ->
         best = max(table[g], key=table[g].get)
         cells = [f"**{table[g][r]:.3f}**" if r == best else f"{table[g][r]:.3f}" for r in styles]
         print(f"| {g} | " + " | ".join(cells) + f" | {ngram_own[g]:.3f} ({ngram_sets[g][0]}) | {valid_own[g]:.3f} |")
+    print("\nOwn-style closeness by histogram, model (n-gram):\n")
+    print("| style | " + " | ".join(HISTOGRAMS) + " |")
+    print("|---|" + "---:|" * len(HISTOGRAMS))
+    for s in styles:
+        m, n = by_histogram[s]["model"], by_histogram[s]["ngram"]
+        print(f"| {s} | " + " | ".join(f"{m[k]:.3f} ({n[k]:.3f})" for k in HISTOGRAMS) + " |")
     for name, runs in copies.items():
         print(f"\ncopy check ({name}): longest run shared with a training song: max {runs.max()}, "
               f"median {np.median(runs):g} events; pieces over 16: {int((runs > 16).sum())} of {len(runs)}")

@@ -160,6 +160,20 @@ def test_nats_per_step_sum_the_tokens_of_steps_2_to_t_renormalized_over_what_a_s
     assert step_nll(Uniform(), [song, two], [0, 0], step) == pytest.approx(5 * math.log(89) / 3)
 
 
+def test_the_song_cache_blends_what_followed_the_longest_earlier_match_into_each_token_exactly():
+    step, a = STEP_ID, key_id(60)
+    song = {"pitch": np.array([BOS, a, step, a, step, a, step, EOS])}  # one key held for three steps
+    assert step_nll(Uniform(), [song], [0], step, song_cache=0.0) == pytest.approx(4 * math.log(89) / 2)
+    # the scored tokens (steps 2 and 3): a after "a STEP" -- no STEP before it, the model alone; STEP
+    # after "a" (1 token matched, STEP followed it once); a after "a STEP" (2 matched); STEP after
+    # "a STEP a" (3 matched): the cache is certain each time, with weight 0.1 per matched token
+    expected = -(math.log(1 / 89) + math.log(0.9 / 89 + 0.1) + math.log(0.8 / 89 + 0.2) + math.log(0.7 / 89 + 0.3))
+    assert step_nll(Uniform(), [song], [0], step, song_cache=0.1) == pytest.approx(expected / 2)
+    # the blend never goes past MAX_WEIGHT (0.9): the model keeps a tenth
+    heavy = -(math.log(1 / 89) + 3 * math.log(0.1 / 89 + 0.9))
+    assert step_nll(Uniform(), [song], [0], step, song_cache=5.0) == pytest.approx(heavy / 2)
+
+
 def test_the_steps_model_rules_out_what_the_representation_never_writes(tiny):
     from notelm.config import load_config
     from notelm.models import build_model

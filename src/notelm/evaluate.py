@@ -588,7 +588,7 @@ def evaluate(run_dir, options: EvalOptions | None = None, out_dir=None, progress
     if rep.step_token() is not None:  # a piano roll read step by step: also the benchmark's metric
         tables = list(rep.transpositions().values()) if average else None
         report["per_step"] = step_report([model, *ensemble], rep, encoded, fit_corpus, options.split, cond_of_song,
-                                         tables)
+                                         tables, options.song_cache)
         markdown += "\n" + step_markdown(report["per_step"])
     report["seconds"] = round(time.perf_counter() - started, 1)
     write_json(out_dir / f"{REPORT_NAME}.json", report)
@@ -597,7 +597,8 @@ def evaluate(run_dir, options: EvalOptions | None = None, out_dir=None, progress
     log(summary_line(report, out_dir))
     if "per_step" in report:
         p = report["per_step"]
-        log(f"nats per time step ({p['split']}, steps 2..T): model {p['model']:.3f}, {p['best_ngram']} "
+        cached = f" (song cache {p['song_cache']:g})" if p.get("song_cache") else ""
+        log(f"nats per time step ({p['split']}, steps 2..T): model{cached} {p['model']:.3f}, {p['best_ngram']} "
             f"{p['ngram']:.3f}, Bernoulli per key given the previous step {p['markov']:.3f}, Bernoulli per key "
             f"{p['bernoulli']:.3f}")
     return report

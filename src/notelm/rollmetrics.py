@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from notelm.encoding.vocab import N_SPECIAL
+from notelm.models import song_cache as cache
 from notelm.models.ngram import NGramModel
 
 KEYS = 88
@@ -71,10 +72,10 @@ def component_logprobs(model, tokens: np.ndarray, rows: np.ndarray, cond: int, t
     return out
 
 
-def step_nll(model, songs: list[dict[str, np.ndarray]], conds, step_id: int, stream: str = "pitch",
-             tables: list[np.ndarray | None] | None = None) -> float:
-    """Nats per predicted step of ``model`` (any ``NextEventModel``, or a list of them) over the ``songs``
-    (framed token streams).
+def mixture_logprobs(model, songs: list[dict[str, np.ndarray]], conds, step_id: int, stream: str = "pitch",
+                     tables: list[np.ndarray | None] | None = None) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Per song with two steps or more: (its tokens, its scored rows, log p of each scored row's token under
+    ``model`` (any ``NextEventModel``, or a list of them)).
 
     Several models, or ``tables`` (transpositions; ``None``: the song as it is), make a mixture: each
     (model, transposition) is a component, and every token's probability is the mean of the probabilities
@@ -83,20 +84,41 @@ def step_nll(model, songs: list[dict[str, np.ndarray]], conds, step_id: int, str
     """
     models = model if isinstance(model, (list, tuple)) else [model]
     tables = [None] if tables is None else list(tables)
-    total, steps = 0.0, 0
+    out = []
     for song, cond in zip(songs, conds):
         tokens = np.asarray(song[stream], np.int64)
-        n_steps = int((tokens == step_id).sum())
-        if n_steps < 2:
+        if int((tokens == step_id).sum()) < 2:
             continue
         rows = scored_rows(tokens, step_id)
         logp = np.concatenate([component_logprobs(m, tokens, rows, int(cond), tables, stream) for m in models])
         speaking = ~np.isnan(logp)
         with np.errstate(divide="ignore"):
-            mixed = np.logaddexp.reduce(np.where(speaking, logp, -np.inf), 0) - np.log(speaking.sum(0))
-        total -= float(mixed.sum())
-        steps += n_steps - 1
+            out.append((tokens, rows, np.logaddexp.reduce(np.where(speaking, logp, -np.inf), 0)
+                        - np.log(speaking.sum(0))))
+    return out
+
+
+def nats_per_step(scored: list[tuple[np.ndarray, np.ndarray, np.ndarray]], step_id: int,
+                  song_cache: float = 0.0) -> float:
+    """Nats per predicted step of ``mixture_logprobs``' output, each token's probability first blended with
+    the song cache (``models.song_cache``: what followed earlier occurrences of its context in the same
+    sequence; weight ``song_cache`` per matched token, 0: none).  The cache reads only the tokens before
+    the one predicted and its counts sum to one over the tokens a step can hold, so the blend is still an
+    exact distribution."""
+    total, steps = 0.0, 0
+    for tokens, rows, logp in scored:
+        if song_cache:
+            logp = cache.blend_target(logp, *cache.target_probs(tokens, rows), song_cache)
+        total -= float(logp.sum())
+        steps += int((tokens == step_id).sum()) - 1
     return total / max(steps, 1)
+
+
+def step_nll(model, songs: list[dict[str, np.ndarray]], conds, step_id: int, stream: str = "pitch",
+             tables: list[np.ndarray | None] | None = None, song_cache: float = 0.0) -> float:
+    """Nats per predicted step of ``model`` (or a mixture: ``mixture_logprobs``) over the ``songs`` (framed
+    token streams), blended with the song cache of weight ``song_cache`` (``nats_per_step``)."""
+    return nats_per_step(mixture_logprobs(model, songs, conds, step_id, stream, tables), step_id, song_cache)
 
 
 # --------------------------------------------------------------------------- the two baselines
@@ -148,9 +170,11 @@ def fit_step_ngrams(fit_corpus, step_id: int, orders=STEP_NGRAM_ORDERS) -> tuple
     return min(scores, key=scores.get), models
 
 
-def step_report(model, rep, encoded, fit_corpus, split: str, cond_of_song, tables=None) -> dict:
-    """Nats per predicted step of ``model`` (or a mixture: see ``step_nll``), the best n-gram and both
-    baselines on ``split`` of ``encoded`` (fitted on the train split of ``fit_corpus``)."""
+def step_report(model, rep, encoded, fit_corpus, split: str, cond_of_song, tables=None,
+                song_cache: float = 0.0) -> dict:
+    """Nats per predicted step of ``model`` (or a mixture: see ``step_nll``; blended with the song cache of
+    weight ``song_cache``), the best n-gram and both baselines on ``split`` of ``encoded`` (fitted on the
+    train split of ``fit_corpus``)."""
     step_id = rep.step_token()
     songs = split_songs(encoded, split)
     ids = encoded.ids(split)
@@ -160,20 +184,22 @@ def step_report(model, rep, encoded, fit_corpus, split: str, cond_of_song, table
     zeros = np.zeros(len(songs), np.int64)
     return {
         "split": split, "songs": len(songs), "steps": int(sum(max(len(r) - 1, 0) for r in rolls)),
-        "model": step_nll(model, songs, np.asarray(cond_of_song)[ids], step_id, tables=tables),
+        "model": step_nll(model, songs, np.asarray(cond_of_song)[ids], step_id, tables=tables, song_cache=song_cache),
+        "song_cache": song_cache,
         "best_ngram": best, "ngram": step_nll(ngrams[best], songs, zeros, step_id),
         "bernoulli": bernoulli_nll(train_rolls, rolls), "markov": markov_nll(train_rolls, rolls),
     }
 
 
 def step_markdown(report: dict) -> str:
+    cached = f" + song cache {report['song_cache']:g}" if report.get("song_cache") else ""
     return "\n".join([
         f"## Per time step (the piano-roll benchmark's metric): {report['split']} split, {report['songs']} "
         f"sequences, {report['steps']:,} predicted steps", "",
         "Negative log-likelihood of each time step given all earlier steps of its sequence, in nats, averaged "
         "over steps 2..T of every sequence (lower is better).", "",
         "| model | nats per step |", "|---|---:|",
-        f"| model | {report['model']:.3f} |",
+        f"| model{cached} | {report['model']:.3f} |",
         f"| best n-gram over the serialization ({report['best_ngram']}, chosen on valid) | {report['ngram']:.3f} |",
         f"| Bernoulli per key given the previous step | {report['markov']:.3f} |",
         f"| Bernoulli per key | {report['bernoulli']:.3f} |", ""])

@@ -79,3 +79,24 @@ def mix(logprobs: dict[str, np.ndarray], tokens: np.ndarray, rows: np.ndarray, n
         with np.errstate(divide="ignore"):
             out[name] = np.log((1 - share) * model + share * cache).astype(np.float32)
     return out
+
+
+def target_probs(tokens: np.ndarray, rows: np.ndarray, max_context: int = MAX_CONTEXT) -> tuple[np.ndarray, np.ndarray]:
+    """For the rows ``rows`` of a one-stream song ``tokens`` [T] (row r predicts token r + 1 from 0..r):
+    ``(k, p)``: the longest matched context and the cache's probability of the token that came (0 where
+    nothing matched).  What ``mix`` computes for every value, for the true one only: enough for a
+    likelihood, and it never builds a distribution per row."""
+    distinct, local = np.unique(np.asarray(tokens, np.int64), return_inverse=True)
+    local = local.reshape(-1)
+    k, counts = cache_counts(local, len(distinct), max_context)
+    k, counts = k[rows], counts[rows]
+    hit = counts[np.arange(len(rows)), local[rows + 1]]
+    return k, hit / np.maximum(counts.sum(1), 1)
+
+
+def blend_target(logp: np.ndarray, k: np.ndarray, p_cache: np.ndarray, weight: float) -> np.ndarray:
+    """A model's log-probability of each true token blended with the cache's, as ``mix`` blends them."""
+    share = np.minimum(weight * k, MAX_WEIGHT)
+    with np.errstate(divide="ignore"):
+        return np.log((1 - share) * np.exp(logp) + share * p_cache)
+
