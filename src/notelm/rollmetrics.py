@@ -108,7 +108,7 @@ def nats_per_step(scored: list[tuple[np.ndarray, np.ndarray, np.ndarray]], step_
     total, steps = 0.0, 0
     for tokens, rows, logp in scored:
         if song_cache:
-            logp = cache.blend_target(logp, *cache.target_probs(tokens, rows), song_cache)
+            logp = cache.target_logprobs(logp, tokens, rows, song_cache)
         total -= float(logp.sum())
         steps += int((tokens == step_id).sum()) - 1
     return total / max(steps, 1)

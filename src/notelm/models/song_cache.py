@@ -57,6 +57,25 @@ def cache_counts(events: np.ndarray, n_values: int, max_context: int = MAX_CONTE
     return k_found, counts
 
 
+def song_matches(events: np.ndarray, rows: np.ndarray, max_context: int = MAX_CONTEXT):
+    """``cache_counts`` of a song's whole events ``events`` [T], counted over its distinct events only, at
+    ``rows``: ``(first, local, k, counts)``: where each distinct event first occurs, each event's distinct
+    index [T], and the longest match and the counts [len(rows), distinct] of each row."""
+    _, first, local = np.unique(events, return_index=True, return_inverse=True)
+    local = local.reshape(-1)
+    k, counts = cache_counts(local, len(first), max_context)
+    return first, local, k[rows], counts[rows]
+
+
+def blend(model_prob: np.ndarray, cache_prob: np.ndarray, k: np.ndarray, weight: float) -> np.ndarray:
+    """log of the model's probabilities blended with the cache's: the cache gets ``min(weight * k, MAX_WEIGHT)``
+    of each row (``k``: its longest match, 0: none), the model the rest.  ``k`` is per row of ``model_prob``'s
+    first axis."""
+    share = np.minimum(weight * k, MAX_WEIGHT).reshape(-1, *([1] * (np.ndim(model_prob) - 1)))
+    with np.errstate(divide="ignore"):
+        return np.log((1 - share) * model_prob + share * cache_prob)
+
+
 def mix(logprobs: dict[str, np.ndarray], tokens: np.ndarray, rows: np.ndarray, names: list[str], sizes: list[int],
         weight: float, max_context: int = MAX_CONTEXT) -> dict[str, np.ndarray]:
     """A model's log-probabilities ``{stream: [len(rows), V]}`` of one song's rows blended with the song
@@ -65,38 +84,22 @@ def mix(logprobs: dict[str, np.ndarray], tokens: np.ndarray, rows: np.ndarray, n
     The cache counts the song's own distinct events only (at most T of them): counting every possible
     whole event (the product of the streams' sizes, millions for ``events``) would not fit in memory."""
     tokens = np.asarray(tokens, np.int64)
-    distinct, first, local = np.unique(event_ids(tokens, sizes), return_index=True, return_inverse=True)
-    k, counts = cache_counts(local.reshape(-1), len(distinct), max_context)
-    k, counts = k[rows], counts[rows]
-    share = np.minimum(weight * k, MAX_WEIGHT)[:, None]
+    first, _, k, counts = song_matches(event_ids(tokens, sizes), rows, max_context)
     total = np.maximum(counts.sum(1), 1)[:, None]
     out = {}
     for s, name in enumerate(names):
-        value_of = np.zeros((len(distinct), sizes[s]))  # distinct event -> its value in stream s
-        value_of[np.arange(len(distinct)), tokens[first, s]] = 1
+        value_of = np.zeros((len(first), sizes[s]))  # distinct event -> its value in stream s
+        value_of[np.arange(len(first)), tokens[first, s]] = 1
         cache = counts @ value_of / total  # the marginal of stream s
-        model = np.exp(logprobs[name].astype(np.float64))
-        with np.errstate(divide="ignore"):
-            out[name] = np.log((1 - share) * model + share * cache).astype(np.float32)
+        out[name] = blend(np.exp(logprobs[name].astype(np.float64)), cache, k, weight).astype(np.float32)
     return out
 
 
-def target_probs(tokens: np.ndarray, rows: np.ndarray, max_context: int = MAX_CONTEXT) -> tuple[np.ndarray, np.ndarray]:
-    """For the rows ``rows`` of a one-stream song ``tokens`` [T] (row r predicts token r + 1 from 0..r):
-    ``(k, p)``: the longest matched context and the cache's probability of the token that came (0 where
-    nothing matched).  What ``mix`` computes for every value, for the true one only: enough for a
-    likelihood, and it never builds a distribution per row."""
-    distinct, local = np.unique(np.asarray(tokens, np.int64), return_inverse=True)
-    local = local.reshape(-1)
-    k, counts = cache_counts(local, len(distinct), max_context)
-    k, counts = k[rows], counts[rows]
-    hit = counts[np.arange(len(rows)), local[rows + 1]]
-    return k, hit / np.maximum(counts.sum(1), 1)
-
-
-def blend_target(logp: np.ndarray, k: np.ndarray, p_cache: np.ndarray, weight: float) -> np.ndarray:
-    """A model's log-probability of each true token blended with the cache's, as ``mix`` blends them."""
-    share = np.minimum(weight * k, MAX_WEIGHT)
-    with np.errstate(divide="ignore"):
-        return np.log((1 - share) * np.exp(logp) + share * p_cache)
-
+def target_logprobs(logp: np.ndarray, tokens: np.ndarray, rows: np.ndarray, weight: float,
+                    max_context: int = MAX_CONTEXT) -> np.ndarray:
+    """A model's log-probability ``logp`` of the token that came at each of ``rows`` of a one-stream song
+    ``tokens`` [T] (row r predicts token r + 1 from 0..r), blended with the cache as ``mix`` blends every
+    value: the true token's only, enough for a likelihood, without a distribution per row."""
+    _, local, k, counts = song_matches(np.asarray(tokens, np.int64), rows, max_context)
+    cache = counts[np.arange(len(rows)), local[rows + 1]] / np.maximum(counts.sum(1), 1)
+    return blend(np.exp(logp), cache, k, weight)
