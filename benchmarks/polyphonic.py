@@ -24,7 +24,8 @@ Each set's result goes to ``WORK/SET/result.json`` and a set already done is not
 one JSON object: ``jsb``, ``nottingham``, ``piano``, ``muse`` (test nats per step of notelm's model),
 ``*_valid``, ``*_song_cache`` (the cache's weight), ``*_no_cache`` / ``*_no_cache_valid`` (the mixture
 alone), ``*_single`` / ``*_single_valid`` (the first run alone, no transpositions), ``*_bernoulli``,
-``*_markov`` (the two baselines, test), ``*_ngram`` (best n-gram, test) and ``*_minutes`` (minutes of
+``*_markov`` (the two baselines, test), ``*_ngram`` (best n-gram, test), ``*_ngram_song_cache`` (the same
+n-gram with the model's song cache, test) and ``*_minutes`` (minutes of
 training, all runs), for every set done so far.  ``--quick`` checks that both baseline rows equal those of
 the data's SOURCE.md (exit status 1 if not) and prints the n-gram rows.
 """
@@ -81,8 +82,9 @@ def corpus_of(name: str, data: Path, work: Path) -> Path:
     return path
 
 
-def baselines(encoded, rep, orders=STEP_NGRAM_ORDERS) -> dict:
-    """The two baselines (test) and the best n-gram of ``orders`` (chosen on valid; valid and test)."""
+def baselines(encoded, rep, orders=STEP_NGRAM_ORDERS, cache_weights=()) -> dict:
+    """The two baselines (test) and the best n-gram of ``orders`` (chosen on valid; valid and test), and on
+    test also blended with the song cache of each of ``cache_weights`` (like for like beside the model)."""
     step_id = rep.step_token()
     rolls = {s: [rep.roll(song) for song in split_songs(encoded, s)] for s in ("train", "test")}
     best, ngrams = fit_step_ngrams(encoded, step_id, orders)
@@ -90,8 +92,9 @@ def baselines(encoded, rep, orders=STEP_NGRAM_ORDERS) -> dict:
            "markov": markov_nll(rolls["train"], rolls["test"]), "ngram_name": best}
     for split in ("valid", "test"):
         songs = split_songs(encoded, split)
-        out["ngram" if split == "test" else "ngram_valid"] = step_nll(ngrams[best], songs, np.zeros(len(songs)),
-                                                                      step_id)
+        scored = mixture_logprobs(ngrams[best], songs, np.zeros(len(songs)), step_id)
+        out["ngram" if split == "test" else "ngram_valid"] = nats_per_step(scored, step_id)
+    out["ngram_by_song_cache"] = {str(w): nats_per_step(scored, step_id, w) for w in cache_weights if w}
     return out
 
 
@@ -145,10 +148,12 @@ def run_set(name: str, a) -> dict:
     corpus = corpus_of(name, Path(a.data), work)
     encoded = load_or_encode(corpus, "steps")
     orders = QUICK_NGRAM_ORDERS if a.quick else STEP_NGRAM_ORDERS
-    result = {"set": name, **baselines(encoded, from_vocab(encoded.vocab), orders)}
+    result = {"set": name, **baselines(encoded, from_vocab(encoded.vocab), orders, () if a.quick else SONG_CACHE)}
     if not a.quick:
         result.update(train_and_score(name, corpus, work, a.steps or STEPS[name], a.seeds or SEEDS[name], a.set,
                                       not a.valid_only))
+        if result["song_cache"]:  # the n-gram with the cache the model was given
+            result["ngram_song_cache"] = result["ngram_by_song_cache"][str(result["song_cache"])]
         write_json(result_path, result)
     result["seconds"] = round(time.perf_counter() - started, 1)
     return result
@@ -163,8 +168,9 @@ def table(results: dict) -> str:
         cells.append(f"{r['single_valid']:.3f} / {r['single']:.3f}" if "single" in r else "–")
         cells.append(f"{r['minutes']:.1f} ({r['runs']} x {max(r['steps'])})" if "runs" in r else "–")
         model = " | ".join(cells)
+        cached = f" (with the song cache {r['ngram_song_cache']:.3f})" if "ngram_song_cache" in r else ""
         lines.append(f"| {name} | {r['bernoulli']:.2f} | {r['markov']:.2f} | {r['ngram_name']} "
-                     f"{r['ngram_valid']:.3f} / {r['ngram']:.3f} | {model} |")
+                     f"{r['ngram_valid']:.3f} / {r['ngram']:.3f}{cached} | {model} |")
     return "\n".join(lines)
 
 
@@ -198,6 +204,7 @@ def main(argv=None) -> dict:
                            ("_no_cache", "model_no_cache"), ("_no_cache_valid", "valid_no_cache"),
                            ("_single", "single"), ("_single_valid", "single_valid"),
                            ("_bernoulli", "bernoulli"), ("_markov", "markov"), ("_ngram", "ngram"),
+                           ("_ngram_song_cache", "ngram_song_cache"),
                            ("_minutes", "minutes")):
             if field in r:
                 out[name + key] = round(r[field], 4)

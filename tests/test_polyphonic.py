@@ -349,6 +349,12 @@ def test_evaluate_ensemble_scores_the_mixture_and_refuses_a_run_of_another_corpu
     models = [load_model(tmp_path / f"run{seed}") for seed in (0, 1)]
     cond = np.full(len(songs), models[0].vocab.condition_id("Tiny_Set"))
     assert report["per_step"]["model"] == pytest.approx(step_nll(models, songs, cond, STEP_ID), rel=1e-5)
+    cached = evaluate(tmp_path / "run0", EvalOptions(split="test", ensemble=str(tmp_path / "run1"), song_cache=0.05),
+                      tmp_path / "cached", progress=False, log=quiet)["per_step"]
+    assert cached["model"] == pytest.approx(step_nll(models, songs, cond, STEP_ID, song_cache=0.05), rel=1e-5)
+    assert cached["ngram"] == report["per_step"]["ngram"]  # the n-gram alone, and beside it with the same cache
+    assert cached["ngram_song_cache"] != cached["ngram"]
+    assert "| model + song cache 0.05 |" in (tmp_path / "cached" / "evaluation.md").read_text()
     assert report["model"]["label"].startswith("steps_lstm x 2 runs")
     other = tmp_path / "other"
     shutil.copytree(path, other)

@@ -598,9 +598,10 @@ def evaluate(run_dir, options: EvalOptions | None = None, out_dir=None, progress
     if "per_step" in report:
         p = report["per_step"]
         cached = f" (song cache {p['song_cache']:g})" if p.get("song_cache") else ""
+        ngram_cached = f" ({p['ngram_song_cache']:.3f} with the cache)" if p.get("song_cache") else ""
         log(f"nats per time step ({p['split']}, steps 2..T): model{cached} {p['model']:.3f}, {p['best_ngram']} "
-            f"{p['ngram']:.3f}, Bernoulli per key given the previous step {p['markov']:.3f}, Bernoulli per key "
-            f"{p['bernoulli']:.3f}")
+            f"{p['ngram']:.3f}{ngram_cached}, Bernoulli per key given the previous step {p['markov']:.3f}, "
+            f"Bernoulli per key {p['bernoulli']:.3f}")
     return report
 
 

@@ -181,14 +181,16 @@ def step_report(model, rep, encoded, fit_corpus, split: str, cond_of_song, table
     rolls = [rep.roll(s) for s in songs]
     train_rolls = [rep.roll(s) for s in split_songs(fit_corpus, "train")]
     best, ngrams = fit_step_ngrams(fit_corpus, step_id)
-    zeros = np.zeros(len(songs), np.int64)
-    return {
+    ngram = mixture_logprobs(ngrams[best], songs, np.zeros(len(songs), np.int64), step_id)
+    report = {
         "split": split, "songs": len(songs), "steps": int(sum(max(len(r) - 1, 0) for r in rolls)),
         "model": step_nll(model, songs, np.asarray(cond_of_song)[ids], step_id, tables=tables, song_cache=song_cache),
-        "song_cache": song_cache,
-        "best_ngram": best, "ngram": step_nll(ngrams[best], songs, zeros, step_id),
+        "song_cache": song_cache, "best_ngram": best, "ngram": nats_per_step(ngram, step_id),
         "bernoulli": bernoulli_nll(train_rolls, rolls), "markov": markov_nll(train_rolls, rolls),
     }
+    if song_cache:  # like for like: the n-gram with the same cache
+        report["ngram_song_cache"] = nats_per_step(ngram, step_id, song_cache)
+    return report
 
 
 def step_markdown(report: dict) -> str:
@@ -201,5 +203,6 @@ def step_markdown(report: dict) -> str:
         "| model | nats per step |", "|---|---:|",
         f"| model{cached} | {report['model']:.3f} |",
         f"| best n-gram over the serialization ({report['best_ngram']}, chosen on valid) | {report['ngram']:.3f} |",
+        *([f"| the same n-gram{cached} | {report['ngram_song_cache']:.3f} |"] if cached else []),
         f"| Bernoulli per key given the previous step | {report['markov']:.3f} |",
         f"| Bernoulli per key | {report['bernoulli']:.3f} |", ""])
