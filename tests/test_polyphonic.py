@@ -264,6 +264,27 @@ def test_crops_by_length_draw_each_song_with_the_chance_of_its_length():
     assert ((tokens[:, 0, 0] >= offsets[songs]) & (tokens[:, -1, 0] < offsets[songs + 1])).all()
 
 
+def test_valid_crops_like_train_are_drawn_the_way_training_crops_are(tiny):
+    """Uniform valid crops would judge checkpoints mostly on the longest valid songs."""
+    from notelm.config import load_config
+    from notelm.train import _batches
+
+    _, path = tiny
+    encoded = load_or_encode(path, "steps")
+    valid_ids = encoded.ids("valid")
+    lengths = np.diff(encoded.offsets)[valid_ids]
+    windows = np.maximum(lengths - 24, 1)  # crops of context 24 + 1 tokens
+    share = {}
+    for crops in ("uniform", "by_length"):
+        cfg = load_config("steps", [f'train.crops="{crops}"', 'train.valid_crops="like_train"', "train.context=24",
+                                    "train.batch_size=4000", "train.eval_crops=4000"]).train
+        (tokens, songs), = _batches(encoded, encoded.vocab, cfg).valid
+        share[crops] = np.array([np.mean(songs == i) for i in valid_ids])
+    np.testing.assert_allclose(share["uniform"], windows / windows.sum(), atol=0.02)
+    np.testing.assert_allclose(share["by_length"], lengths / lengths.sum(), atol=0.02)
+    assert np.abs(share["uniform"] - share["by_length"]).max() > 0.1
+
+
 def test_balanced_crops_give_each_label_the_square_root_of_its_size():
     from notelm.data import CropSampler, crop_weights
 

@@ -86,6 +86,10 @@ class TrainConfig(Settings):
                                     "crops: for songs about as long as a crop) or 'balanced' (as by_length, each "
                                     "condition label with the chance of the square root of its size: a small "
                                     "collection is seen more often)", choices=("uniform", "by_length", "balanced"))
+    valid_crops: str = setting("uniform", "how the fixed valid crops that choose the best checkpoint are drawn: "
+                                          "'uniform' (every crop of every valid song alike: the longest songs weigh "
+                                          "most) or 'like_train' (the way train.crops draws the training crops)",
+                               choices=("uniform", "like_train"))
     start_crops: float = setting(0.0, "share of training crops that begin at their song's first event (the rest "
                                       "begin anywhere): how pieces open, learned from every collection, not only "
                                       "from its short songs", minimum=0.0, maximum=1.0)

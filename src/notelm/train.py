@@ -387,10 +387,14 @@ def _batches(encoded, vocab, cfg: TrainConfig) -> Batches:
         sampler = CropSampler(streams, encoded.offsets, every, length, windows=windows["train"])
         valid = CropSampler(streams, encoded.offsets, every, length, windows=windows["valid"])
     else:
-        weights = crop_weights(cfg.crops, np.diff(encoded.offsets)[train_ids], cond_of_song[train_ids])
+        lengths = np.diff(encoded.offsets)
+        weights = crop_weights(cfg.crops, lengths[train_ids], cond_of_song[train_ids])
         sampler = CropSampler(streams, encoded.offsets, train_ids, length, song_weights=weights,
                               start_share=cfg.start_crops)
-        valid = CropSampler(streams, encoded.offsets, valid_ids, length)
+        # like_train: uniform valid crops would judge checkpoints mostly on the longest valid songs
+        valid_mode = cfg.crops if cfg.valid_crops == "like_train" else "uniform"
+        valid = CropSampler(streams, encoded.offsets, valid_ids, length,
+                            song_weights=crop_weights(valid_mode, lengths[valid_ids], cond_of_song[valid_ids]))
     eval_rng = np.random.default_rng(12345)
     valid_batches = [valid.sample(eval_rng, min(cfg.batch_size, cfg.eval_crops))
                      for _ in range(max(1, cfg.eval_crops // cfg.batch_size))]
