@@ -275,14 +275,16 @@ def test_valid_crops_like_train_are_drawn_the_way_training_crops_are(tiny):
     lengths = np.diff(encoded.offsets)[valid_ids]
     windows = np.maximum(lengths - 24, 1)  # crops of context 24 + 1 tokens
     share = {}
-    for crops in ("uniform", "by_length"):
-        cfg = load_config("steps", [f'train.crops="{crops}"', 'train.valid_crops="like_train"', "train.context=24",
+    for crops, valid_crops in (("uniform", "like_train"), ("by_length", "like_train"), ("by_length", "uniform")):
+        cfg = load_config("steps", [f'train.crops="{crops}"', f'train.valid_crops="{valid_crops}"', "train.context=24",
                                     "train.batch_size=4000", "train.eval_crops=4000"]).train
         (tokens, songs), = _batches(encoded, encoded.vocab, cfg).valid
-        share[crops] = np.array([np.mean(songs == i) for i in valid_ids])
-    np.testing.assert_allclose(share["uniform"], windows / windows.sum(), atol=0.02)
-    np.testing.assert_allclose(share["by_length"], lengths / lengths.sum(), atol=0.02)
-    assert np.abs(share["uniform"] - share["by_length"]).max() > 0.1
+        share[crops, valid_crops] = np.array([np.mean(songs == i) for i in valid_ids])
+    np.testing.assert_allclose(share["uniform", "like_train"], windows / windows.sum(), atol=0.02)
+    np.testing.assert_allclose(share["by_length", "like_train"], lengths / lengths.sum(), atol=0.02)
+    assert np.abs(share["uniform", "like_train"] - share["by_length", "like_train"]).max() > 0.1
+    # the default keeps valid crops uniform whatever the training crops (runs made before reproduce)
+    np.testing.assert_array_equal(share["by_length", "uniform"], share["uniform", "like_train"])
 
 
 def test_balanced_crops_give_each_label_the_square_root_of_its_size():
