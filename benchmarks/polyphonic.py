@@ -94,7 +94,8 @@ def baselines(encoded, rep, orders=STEP_NGRAM_ORDERS, cache_weights=()) -> dict:
         songs = split_songs(encoded, split)
         scored = mixture_logprobs(ngrams[best], songs, np.zeros(len(songs)), step_id)
         out["ngram" if split == "test" else "ngram_valid"] = nats_per_step(scored, step_id)
-    out["ngram_by_song_cache"] = {str(w): nats_per_step(scored, step_id, w) for w in cache_weights if w}
+        if split == "test":
+            out["ngram_by_song_cache"] = {str(w): nats_per_step(scored, step_id, w) for w in cache_weights if w}
     return out
 
 
