@@ -1,9 +1,9 @@
 """The classic piano-roll benchmark: notelm's test NLL per time step on JSB Chorales, Nottingham,
 Piano-midi.de and MuseData, beside the two calibration baselines and the best n-gram.
 
-    python benchmarks/polyphonic.py                     # all four sets (10-20 minutes of training each)
+    python benchmarks/polyphonic.py                     # all four sets (about 20-26 minutes of training each)
     python benchmarks/polyphonic.py --sets jsb,piano    # some of them; results of earlier sets are kept
-    python benchmarks/polyphonic.py --steps 560 --seeds 1   # one short run per set (about 3 minutes each)
+    python benchmarks/polyphonic.py --steps 560 --seeds 1   # one short run per set (about 5 minutes each)
     python benchmarks/polyphonic.py --quick             # metric and baselines only, no training (< 1 minute)
 
 Per set: ``notelm prepare`` of its .mat file (the official split), the two baselines (a Bernoulli per
@@ -12,22 +12,27 @@ on the train split, then the ``steps`` preset trained ``SEEDS`` times (seeds 0, 
 optimizer steps each (the same on every machine).  Each run keeps the checkpoint with the lowest loss on
 the valid split.  notelm's model is the mixture of those checkpoints, each reading the sequence in its
 12 transpositions (``notelm evaluate RUN --ensemble RUN2 ... --transpose-average``): every token's
-probability is the mean of the components', so the metric stays exact.  That probability is then blended
-with the song cache (``--song-cache W``: what followed earlier occurrences of the same context in the same
-sequence, ``models/song_cache.py``), its weight ``W`` the best of ``SONG_CACHE`` on valid.  It is scored
-once on valid and once on test, in nats per predicted time step (steps 2..T of every sequence, given all
-earlier steps), beside the mixture without the cache (``*_no_cache``) and the first run alone
-(``*_single``).  Nothing is chosen on test.
+probability is the mean of the components', so the metric stays exact.  The best n-gram joins that
+mixture with a weight from ``NGRAM_BLEND`` (``--ngram-blend A``: it remembers exact passages of the
+training songs, such as a chorale's stock cadences), and the result is blended with the song cache (what
+followed earlier occurrences of the same context in the same sequence, ``models/song_cache.py``): a weight
+``W`` per matched token from ``SONG_CACHE`` (``--song-cache W``), or a share per match length fitted on
+valid (``--song-cache-fit``).  The n-gram's weight and the cache are chosen together on valid.  The model
+is scored once on valid and once on test, in nats per predicted time step (steps 2..T of every sequence,
+given all earlier steps), beside the mixture with the best cache but no n-gram (``*_no_ngram``), the
+mixture alone (``*_no_cache``) and the first run alone (``*_single``).  Nothing is chosen on test.
 
 Each set's result goes to ``WORK/SET/result.json`` and a set already done is not trained again
 (``--force``: again; a run already trained is kept), so the sets can run one at a time.  The last line is
 one JSON object: ``jsb``, ``nottingham``, ``piano``, ``muse`` (test nats per step of notelm's model),
-``*_valid``, ``*_song_cache`` (the cache's weight), ``*_no_cache`` / ``*_no_cache_valid`` (the mixture
-alone), ``*_single`` / ``*_single_valid`` (the first run alone, no transpositions), ``*_bernoulli``,
-``*_markov`` (the two baselines, test), ``*_ngram`` (best n-gram, test), ``*_ngram_song_cache`` (the same
-n-gram with the model's song cache, test) and ``*_minutes`` (minutes of
-training, all runs), for every set done so far.  ``--quick`` checks that both baseline rows equal those of
-the data's SOURCE.md (exit status 1 if not) and prints the n-gram rows.
+``*_valid``, ``*_ngram_blend`` (the n-gram's weight), ``*_song_cache`` (the cache's weight, or "fit"),
+``*_song_cache_shares`` (the fitted shares per match length, ``song_cache.LENGTH_EDGES``), ``*_no_ngram`` /
+``*_no_ngram_valid``, ``*_no_cache`` / ``*_no_cache_valid`` (the mixture alone), ``*_single`` /
+``*_single_valid`` (the first run alone, no transpositions), ``*_bernoulli``, ``*_markov`` (the two
+baselines, test), ``*_ngram`` (best n-gram, test), ``*_ngram_song_cache`` (the same n-gram with the same kind
+of song cache, test) and ``*_minutes`` (minutes of training, all runs), for every set done so far.
+``--quick`` checks that both baseline rows equal those of the data's SOURCE.md (exit status 1 if not) and
+prints the n-gram rows.
 """
 
 from __future__ import annotations
@@ -46,9 +51,13 @@ from notelm.corpus import prepare
 from notelm.data import condition_map
 from notelm.encoding import from_vocab, load_or_encode
 from notelm.io import NotelmError, read_json, write_json
+from notelm.models import song_cache
 from notelm.rollmetrics import (
     STEP_NGRAM_ORDERS,
     bernoulli_nll,
+    blend_scored,
+    cache_targets,
+    fit_song_cache,
     fit_step_ngrams,
     markov_nll,
     mixture_logprobs,
@@ -61,13 +70,18 @@ from notelm.train import train
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "polyphonic"
 FILES = {"jsb": "JSB_Chorales.mat", "nottingham": "Nottingham.mat", "piano": "Piano_midi.mat", "muse": "MuseData.mat"}
 # Training budget per set: SEEDS runs of STEPS optimizer steps each (the same on every machine), chosen on
-# valid.  JSB and Piano-midi.de overfit after ~600 steps (few songs): more runs help them, not more steps;
-# Nottingham and MuseData keep improving.  TIME_LIMIT is the safety cap of one run on a slower or busier machine.
+# valid, within 30 minutes per set on one thread of this 2-core CPU (a run of 560 steps takes about 5 minutes,
+# one of 2,000 about 19).  JSB and Piano-midi.de overfit after ~600 steps (few songs): more runs help them,
+# not more steps; Nottingham and MuseData keep improving.  TIME_LIMIT is the safety cap of one run on a slower
+# or busier machine.
 STEPS = {"jsb": 560, "nottingham": 2000, "piano": 560, "muse": 2000}
-SEEDS = {"jsb": 4, "nottingham": 2, "piano": 4, "muse": 1}
+SEEDS = {"jsb": 5, "nottingham": 1, "piano": 4, "muse": 1}
 TIME_LIMIT = 1200
-# Weights of the song cache (per matched token, models/song_cache.py) tried on valid; the best is used on test.
+# Weights of the song cache (per matched token, models/song_cache.py) tried on valid, and "fit": shares per match
+# length fitted on valid; each with the best n-gram mixed in at each of NGRAM_BLEND.  The best pair on valid is
+# used on test.
 SONG_CACHE = (0.0, 0.02, 0.05, 0.1)
+NGRAM_BLEND = (0.0, 0.1, 0.2, 0.3)
 PRESET = "steps"
 QUICK_NGRAM_ORDERS = (5,)  # --quick: one small n-gram per set, enough to check the metric end to end
 # What the data's SOURCE.md states (test split, nats per predicted step): the check of --quick.
@@ -82,21 +96,20 @@ def corpus_of(name: str, data: Path, work: Path) -> Path:
     return path
 
 
-def baselines(encoded, rep, orders=STEP_NGRAM_ORDERS, cache_weights=()) -> dict:
-    """The two baselines (test) and the best n-gram of ``orders`` (chosen on valid; valid and test), and on
-    test also blended with the song cache of each of ``cache_weights`` (like for like beside the model)."""
+def baselines(encoded, rep, orders=STEP_NGRAM_ORDERS, test: bool = True) -> tuple[dict, dict]:
+    """The two baselines (test) and the best n-gram of ``orders`` (chosen on valid; valid and test), and that
+    n-gram's log-probabilities per split (``mixture_logprobs``), for the mixture."""
     step_id = rep.step_token()
     rolls = {s: [rep.roll(song) for song in split_songs(encoded, s)] for s in ("train", "test")}
     best, ngrams = fit_step_ngrams(encoded, step_id, orders)
     out = {"bernoulli": bernoulli_nll(rolls["train"], rolls["test"]),
            "markov": markov_nll(rolls["train"], rolls["test"]), "ngram_name": best}
-    for split in ("valid", "test"):
+    scored = {}
+    for split in ("valid", "test") if test else ("valid",):
         songs = split_songs(encoded, split)
-        scored = mixture_logprobs(ngrams[best], songs, np.zeros(len(songs)), step_id)
-        out["ngram" if split == "test" else "ngram_valid"] = nats_per_step(scored, step_id)
-        if split == "test":
-            out["ngram_by_song_cache"] = {str(w): nats_per_step(scored, step_id, w) for w in cache_weights if w}
-    return out
+        scored[split] = mixture_logprobs(ngrams[best], songs, np.zeros(len(songs)), step_id)
+        out["ngram" if split == "test" else "ngram_valid"] = nats_per_step(scored[split], step_id)
+    return out, scored
 
 
 def train_one(corpus: Path, run_dir: Path, steps: int, seed: int, overrides: list[str]) -> dict:
@@ -110,10 +123,11 @@ def train_one(corpus: Path, run_dir: Path, steps: int, seed: int, overrides: lis
 
 
 def train_and_score(name: str, corpus: Path, work: Path, steps: int, seeds: int, overrides: list[str],
-                    test: bool) -> dict:
-    """Train the preset ``seeds`` times (unless done), score the mixture of their best checkpoints over the
-    12 transpositions, blended with the song cache of the weight best on valid, on valid (and test), and the
-    first run alone."""
+                    test: bool, ngram: dict) -> dict:
+    """Train the preset ``seeds`` times (unless done), then score the mixture of their best checkpoints over the
+    12 transpositions, mixed with the best n-gram (``ngram``: its log-probabilities per split) and blended with
+    the song cache, the n-gram's weight and the cache chosen together on valid, on valid (and test); beside it
+    the mixture alone, the mixture with the best cache but no n-gram, and the first run alone."""
     runs = [work / name / ("run" if seed == 0 else f"run_seed{seed}") for seed in range(seeds)]
     summaries = [train_one(corpus, run, steps, seed, overrides) for seed, run in enumerate(runs)]
     models = [load_model(run / "best") for run in runs]
@@ -125,17 +139,44 @@ def train_and_score(name: str, corpus: Path, work: Path, steps: int, seeds: int,
            "minutes": round(sum(s["seconds"] for s in summaries) / 60, 2),
            "stopped": [s["stopped"] for s in summaries]}
     step_id = rep.step_token()
+    shares = {}  # n-gram weight -> the cache's shares fitted on valid; an n-gram weight of 0: the mixture alone
+
+    def cache_of(choice):
+        blend, weight = choice
+        return shares[blend] if weight == "fit" else weight
+
+    def score(mixed, choice, reach):
+        weight = cache_of(choice)
+        return nats_per_step(mixed, step_id, weight, reach[bool(np.ndim(weight))])
+
     for split in ("valid", "test") if test else ("valid",):
         songs = split_songs(encoded, split)
         conds = cond[encoded.ids(split)]
         scored = mixture_logprobs(models, songs, conds, step_id, tables=tables)
-        if split == "valid":  # the song cache's weight is chosen here, once
-            by_weight = {w: nats_per_step(scored, step_id, w) for w in SONG_CACHE}
-            out["song_cache"] = min(by_weight, key=by_weight.get)
-            out["valid"], out["valid_no_cache"] = by_weight[out["song_cache"]], by_weight[0.0]
+        # the cache's side depends on the songs alone: found once per reach, blended with every candidate
+        reach = {False: cache_targets(scored, song_cache.MAX_CONTEXT),
+                 True: cache_targets(scored, song_cache.FITTED_CONTEXT)}
+        if split == "valid":  # the n-gram's weight and the cache are chosen here, once
+            by_choice = {}
+            for blend in NGRAM_BLEND:
+                mixed = blend_scored(scored, ngram[split], blend)
+                shares[blend] = fit_song_cache(mixed, reach[True])
+                for weight in (*SONG_CACHE, "fit"):
+                    by_choice[blend, weight] = score(mixed, (blend, weight), reach)
+            best = min(by_choice, key=by_choice.get)
+            no_ngram = min((c for c in by_choice if c[0] == 0), key=by_choice.get)
+            out.update(ngram_blend=best[0], song_cache=best[1], valid=by_choice[best],
+                       valid_no_cache=by_choice[0, 0.0], valid_no_ngram=by_choice[no_ngram])
+            if best[1] == "fit":
+                out["song_cache_shares"] = np.round(shares[best[0]], 4).tolist()
+            ngram_cache = fit_song_cache(ngram[split], reach[True]) if best[1] == "fit" else best[1]
         else:
-            out["model"] = nats_per_step(scored, step_id, out["song_cache"])
+            out["model"] = score(blend_scored(scored, ngram[split], best[0]), best, reach)
             out["model_no_cache"] = nats_per_step(scored, step_id)
+            out["model_no_ngram"] = score(scored, no_ngram, reach)
+            if best[1]:  # like for like: the n-gram alone with the same kind of cache
+                out["ngram_song_cache"] = nats_per_step(ngram[split], step_id, ngram_cache,
+                                                        reach[bool(np.ndim(ngram_cache))])
         out["single" if split == "test" else "single_valid"] = step_nll(models[0], songs, conds, step_id)
     return out
 
@@ -149,12 +190,11 @@ def run_set(name: str, a) -> dict:
     corpus = corpus_of(name, Path(a.data), work)
     encoded = load_or_encode(corpus, "steps")
     orders = QUICK_NGRAM_ORDERS if a.quick else STEP_NGRAM_ORDERS
-    result = {"set": name, **baselines(encoded, from_vocab(encoded.vocab), orders, () if a.quick else SONG_CACHE)}
+    found, ngram = baselines(encoded, from_vocab(encoded.vocab), orders, not a.valid_only)
+    result = {"set": name, **found}
     if not a.quick:
         result.update(train_and_score(name, corpus, work, a.steps or STEPS[name], a.seeds or SEEDS[name], a.set,
-                                      not a.valid_only))
-        if result["song_cache"]:  # the n-gram with the cache the model was given
-            result["ngram_song_cache"] = result["ngram_by_song_cache"][str(result["song_cache"])]
+                                      not a.valid_only, ngram))
         write_json(result_path, result)
     result["seconds"] = round(time.perf_counter() - started, 1)
     return result
@@ -201,14 +241,17 @@ def main(argv=None) -> dict:
     print(table(results))
     out = {}
     for name, r in results.items():
-        for key, field in (("", "model"), ("_valid", "valid"), ("_song_cache", "song_cache"),
+        for key, field in (("", "model"), ("_valid", "valid"), ("_ngram_blend", "ngram_blend"),
+                           ("_song_cache", "song_cache"), ("_song_cache_shares", "song_cache_shares"),
+                           ("_no_ngram", "model_no_ngram"), ("_no_ngram_valid", "valid_no_ngram"),
                            ("_no_cache", "model_no_cache"), ("_no_cache_valid", "valid_no_cache"),
                            ("_single", "single"), ("_single_valid", "single_valid"),
                            ("_bernoulli", "bernoulli"), ("_markov", "markov"), ("_ngram", "ngram"),
                            ("_ngram_song_cache", "ngram_song_cache"),
                            ("_minutes", "minutes")):
             if field in r:
-                out[name + key] = round(r[field], 4)
+                value = r[field]
+                out[name + key] = round(value, 4) if isinstance(value, float) else value
     if a.quick:
         got = {n: (round(results[n]["bernoulli"], 2), round(results[n]["markov"], 2)) for n in names}
         bad = [f"{n}: {got[n][0]} / {got[n][1]} (SOURCE.md: {SOURCE_BERNOULLI[n]} / {SOURCE_MARKOV[n]})"

@@ -372,3 +372,12 @@ def test_unknown_split_and_missing_corpus_are_clear_errors(runs, tmp_path):
     shutil.copytree(runs["song"] / "best", tmp_path / "model")
     with pytest.raises(NotelmError, match="--corpus"):
         evaluate(tmp_path / "model", progress=False, log=quiet)  # a model folder alone names no corpus
+
+
+def test_song_cache_fit_is_refused_on_a_corpus_that_is_no_piano_roll(runs, tmp_path, capsys):
+    from notelm.cli import main
+
+    assert main(["evaluate", str(runs["song"]), "--song-cache-fit", "-o", str(tmp_path), "--quiet"]) != 0
+    assert "--song-cache-fit fits the song cache of the piano-roll metric: it needs a corpus of the steps" in (
+        capsys.readouterr().err)
+    assert not (tmp_path / "evaluation.json").exists()

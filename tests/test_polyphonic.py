@@ -384,3 +384,40 @@ def test_evaluate_ensemble_scores_the_mixture_and_refuses_a_run_of_another_corpu
     train(other, load_config("steps", settings), tmp_path / "elsewhere", progress=False, log=quiet)
     with pytest.raises(NotelmError, match="not on .*the songs scored may be among its training songs"):
         evaluate(tmp_path / "run0", EvalOptions(ensemble=str(tmp_path / "elsewhere")), progress=False, log=quiet)
+
+
+def test_evaluate_mixes_in_the_ngram_and_fits_the_song_cache_on_valid_for_the_per_step_metric(tiny, tmp_path):
+    from notelm.checkpoint import load_model
+    from notelm.config import load_config
+    from notelm.evaluate import EvalOptions, evaluate
+    from notelm.io import NotelmError
+    from notelm.rollmetrics import blend_scored, fit_song_cache, fit_step_ngrams, mixture_logprobs, nats_per_step
+    from notelm.train import train
+
+    _, path = tiny
+    settings = ["model.hidden=16", "model.embed_dim=8", "train.steps=4", "train.eval_every=2", "train.batch_size=4",
+                "train.context=32", "train.eval_crops=4"]
+    train(path, load_config("steps", settings), tmp_path / "run", progress=False, log=quiet)
+    report = evaluate(tmp_path / "run", EvalOptions(split="test", ngram_blend=0.2, song_cache_fit=True),
+                      tmp_path / "eval", progress=False, log=quiet)["per_step"]
+    encoded = load_or_encode(path, "steps")
+    model = load_model(tmp_path / "run")
+    best, ngrams = fit_step_ngrams(encoded, STEP_ID)
+
+    def scored(split):
+        songs = split_songs(encoded, split)
+        cond = np.full(len(songs), model.vocab.condition_id("Tiny_Set"))
+        ngram = mixture_logprobs(ngrams[best], songs, np.zeros(len(songs)), STEP_ID)
+        return blend_scored(mixture_logprobs(model, songs, cond, STEP_ID), ngram, 0.2), ngram
+
+    (valid, valid_ngram), (test, test_ngram) = scored("valid"), scored("test")
+    shares = fit_song_cache(valid)  # fitted on the valid split, used on test
+    assert report["model"] == pytest.approx(nats_per_step(test, STEP_ID, shares), rel=1e-5)
+    assert report["model"] != pytest.approx(nats_per_step(test, STEP_ID), rel=1e-5)
+    assert report["song_cache"] == pytest.approx(np.round(shares, 4).tolist(), abs=1e-4)
+    assert report["ngram_song_cache"] == pytest.approx(
+        nats_per_step(test_ngram, STEP_ID, fit_song_cache(valid_ngram)), rel=1e-5)
+    assert f"| model + {best} 0.2 + song cache fitted on valid |" in (tmp_path / "eval" / "evaluation.md").read_text()
+    with pytest.raises(NotelmError, match="--song-cache-fit .* no --song-cache beside it"):
+        evaluate(tmp_path / "run", EvalOptions(song_cache=0.1, song_cache_fit=True), tmp_path / "x", progress=False,
+                 log=quiet)

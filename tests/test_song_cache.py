@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from notelm.models.song_cache import MAX_WEIGHT, cache_counts, event_ids, mix
+from notelm.models.song_cache import LENGTH_EDGES, MAX_WEIGHT, cache_counts, event_ids, fit_shares, mix, shares
 
 
 def test_counts_follow_the_longest_earlier_context():
@@ -32,6 +32,38 @@ def test_max_context_limits_the_match():
     assert cache_counts(events, 10)[0][-1] == 3
     assert cache_counts(events, 10, max_context=2)[0][-1] == 2
     assert cache_counts(events, 10, max_context=2)[1][-1, 4] == 1
+
+
+def test_contexts_are_matched_exactly_however_far_back():
+    # a phrase of 30 distinct events (1..30) sung three times after BOS (0), the third time cut after 20
+    phrase = np.arange(30) + 1
+    events = np.concatenate([[0], phrase, phrase, phrase[:20]])
+    k, counts = cache_counts(events, 31, max_context=48)
+    # the second phrase's 25th event (row 55): its 25 events were sung once before, the 26th back (30, the
+    # first phrase's end) is not the BOS that came before the first phrase's start
+    assert k[55] == 25 and counts[55].tolist() == [0] * 26 + [1] + [0] * 4
+    # the last row (predicting the last event, 20) matches 48 events back, the longest read: 29 of the second
+    # phrase and 19 of the third stood once before, as 29 of the first and 19 of the second, and 20 followed
+    assert k[-1] == 48 and np.flatnonzero(counts[-1]).tolist() == [20] and counts[-1, 20] == 1
+    # a shorter reach finds both earlier occurrences of the last 12 events
+    k12, counts12 = cache_counts(events, 31, max_context=12)
+    assert k12[-1] == 12 and counts12[-1, 20] == 2 and k12[55] == 12
+
+
+def test_fitted_shares_maximise_the_held_out_likelihood_per_match_length():
+    # the model gives the token that came 0.1; in one bucket the cache is right 80 % of the time, in another
+    # 20 %.  The likelihood of a share s: f log(0.1 + 0.9 s) + (1 - f) log(0.1 (1 - s)), highest at
+    # s = f - (1 - f) 0.1 / 0.9 (0 when that is negative)
+    k = np.array([1] * 100 + [30] * 100 + [0] * 50)
+    cache_prob = np.concatenate([np.repeat([1.0, 0.0], [20, 80]), np.repeat([1.0, 0.0], [80, 20]), np.ones(50)])
+    fitted = fit_shares(np.full(len(k), 0.1), cache_prob, k, iterations=500)
+    assert fitted[0] == pytest.approx(0.2 - 0.8 * 0.1 / 0.9, abs=1e-3)  # bucket of k = 1
+    assert fitted[-1] == pytest.approx(0.8 - 0.2 * 0.1 / 0.9, abs=1e-3)  # bucket of k = 25..48
+    assert np.all(fitted[1:-1] == 0)  # buckets without a token
+    got = shares(fitted, k)
+    assert got[0] == fitted[0] and got[150] == fitted[-1] and got[-1] == 0  # no match: the model alone
+    assert shares(0.1, np.array([0, 1, 3, 20])).tolist() == pytest.approx([0, 0.1, 0.3, MAX_WEIGHT])
+    assert len(LENGTH_EDGES) == len(fitted)
 
 
 def test_event_ids_are_mixed_radix():

@@ -106,7 +106,8 @@ def cmd_evaluate(a):
 
     options = EvalOptions(corpus=a.corpus, split=a.split, context=a.context, transpose_average=a.transpose_average,
                           ensemble=",".join(a.ensemble) if a.ensemble else None,
-                          ngram_blend=a.ngram_blend, song_cache=a.song_cache, generate=a.generate,
+                          ngram_blend=a.ngram_blend, song_cache=a.song_cache, song_cache_fit=a.song_cache_fit,
+                          generate=a.generate,
                           generate_length=a.generate_length, collection=a.collection,
                           baselines_from_train=a.baselines_from_train)
     evaluate(a.run, options, out_dir=a.output, progress=not a.quiet)
@@ -335,6 +336,10 @@ def _evaluate_parser(sub):
     s.add_argument("--song-cache", type=float, default=0.0, metavar="W",
                    help="blend each prediction with what followed earlier occurrences of its context in the same "
                         "song, weight W per matched event, at most 0.9 (default 0: off)")
+    s.add_argument("--song-cache-fit", action="store_true",
+                   help="piano rolls (the steps representation): the per-step metric's song cache gets a share per "
+                        "match length, fitted on the valid split, and reads up to 48 tokens back (instead of "
+                        "--song-cache)")
     s.add_argument("--generate", type=int, default=0, metavar="N",
                    help="also sample N pieces (and N from the best n-gram) and compare their music metrics with "
                         "real songs")

@@ -1,7 +1,7 @@
 """Evaluation: how well a trained model predicts held-out music, beside the baselines.
 
     notelm evaluate RUN_DIR [--corpus CORPUS] [--split test] [--context N] [--transpose-average] [--ngram-blend W]
-                    [--song-cache W] [--generate N]
+                    [--song-cache W | --song-cache-fit] [--generate N]
 
 ``evaluate(run_dir, EvalOptions(...))``: the options are the command's flags.
 
@@ -31,6 +31,10 @@ Options
     ``song_cache``: each prediction is blended with what followed earlier
     occurrences of its context in the same song (``models.song_cache``; weight
     ``min(W * matched events, 0.9)``), after any transposition average and n-gram blend.
+    ``song_cache_fit`` (piano rolls of the ``steps`` representation): the per-step
+    metric's cache gets one share per bucket of match lengths, fitted on the
+    valid split (``models.song_cache.fit_shares``), and reads contexts of up to
+    48 events; the n-gram beside it gets a cache fitted the same way.
 
 Baselines, on exactly the same targets
     majority, stratified (its accuracy is the *expected* accuracy of a guess drawn
@@ -80,7 +84,7 @@ from notelm.models import song_cache as cache
 from notelm.models.baselines import MajorityModel, StratifiedModel
 from notelm.models.ngram import NGramModel
 from notelm.names import plural
-from notelm.rollmetrics import step_markdown, step_report
+from notelm.rollmetrics import cache_label, step_markdown, step_report
 from notelm.settings import Settings, setting
 
 NGRAM_ORDERS = (2, 3, 4, 5)  # per stream and joint
@@ -504,6 +508,9 @@ class EvalOptions(Settings):
                                      "in the same song, weight W per matched event (at most 0.9); the best "
                                      "n-gram with the same cache is a row of its own; 0: off",
                                 minimum=0.0)
+    song_cache_fit: bool = setting(False, "piano rolls (steps): blend the per-step metric's predictions with a song "
+                                          "cache whose share per match length is fitted on the valid split "
+                                          "(contexts up to 48 events); the n-gram's cache is fitted the same way")
     generate: int = setting(0, "also sample N pieces (and N from the best n-gram) and compare their music with "
                                "real songs", minimum=0)
     generate_length: int = setting(GENERATE_LENGTH, "events per sampled piece", minimum=1)
@@ -544,6 +551,10 @@ def evaluate(run_dir, options: EvalOptions | None = None, out_dir=None, progress
     conditioned = bool(vocab.conditions) and float(scoring.run.get("train", {}).get("cond_dropout", 0.0)) < 1.0
     cond_of_song = condition_map(vocab, encoded.vocab, conditioned)[np.asarray(encoded.cond, np.int64)]
     context, average = scoring.context, options.transpose_average
+    rep = from_vocab(vocab)
+    if options.song_cache_fit and (rep.step_token() is None or options.song_cache or context):
+        raise NotelmError("--song-cache-fit fits the song cache of the piano-roll metric: it needs a corpus of the "
+                          "steps representation, the whole song as context, and no --song-cache beside it")
     ensemble = _ensemble(options.ensemble, model, scoring.run, scoring.device)
     fit_corpus, baselines = _baselines(scoring, options, progress, log, baseline_cache)
     best = baselines["best_ngram"]
@@ -565,7 +576,7 @@ def evaluate(run_dir, options: EvalOptions | None = None, out_dir=None, progress
         "split": options.split, "split_kind": targets.kind, "songs": int(len(targets.songs)), "targets": targets.n,
         "context": context, "transpose_average": average, "ensemble": options.ensemble,
         "ngram_blend": options.ngram_blend,
-        "song_cache": options.song_cache,
+        "song_cache": options.song_cache, "song_cache_fit": options.song_cache_fit,
         "conditioned": conditioned,
         "collection": options.collection,
         "baselines": {"fitted_on": baselines["fitted_on"], "corpus": baselines["fit_corpus"], "best_ngram": best,
@@ -584,11 +595,10 @@ def evaluate(run_dir, options: EvalOptions | None = None, out_dir=None, progress
                                                           options.split, options.generate, options.generate_length,
                                                           copy_songs, out_dir, log, only, cond)
         markdown += "\n\n" + section + "\n"
-    rep = from_vocab(vocab)
     if rep.step_token() is not None:  # a piano roll read step by step: also the benchmark's metric
         tables = list(rep.transpositions().values()) if average else None
         report["per_step"] = step_report([model, *ensemble], rep, encoded, fit_corpus, options.split, cond_of_song,
-                                         tables, options.song_cache)
+                                         tables, options.song_cache, options.ngram_blend, options.song_cache_fit)
         markdown += "\n" + step_markdown(report["per_step"])
     report["seconds"] = round(time.perf_counter() - started, 1)
     write_json(out_dir / f"{REPORT_NAME}.json", report)
@@ -597,8 +607,8 @@ def evaluate(run_dir, options: EvalOptions | None = None, out_dir=None, progress
     log(summary_line(report, out_dir))
     if "per_step" in report:
         p = report["per_step"]
-        cached = f" (song cache {p['song_cache']:g})" if p.get("song_cache") else ""
-        ngram_cached = f" ({p['ngram_song_cache']:.3f} with the cache)" if p.get("song_cache") else ""
+        cached = f" ({cache_label(p)[3:]})" if cache_label(p) else ""
+        ngram_cached = f" ({p['ngram_song_cache']:.3f} with the cache)" if "ngram_song_cache" in p else ""
         log(f"nats per time step ({p['split']}, steps 2..T): model{cached} {p['model']:.3f}, {p['best_ngram']} "
             f"{p['ngram']:.3f}{ngram_cached}, Bernoulli per key given the previous step {p['markov']:.3f}, "
             f"Bernoulli per key {p['bernoulli']:.3f}")

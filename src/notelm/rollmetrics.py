@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from notelm.encoding.vocab import N_SPECIAL
+from notelm.io import NotelmError
 from notelm.models import song_cache as cache
 from notelm.models.ngram import NGramModel
 
@@ -98,26 +99,57 @@ def mixture_logprobs(model, songs: list[dict[str, np.ndarray]], conds, step_id: 
     return out
 
 
-def nats_per_step(scored: list[tuple[np.ndarray, np.ndarray, np.ndarray]], step_id: int,
-                  song_cache: float = 0.0) -> float:
+def nats_per_step(scored: list[tuple[np.ndarray, np.ndarray, np.ndarray]], step_id: int, song_cache=0.0,
+                  cached: list | None = None) -> float:
     """Nats per predicted step of ``mixture_logprobs``' output, each token's probability first blended with
     the song cache (``models.song_cache``: what followed earlier occurrences of its context in the same
-    sequence; weight ``song_cache`` per matched token, 0: none).  The cache reads only the tokens before
-    the one predicted and its counts sum to one over the tokens a step can hold, so the blend is still an
-    exact distribution."""
+    sequence; ``song_cache``: a weight per matched token, 0: none, or shares per match length fitted by
+    ``fit_song_cache``).  The cache reads only the tokens before the one predicted and its counts sum to one
+    over the tokens a step can hold, so the blend is still an exact distribution.  ``cached``: the cache's
+    side of the same songs (``cache_targets``), when several weights are tried on them."""
     total, steps = 0.0, 0
-    for tokens, rows, logp in scored:
-        if song_cache:
-            logp = cache.target_logprobs(logp, tokens, rows, song_cache)
+    blended = np.ndim(song_cache) or song_cache
+    if blended and cached is None:
+        cached = cache_targets(scored, cache.context_of(song_cache))
+    for i, (tokens, _, logp) in enumerate(scored):
+        if blended:
+            logp = cache.blend(np.exp(logp), *cached[i], song_cache)
         total -= float(logp.sum())
         steps += int((tokens == step_id).sum()) - 1
     return total / max(steps, 1)
 
 
+def cache_targets(scored: list[tuple[np.ndarray, np.ndarray, np.ndarray]], max_context: int) -> list:
+    """For each song of ``mixture_logprobs``' output: the song cache's probability of each scored token and
+    its longest match (``models.song_cache.target_probs``).  They depend on the songs alone, not on a model."""
+    return [cache.target_probs(tokens, rows, max_context) for tokens, rows, _ in scored]
+
+
+def fit_song_cache(scored: list[tuple[np.ndarray, np.ndarray, np.ndarray]], cached: list | None = None) -> np.ndarray:
+    """The song cache's shares per match length that give these songs' tokens (``mixture_logprobs``' output of
+    held-out songs) the highest likelihood (``models.song_cache.fit_shares``).  ``cached``: ``cache_targets``
+    of the songs with ``song_cache.FITTED_CONTEXT``."""
+    if not scored:
+        return np.zeros(len(cache.LENGTH_EDGES))
+    cached = cache_targets(scored, cache.FITTED_CONTEXT) if cached is None else cached
+    return cache.fit_shares(np.exp(np.concatenate([logp for _, _, logp in scored])),
+                            np.concatenate([probs for probs, _ in cached]), np.concatenate([k for _, k in cached]))
+
+
+def blend_scored(scored, other, weight: float):
+    """``mixture_logprobs``' output of two models on the same songs, mixed token by token: ``(1 - weight) p +
+    weight q``.  Both are distributions over what a step can hold, so the mixture is one too."""
+    if not weight:
+        return scored
+    with np.errstate(divide="ignore"):
+        return [(tokens, rows, np.logaddexp(np.log1p(-weight) + logp, np.log(weight) + other_logp))
+                for (tokens, rows, logp), (_, _, other_logp) in zip(scored, other, strict=True)]
+
+
 def step_nll(model, songs: list[dict[str, np.ndarray]], conds, step_id: int, stream: str = "pitch",
-             tables: list[np.ndarray | None] | None = None, song_cache: float = 0.0) -> float:
+             tables: list[np.ndarray | None] | None = None, song_cache=0.0) -> float:
     """Nats per predicted step of ``model`` (or a mixture: ``mixture_logprobs``) over the ``songs`` (framed
-    token streams), blended with the song cache of weight ``song_cache`` (``nats_per_step``)."""
+    token streams), blended with the song cache ``song_cache`` (``nats_per_step``)."""
     return nats_per_step(mixture_logprobs(model, songs, conds, step_id, stream, tables), step_id, song_cache)
 
 
@@ -170,38 +202,61 @@ def fit_step_ngrams(fit_corpus, step_id: int, orders=STEP_NGRAM_ORDERS) -> tuple
     return min(scores, key=scores.get), models
 
 
-def step_report(model, rep, encoded, fit_corpus, split: str, cond_of_song, tables=None,
-                song_cache: float = 0.0) -> dict:
-    """Nats per predicted step of ``model`` (or a mixture: see ``step_nll``; blended with the song cache of
-    weight ``song_cache``), the best n-gram and both baselines on ``split`` of ``encoded`` (fitted on the
-    train split of ``fit_corpus``)."""
+def step_report(model, rep, encoded, fit_corpus, split: str, cond_of_song, tables=None, song_cache=0.0,
+                ngram_blend: float = 0.0, fit_cache: bool = False) -> dict:
+    """Nats per predicted step of ``model`` (or a mixture: see ``step_nll``), mixed with the best n-gram of
+    weight ``ngram_blend`` and blended with the song cache of weight ``song_cache``, or with a cache whose
+    shares are fitted on the valid split of ``encoded`` (``fit_cache``); beside it the best n-gram (alone and
+    with the same kind of cache) and both baselines on ``split`` of ``encoded`` (fitted on the train split of
+    ``fit_corpus``)."""
     step_id = rep.step_token()
+    best, ngrams = fit_step_ngrams(fit_corpus, step_id)
+
+    def scored(part: str):
+        songs = split_songs(encoded, part)
+        ngram = mixture_logprobs(ngrams[best], songs, np.zeros(len(songs), np.int64), step_id)
+        mixed = mixture_logprobs(model, songs, np.asarray(cond_of_song)[encoded.ids(part)], step_id, tables=tables)
+        return blend_scored(mixed, ngram, ngram_blend), ngram
+
+    mixed, ngram = scored(split)
+    ngram_cache = song_cache
+    if fit_cache:
+        if not len(encoded.ids("valid")):
+            raise NotelmError("fitting the song cache needs valid songs in the corpus scored; it has none")
+        valid_mixed, valid_ngram = (mixed, ngram) if split == "valid" else scored("valid")
+        song_cache, ngram_cache = fit_song_cache(valid_mixed), fit_song_cache(valid_ngram)
     songs = split_songs(encoded, split)
-    ids = encoded.ids(split)
     rolls = [rep.roll(s) for s in songs]
     train_rolls = [rep.roll(s) for s in split_songs(fit_corpus, "train")]
-    best, ngrams = fit_step_ngrams(fit_corpus, step_id)
-    ngram = mixture_logprobs(ngrams[best], songs, np.zeros(len(songs), np.int64), step_id)
     report = {
         "split": split, "songs": len(songs), "steps": int(sum(max(len(r) - 1, 0) for r in rolls)),
-        "model": step_nll(model, songs, np.asarray(cond_of_song)[ids], step_id, tables=tables, song_cache=song_cache),
-        "song_cache": song_cache, "best_ngram": best, "ngram": nats_per_step(ngram, step_id),
+        "model": nats_per_step(mixed, step_id, song_cache), "ngram_blend": ngram_blend,
+        "song_cache": np.round(song_cache, 4).tolist() if fit_cache else song_cache,
+        "song_cache_fitted": fit_cache, "best_ngram": best, "ngram": nats_per_step(ngram, step_id),
         "bernoulli": bernoulli_nll(train_rolls, rolls), "markov": markov_nll(train_rolls, rolls),
     }
-    if song_cache:  # like for like: the n-gram with the same cache
-        report["ngram_song_cache"] = nats_per_step(ngram, step_id, song_cache)
+    if fit_cache or song_cache:  # like for like: the n-gram with the same kind of cache
+        report["ngram_song_cache"] = nats_per_step(ngram, step_id, ngram_cache)
     return report
 
 
+def cache_label(report: dict) -> str:
+    """The song cache a per-step report's model was blended with: '', ' + song cache 0.05', ..."""
+    if report.get("song_cache_fitted"):
+        return " + song cache fitted on valid"
+    return f" + song cache {report['song_cache']:g}" if report.get("song_cache") else ""
+
+
 def step_markdown(report: dict) -> str:
-    cached = f" + song cache {report['song_cache']:g}" if report.get("song_cache") else ""
+    cached = cache_label(report)
+    blended = (f" + {report['best_ngram']} {report['ngram_blend']:g}" if report.get("ngram_blend") else "") + cached
     return "\n".join([
         f"## Per time step (the piano-roll benchmark's metric): {report['split']} split, {report['songs']} "
         f"sequences, {report['steps']:,} predicted steps", "",
         "Negative log-likelihood of each time step given all earlier steps of its sequence, in nats, averaged "
         "over steps 2..T of every sequence (lower is better).", "",
         "| model | nats per step |", "|---|---:|",
-        f"| model{cached} | {report['model']:.3f} |",
+        f"| model{blended} | {report['model']:.3f} |",
         f"| best n-gram over the serialization ({report['best_ngram']}, chosen on valid) | {report['ngram']:.3f} |",
         *([f"| the same n-gram{cached} | {report['ngram_song_cache']:.3f} |"] if cached else []),
         f"| Bernoulli per key given the previous step | {report['markov']:.3f} |",
