@@ -84,7 +84,7 @@ from notelm.models import song_cache as cache
 from notelm.models.baselines import MajorityModel, StratifiedModel
 from notelm.models.ngram import NGramModel
 from notelm.names import plural
-from notelm.rollmetrics import cache_label, step_markdown, step_report
+from notelm.rollmetrics import blend_label, step_markdown, step_report
 from notelm.settings import Settings, setting
 
 NGRAM_ORDERS = (2, 3, 4, 5)  # per stream and joint
@@ -607,7 +607,7 @@ def evaluate(run_dir, options: EvalOptions | None = None, out_dir=None, progress
     log(summary_line(report, out_dir))
     if "per_step" in report:
         p = report["per_step"]
-        cached = f" ({cache_label(p)[3:]})" if cache_label(p) else ""
+        cached = f" ({blend_label(p)[3:]})" if blend_label(p) else ""
         ngram_cached = f" ({p['ngram_song_cache']:.3f} with the cache)" if "ngram_song_cache" in p else ""
         log(f"nats per time step ({p['split']}, steps 2..T): model{cached} {p['model']:.3f}, {p['best_ngram']} "
             f"{p['ngram']:.3f}{ngram_cached}, Bernoulli per key given the previous step {p['markov']:.3f}, "

@@ -247,9 +247,14 @@ def cache_label(report: dict) -> str:
     return f" + song cache {report['song_cache']:g}" if report.get("song_cache") else ""
 
 
+def blend_label(report: dict) -> str:
+    """What a per-step report's model was mixed and blended with: '', ' + ngram12 0.2 + song cache 0.05', ..."""
+    ngram = f" + {report['best_ngram']} {report['ngram_blend']:g}" if report.get("ngram_blend") else ""
+    return ngram + cache_label(report)
+
+
 def step_markdown(report: dict) -> str:
-    cached = cache_label(report)
-    blended = (f" + {report['best_ngram']} {report['ngram_blend']:g}" if report.get("ngram_blend") else "") + cached
+    cached, blended = cache_label(report), blend_label(report)
     return "\n".join([
         f"## Per time step (the piano-roll benchmark's metric): {report['split']} split, {report['songs']} "
         f"sequences, {report['steps']:,} predicted steps", "",
