@@ -242,7 +242,10 @@ def test_ctrl_c_prints_a_command_that_resumes(corpus, tmp_path):
     # see the first checkpoint (with 400, a CI run once sent it only after the last step)
     for o in TINY + ["train.steps=2000", "train.patience=1000"]:
         cmd += ["--set", o]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # a shell that starts this test in the background (cmd &) hands its children SIGINT ignored, and Python
+    # then never raises KeyboardInterrupt: give the child the default action back, as a terminal would
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while time.time() < deadline and not (run_dir / "checkpoint" / "config.json").exists():
         time.sleep(0.02)
