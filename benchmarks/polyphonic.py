@@ -13,14 +13,15 @@ optimizer steps each (the same on every machine).  Each run keeps the checkpoint
 the valid split.  notelm's model is the mixture of those checkpoints, each reading the sequence in its
 12 transpositions (``notelm evaluate RUN --ensemble RUN2 ... --transpose-average``): every token's
 probability is the mean of the components', so the metric stays exact.  The best n-gram joins that
-mixture with a weight from ``NGRAM_BLEND`` (``--ngram-blend A``: it remembers exact passages of the
-training songs, such as a chorale's stock cadences), and the result is blended with the song cache (what
-followed earlier occurrences of the same context in the same sequence, ``models/song_cache.py``): a weight
-``W`` per matched token from ``SONG_CACHE`` (``--song-cache W``), or a share per match length fitted on
-valid (``--song-cache-fit``).  The n-gram's weight and the cache are chosen together on valid.  The model
-is scored once on valid and once on test, in nats per predicted time step (steps 2..T of every sequence,
-given all earlier steps), beside the mixture with the best cache but no n-gram (``*_no_ngram``), the
-mixture alone (``*_no_cache``) and the first run alone (``*_single``).  Nothing is chosen on test.
+mixture with a weight from ``NGRAM_BLEND`` (``--ngram-blend A``: it holds the exact passages that recur
+across the training songs, up to 12 tokens long, and errs differently from the networks), and the result
+is blended with the song cache (what followed earlier occurrences of the same context in the same sequence,
+``models/song_cache.py``): a weight ``W`` per matched token from ``SONG_CACHE`` (``--song-cache W``), or a
+share per match length fitted on valid (``--song-cache-fit``).  The n-gram's weight and the cache are
+chosen together on valid.  The model is scored once on valid and once on test, in nats per predicted time
+step (steps 2..T of every sequence, given all earlier steps), beside the mixture with the best cache but
+no n-gram (``*_no_ngram``), the mixture alone (``*_no_cache``) and the first run alone (``*_single``).
+Nothing is chosen on test.
 
 Each set's result goes to ``WORK/SET/result.json`` and a set already done is not trained again
 (``--force``: again; a run already trained is kept), so the sets can run one at a time.  The last line is
@@ -147,36 +148,36 @@ def train_and_score(name: str, corpus: Path, work: Path, steps: int, seeds: int,
 
     def score(mixed, choice, reach):
         weight = cache_of(choice)
-        return nats_per_step(mixed, step_id, weight, reach[bool(np.ndim(weight))])
+        return nats_per_step(mixed, step_id, weight, reach[song_cache.context_of(weight)])
 
     for split in ("valid", "test") if test else ("valid",):
         songs = split_songs(encoded, split)
         conds = cond[encoded.ids(split)]
         scored = mixture_logprobs(models, songs, conds, step_id, tables=tables)
         # the cache's side depends on the songs alone: found once per reach, blended with every candidate
-        reach = {False: cache_targets(scored, song_cache.MAX_CONTEXT),
-                 True: cache_targets(scored, song_cache.FITTED_CONTEXT)}
+        reach = {n: cache_targets(scored, n) for n in (song_cache.MAX_CONTEXT, song_cache.FITTED_CONTEXT)}
         if split == "valid":  # the n-gram's weight and the cache are chosen here, once
             by_choice = {}
             for blend in NGRAM_BLEND:
                 mixed = blend_scored(scored, ngram[split], blend)
-                shares[blend] = fit_song_cache(mixed, reach[True])
+                shares[blend] = fit_song_cache(mixed, reach[song_cache.FITTED_CONTEXT])
                 for weight in (*SONG_CACHE, "fit"):
                     by_choice[blend, weight] = score(mixed, (blend, weight), reach)
             best = min(by_choice, key=by_choice.get)
             no_ngram = min((c for c in by_choice if c[0] == 0), key=by_choice.get)
             out.update(ngram_blend=best[0], song_cache=best[1], valid=by_choice[best],
                        valid_no_cache=by_choice[0, 0.0], valid_no_ngram=by_choice[no_ngram])
+            ngram_cache = best[1]
             if best[1] == "fit":
                 out["song_cache_shares"] = np.round(shares[best[0]], 4).tolist()
-            ngram_cache = fit_song_cache(ngram[split], reach[True]) if best[1] == "fit" else best[1]
+                ngram_cache = fit_song_cache(ngram[split], reach[song_cache.FITTED_CONTEXT])
         else:
             out["model"] = score(blend_scored(scored, ngram[split], best[0]), best, reach)
             out["model_no_cache"] = nats_per_step(scored, step_id)
             out["model_no_ngram"] = score(scored, no_ngram, reach)
             if best[1]:  # like for like: the n-gram alone with the same kind of cache
                 out["ngram_song_cache"] = nats_per_step(ngram[split], step_id, ngram_cache,
-                                                        reach[bool(np.ndim(ngram_cache))])
+                                                        reach[song_cache.context_of(ngram_cache)])
         out["single" if split == "test" else "single_valid"] = step_nll(models[0], songs, conds, step_id)
     return out
 

@@ -224,19 +224,22 @@ def step_report(model, rep, encoded, fit_corpus, split: str, cond_of_song, table
         if not len(encoded.ids("valid")):
             raise NotelmError("fitting the song cache needs valid songs in the corpus scored; it has none")
         valid_mixed, valid_ngram = (mixed, ngram) if split == "valid" else scored("valid")
-        song_cache, ngram_cache = fit_song_cache(valid_mixed), fit_song_cache(valid_ngram)
+        valid_cached = cache_targets(valid_mixed, cache.FITTED_CONTEXT)
+        song_cache, ngram_cache = fit_song_cache(valid_mixed, valid_cached), fit_song_cache(valid_ngram, valid_cached)
+    # the cache's side depends on the songs alone: found once for the model and the n-gram
+    cached = cache_targets(mixed, cache.context_of(song_cache)) if fit_cache or song_cache else None
     songs = split_songs(encoded, split)
     rolls = [rep.roll(s) for s in songs]
     train_rolls = [rep.roll(s) for s in split_songs(fit_corpus, "train")]
     report = {
         "split": split, "songs": len(songs), "steps": int(sum(max(len(r) - 1, 0) for r in rolls)),
-        "model": nats_per_step(mixed, step_id, song_cache), "ngram_blend": ngram_blend,
+        "model": nats_per_step(mixed, step_id, song_cache, cached), "ngram_blend": ngram_blend,
         "song_cache": np.round(song_cache, 4).tolist() if fit_cache else song_cache,
         "song_cache_fitted": fit_cache, "best_ngram": best, "ngram": nats_per_step(ngram, step_id),
         "bernoulli": bernoulli_nll(train_rolls, rolls), "markov": markov_nll(train_rolls, rolls),
     }
     if fit_cache or song_cache:  # like for like: the n-gram with the same kind of cache
-        report["ngram_song_cache"] = nats_per_step(ngram, step_id, ngram_cache)
+        report["ngram_song_cache"] = nats_per_step(ngram, step_id, ngram_cache, cached)
     return report
 
 
