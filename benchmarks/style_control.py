@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/style_control.py RUN_DIR [--corpus CORPUS] [--pieces 16] [--length 256]
                                                  [--guidance G] [--top-p P] [--temperature T]
-                                                 [--smoothing-floor F] [--quick]
+                                                 [--smoothing-floor F] [--whole] [--quick]
 
 For every style S the model is conditioned on (the collections of its corpus),
 ``--pieces`` pieces of ``--length`` events are sampled with ``--condition S``
@@ -22,6 +22,11 @@ style.  The table has a row per generated style and a column per real style:
 style control works where each row's largest value is on the diagonal.  Beside
 it: the n-gram's samples against their own style, and the real valid songs of
 each style against its test songs (how close two real sets of one style are).
+
+Styles without test songs are left out.  With ``--whole``, or for a model that
+knows fewer than two of the corpus's styles (one trained on one collection),
+there is one set, the whole corpus, sampled without a condition: a 1x1 table,
+the model's samples against the n-gram's.
 
 The copy check: for every sampled piece, the longest run of whole events it
 shares with any training song of the corpus (``metrics.CorpusIndex``).
@@ -48,6 +53,7 @@ from notelm import notes as nt
 from notelm.checkpoint import load_model
 from notelm.config import SamplingConfig
 from notelm.encoding import from_vocab, load_or_encode
+from notelm.encoding.vocab import UNCONDITIONED
 from notelm.evaluate import event_ids, fit_models, read_run, score_model, song_targets, songs_of
 from notelm.generate import sample
 from notelm.metrics import TIME_BIN_EDGES, CorpusIndex
@@ -57,6 +63,7 @@ HISTOGRAMS = ("pitch class", "duration", "inter-onset", "polyphony")
 MAX_CHORD = 8
 ORDERS = (2, 3, 4, 5)
 CHOOSE_ON_SONGS = 30  # valid songs per style the n-gram is chosen on (enough to rank orders)
+WHOLE = "all"  # the label of the one set of --whole: the whole corpus
 
 
 def histograms(notes: nt.Notes) -> dict[str, np.ndarray]:
@@ -129,6 +136,9 @@ def main(argv=None) -> int:
                     help="temperature of both sets of samples (default: generate's)")
     ap.add_argument("--smoothing-floor", type=float, default=None,
                     help="the floor a label-smoothed model's samples take back (default: generate's, the model's own)")
+    ap.add_argument("--whole", action="store_true",
+                    help="one set: the whole corpus, sampled without a condition (the default for a model that "
+                         "knows fewer than two of its styles)")
     ap.add_argument("--quick", action="store_true", help="4 pieces of 64 events per style")
     a = ap.parse_args(argv)
     if a.quick:
@@ -138,20 +148,22 @@ def main(argv=None) -> int:
     vocab = model.vocab
     corpus = a.corpus or read_run(a.run).get("corpus")
     encoded = load_or_encode(corpus, vocab.representation, vocab.config, condition=vocab.condition_label)
-    styles = [s for s in vocab.conditions if s in encoded.vocab.conditions]
-    if len(styles) < 2:
-        print(f"style_control: the model knows {len(styles)} style(s) of {corpus}; needs 2 or more", file=sys.stderr)
-        return 1
+    test = encoded.ids("test")
+    styles = [s for s in vocab.conditions if s in encoded.vocab.conditions and songs_of(encoded, s)[test].any()]
+    whole = a.whole or len(styles) < 2  # e.g. a model of one collection: against the whole corpus, no condition
+    if whole:
+        styles = [WHOLE]
     rep = from_vocab(vocab)
     cfg = SamplingConfig(seed=0, guidance=a.guidance, top_p=a.top_p, temperature=a.temperature,
                          smoothing_floor=a.smoothing_floor).validate()
     real, valid, generated, ngram_sets, pieces = {}, {}, {}, {}, {"model": [], "ngram": []}
     for style in styles:
-        only = songs_of(encoded, style)
-        test, valid_ids = encoded.ids("test"), encoded.ids("valid")
+        only = np.ones(len(encoded.offsets) - 1, bool) if whole else songs_of(encoded, style)
+        cond = UNCONDITIONED if whole else vocab.condition_id(style)
+        valid_ids = encoded.ids("valid")
         real[style] = set_histograms(real_pieces(encoded, test[only[test]], a.length)[0])
         valid[style] = set_histograms(real_pieces(encoded, valid_ids[only[valid_ids]], a.length)[0])
-        batch = sample(model, a.pieces, a.length, cond=vocab.condition_id(style), cfg=cfg)
+        batch = sample(model, a.pieces, a.length, cond=cond, cfg=cfg)
         generated[style] = set_histograms([rep.decode(p.streams) for p in batch])
         name, ngram = best_ngram(encoded, only)
         ngram_batch = sample(ngram, a.pieces, a.length, cfg=replace(cfg, smoothing_floor=None))  # its own: none

@@ -9,11 +9,13 @@
    ``transformer`` presets (events representation, the presets' batch size and
    context): the training step of ``notelm train`` (forward, loss, backward,
    clipping, AdamW), fp32 and bf16 blocks alternating so that both see the same
-   machine load; the median of the rounds.
+   machine load; targets/s are the median of the rounds, the ratio the median
+   of the rounds' ratios (a round's two blocks run a minute apart at most).
 
     python benchmarks/train_throughput.py           # piano_midi_de
     python benchmarks/train_throughput.py --quick   # under a minute
     python benchmarks/train_throughput.py --precision-only --profile 25   # where a step's time goes
+    python benchmarks/train_throughput.py --precision-only --presets transformer --set model.hidden=256
 
 The last line is one JSON object with the figures.
 """
@@ -57,17 +59,19 @@ def timed_steps(step, warmup: int, steps: int) -> float:
     return (time.perf_counter() - t) / steps
 
 
-def preset_step(encoded, preset: str, precision: str, seed: int = 0):
-    """One ``notelm train`` step of a preset (events representation) as a function, and its targets per step."""
+def preset_step(encoded, preset: str, precision: str, seed: int = 0, overrides=()):
+    """One ``notelm train`` step of a preset (events representation; ``overrides``: ``section.key=value``
+    as ``notelm train --set``) as a function, and its targets per step."""
     from notelm.config import load_config
     from notelm.data import CropSampler
     from notelm.models import build_model
     from notelm.precision import autocast
     from notelm.train import _optimizer, batch_loss
 
-    cfg = load_config(preset).train
+    run = load_config(preset, overrides)
+    cfg = run.train
     torch.manual_seed(seed)
-    model = build_model(encoded.vocab, load_config(preset).model)
+    model = build_model(encoded.vocab, run.model)
     rng = np.random.default_rng(seed)
     model.net.use_rng(rng)
     model.net.train()
@@ -91,16 +95,19 @@ def preset_step(encoded, preset: str, precision: str, seed: int = 0):
     return step, cfg.batch_size * cfg.context
 
 
-def precision_throughput(encoded, preset: str, rounds: int, steps: int, profile: int = 0) -> dict:
+def precision_throughput(encoded, preset: str, rounds: int, steps: int, profile: int = 0, overrides=()) -> dict:
     """Targets/s of a preset in fp32 and in bf16 (median of ``rounds`` alternating blocks of ``steps`` steps)."""
-    runs = {p: preset_step(encoded, preset, p) for p in ("fp32", "bf16")}
+    runs = {p: preset_step(encoded, preset, p, overrides=overrides) for p in ("fp32", "bf16")}
     rates = {p: [] for p in runs}
     for _ in range(rounds):
         for precision, (step, targets) in runs.items():
-            rates[precision].append(targets / timed_steps(step, 2, steps))
+            rates[precision].append(targets / timed_steps(step, 1, steps))
     out = {p: float(np.median(r)) for p, r in rates.items()}
+    # the ratio of each round's two adjacent blocks, then the median: the machine's speed drifts by
+    # a third from minute to minute on a shared host, and a round's two blocks see the same drift
+    ratio = float(np.median(np.array(rates["bf16"]) / np.array(rates["fp32"])))
     print(f"{preset:<12} fp32 {out['fp32']:>9,.0f}  bf16 {out['bf16']:>9,.0f} targets/s  "
-          f"bf16/fp32 {out['bf16'] / out['fp32']:.2f}x   (rounds: "
+          f"bf16/fp32 {ratio:.2f}x   (rounds: "
           f"{', '.join(f'{a:,.0f}/{b:,.0f}' for a, b in zip(rates['fp32'], rates['bf16']))})", flush=True)
     if profile:
         from torch.profiler import ProfilerActivity
@@ -114,7 +121,7 @@ def precision_throughput(encoded, preset: str, rounds: int, steps: int, profile:
             print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=profile))
     return {f"{preset}_fp32_targets_per_s": round(out["fp32"], 1),
             f"{preset}_bf16_targets_per_s": round(out["bf16"], 1),
-            f"{preset}_bf16_vs_fp32": round(out["bf16"] / out["fp32"], 2)}
+            f"{preset}_bf16_vs_fp32": round(ratio, 2)}
 
 
 def main(argv=None) -> dict:
@@ -122,10 +129,13 @@ def main(argv=None) -> dict:
     ap.add_argument("--corpus", help="a prepared corpus (default: prepare piano_midi_de into a temp dir)")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--window", type=int, default=32)
-    ap.add_argument("--steps", type=int, default=None, help="timed steps per scheme (default 20; 6 with --quick)")
-    ap.add_argument("--rounds", type=int, default=None, help="fp32/bf16 rounds per preset (default 3; 1 with --quick)")
+    ap.add_argument("--steps", type=int, default=None,
+                    help="timed steps per scheme, and per precision in a round (default 20; 6 with --quick)")
+    ap.add_argument("--rounds", type=int, default=None, help="fp32/bf16 rounds per preset (default 7; 1 with --quick)")
     ap.add_argument("--presets", default="lstm,transformer", help="presets timed in fp32 and bf16")
     ap.add_argument("--precision-only", action="store_true", help="skip the windows-vs-crops comparison")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                    help="change every timed preset as `notelm train --set` does (e.g. model.hidden=256)")
     ap.add_argument("--profile", type=int, default=0, metavar="N", help="also print the N costliest ops per precision")
     ap.add_argument("--quick", action="store_true")
     a = ap.parse_args(argv)
@@ -146,7 +156,8 @@ def main(argv=None) -> dict:
         encoded = load_or_encode(corpus, "events", {"velocity_bins": 8})
         print(f"fp32 vs bf16 autocast, {steps} timed steps per round, {torch.get_num_threads()} threads")
         for preset in a.presets.split(","):
-            result.update(precision_throughput(encoded, preset, a.rounds or (1 if a.quick else 3), steps, a.profile))
+            result.update(precision_throughput(encoded, preset, a.rounds or (1 if a.quick else 7), steps, a.profile,
+                                               a.overrides))
     print(json.dumps(result))
     return result
 
