@@ -146,23 +146,30 @@ def train_and_score(name: str, corpus: Path, work: Path, steps: int, seeds: int,
         blend, weight = choice
         return shares[blend] if weight == "fit" else weight
 
-    def score(mixed, choice, reach):
+    def score(mixed, choice, targets):
         weight = cache_of(choice)
-        return nats_per_step(mixed, step_id, weight, reach[song_cache.context_of(weight)])
+        return nats_per_step(mixed, step_id, weight, targets(song_cache.context_of(weight)))
 
     for split in ("valid", "test") if test else ("valid",):
         songs = split_songs(encoded, split)
         conds = cond[encoded.ids(split)]
         scored = mixture_logprobs(models, songs, conds, step_id, tables=tables)
-        # the cache's side depends on the songs alone: found once per reach, blended with every candidate
-        reach = {n: cache_targets(scored, n) for n in (song_cache.MAX_CONTEXT, song_cache.FITTED_CONTEXT)}
+        # the cache's side depends on the songs alone: found once per reach (when first needed), blended with
+        # every candidate
+        reach = {}
+
+        def targets(n, scored=scored, reach=reach):
+            if n not in reach:
+                reach[n] = cache_targets(scored, n)
+            return reach[n]
+
         if split == "valid":  # the n-gram's weight and the cache are chosen here, once
             by_choice = {}
             for blend in NGRAM_BLEND:
                 mixed = blend_scored(scored, ngram[split], blend)
-                shares[blend] = fit_song_cache(mixed, reach[song_cache.FITTED_CONTEXT])
+                shares[blend] = fit_song_cache(mixed, targets(song_cache.FITTED_CONTEXT))
                 for weight in (*SONG_CACHE, "fit"):
-                    by_choice[blend, weight] = score(mixed, (blend, weight), reach)
+                    by_choice[blend, weight] = score(mixed, (blend, weight), targets)
             best = min(by_choice, key=by_choice.get)
             no_ngram = min((c for c in by_choice if c[0] == 0), key=by_choice.get)
             out.update(ngram_blend=best[0], song_cache=best[1], valid=by_choice[best],
@@ -170,14 +177,14 @@ def train_and_score(name: str, corpus: Path, work: Path, steps: int, seeds: int,
             ngram_cache = best[1]
             if best[1] == "fit":
                 out["song_cache_shares"] = np.round(shares[best[0]], 4).tolist()
-                ngram_cache = fit_song_cache(ngram[split], reach[song_cache.FITTED_CONTEXT])
+                ngram_cache = fit_song_cache(ngram[split], targets(song_cache.FITTED_CONTEXT))
         else:
-            out["model"] = score(blend_scored(scored, ngram[split], best[0]), best, reach)
+            out["model"] = score(blend_scored(scored, ngram[split], best[0]), best, targets)
             out["model_no_cache"] = nats_per_step(scored, step_id)
-            out["model_no_ngram"] = score(scored, no_ngram, reach)
+            out["model_no_ngram"] = score(scored, no_ngram, targets)
             if best[1]:  # like for like: the n-gram alone with the same kind of cache
                 out["ngram_song_cache"] = nats_per_step(ngram[split], step_id, ngram_cache,
-                                                        reach[song_cache.context_of(ngram_cache)])
+                                                        targets(song_cache.context_of(ngram_cache)))
         out["single" if split == "test" else "single_valid"] = step_nll(models[0], songs, conds, step_id)
     return out
 

@@ -418,6 +418,11 @@ def test_evaluate_mixes_in_the_ngram_and_fits_the_song_cache_on_valid_for_the_pe
     assert report["ngram_song_cache"] == pytest.approx(
         nats_per_step(test_ngram, STEP_ID, fit_song_cache(valid_ngram)), rel=1e-5)
     assert f"| model + {best} 0.2 + song cache fitted on valid |" in (tmp_path / "eval" / "evaluation.md").read_text()
+    on_valid = evaluate(tmp_path / "run", EvalOptions(split="valid", ngram_blend=0.2, song_cache_fit=True),
+                        tmp_path / "eval_valid", progress=False, log=quiet)["per_step"]  # fitted and scored on valid
+    assert on_valid["model"] == pytest.approx(nats_per_step(valid, STEP_ID, shares), rel=1e-5)
+    assert on_valid["ngram_song_cache"] == pytest.approx(
+        nats_per_step(valid_ngram, STEP_ID, fit_song_cache(valid_ngram)), rel=1e-5)
     with pytest.raises(NotelmError, match="--song-cache-fit .* no --song-cache beside it"):
         evaluate(tmp_path / "run", EvalOptions(song_cache=0.1, song_cache_fit=True), tmp_path / "x", progress=False,
                  log=quiet)

@@ -607,7 +607,8 @@ def evaluate(run_dir, options: EvalOptions | None = None, out_dir=None, progress
     log(summary_line(report, out_dir))
     if "per_step" in report:
         p = report["per_step"]
-        cached = f" ({blend_label(p)[3:]})" if blend_label(p) else ""
+        label = blend_label(p).removeprefix(" + ")
+        cached = f" ({label})" if label else ""
         ngram_cached = f" ({p['ngram_song_cache']:.3f} with the cache)" if "ngram_song_cache" in p else ""
         log(f"nats per time step ({p['split']}, steps 2..T): model{cached} {p['model']:.3f}, {p['best_ngram']} "
             f"{p['ngram']:.3f}{ngram_cached}, Bernoulli per key given the previous step {p['markov']:.3f}, "

@@ -219,15 +219,16 @@ def step_report(model, rep, encoded, fit_corpus, split: str, cond_of_song, table
         return blend_scored(mixed, ngram, ngram_blend), ngram
 
     mixed, ngram = scored(split)
-    ngram_cache = song_cache
+    ngram_cache, cached = song_cache, None  # cached: the cache's side of the split (the songs alone decide it)
     if fit_cache:
         if not len(encoded.ids("valid")):
             raise NotelmError("fitting the song cache needs valid songs in the corpus scored; it has none")
         valid_mixed, valid_ngram = (mixed, ngram) if split == "valid" else scored("valid")
         valid_cached = cache_targets(valid_mixed, cache.FITTED_CONTEXT)
         song_cache, ngram_cache = fit_song_cache(valid_mixed, valid_cached), fit_song_cache(valid_ngram, valid_cached)
-    # the cache's side depends on the songs alone: found once for the model and the n-gram
-    cached = cache_targets(mixed, cache.context_of(song_cache)) if fit_cache or song_cache else None
+        cached = valid_cached if split == "valid" else None
+    if cached is None and (fit_cache or song_cache):  # found once for the model and the n-gram
+        cached = cache_targets(mixed, cache.context_of(song_cache))
     songs = split_songs(encoded, split)
     rolls = [rep.roll(s) for s in songs]
     train_rolls = [rep.roll(s) for s in split_songs(fit_corpus, "train")]
