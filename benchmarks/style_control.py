@@ -2,11 +2,11 @@
 
     .venv/bin/python benchmarks/style_control.py RUN_DIR [--corpus CORPUS] [--pieces 16] [--length 256]
                                                  [--guidance G] [--top-p P] [--temperature T]
-                                                 [--smoothing-floor F] [--whole] [--quick]
+                                                 [--smoothing-floor F] [--whole] [--seed S] [--quick]
 
 For every style S the model is conditioned on (the collections of its corpus),
 ``--pieces`` pieces of ``--length`` events are sampled with ``--condition S``
-(default sampling settings, seed 0; ``--guidance``, ``--top-p`` and
+(default sampling settings, seed 0 or ``--seed``; ``--guidance``, ``--top-p`` and
 ``--temperature`` and ``--smoothing-floor`` as ``notelm generate``'s; the n-gram samples with the same
 top-p and temperature), and the same number from the best n-gram
 fitted on S's train songs alone (the n-gram with the lowest bits on S's valid
@@ -139,6 +139,8 @@ def main(argv=None) -> int:
     ap.add_argument("--whole", action="store_true",
                     help="one set: the whole corpus, sampled without a condition (the default for a model that "
                          "knows fewer than two of its styles)")
+    ap.add_argument("--seed", type=int, default=0, help="sampling seed of the model's and the n-gram's pieces "
+                    "(another seed: how much a row moves with the pieces drawn)")
     ap.add_argument("--quick", action="store_true", help="4 pieces of 64 events per style")
     a = ap.parse_args(argv)
     if a.quick:
@@ -154,7 +156,7 @@ def main(argv=None) -> int:
     if whole:
         styles = [WHOLE]
     rep = from_vocab(vocab)
-    cfg = SamplingConfig(seed=0, guidance=a.guidance, top_p=a.top_p, temperature=a.temperature,
+    cfg = SamplingConfig(seed=a.seed, guidance=a.guidance, top_p=a.top_p, temperature=a.temperature,
                          smoothing_floor=a.smoothing_floor).validate()
     real, valid, generated, ngram_sets, pieces = {}, {}, {}, {}, {"model": [], "ngram": []}
     for style in styles:
@@ -179,8 +181,8 @@ def main(argv=None) -> int:
                     for s in styles}
     copies = _copy_check(encoded, pieces)
     _print_tables(styles, table, ngram_sets, ngram_own, valid_own, by_histogram, copies, a)
-    result = {"styles": styles, "pieces": a.pieces, "length": a.length, "guidance": a.guidance, "top_p": a.top_p,
-              "temperature": a.temperature, "smoothing_floor": a.smoothing_floor,
+    result = {"styles": styles, "pieces": a.pieces, "length": a.length, "seed": a.seed, "guidance": a.guidance,
+              "top_p": a.top_p, "temperature": a.temperature, "smoothing_floor": a.smoothing_floor,
               "table": table,
               "diagonal_wins": sum(max(table[s], key=table[s].get) == s for s in styles),
               "beats_ngram": sum(table[s][s] > ngram_own[s] for s in styles), "ngram_own": ngram_own,

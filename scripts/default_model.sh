@@ -5,7 +5,8 @@
 #
 # 1. one corpus per collection, each named on the command line, then merged (about 3 minutes: music21
 #    parses the chorales; the MIDI collections take seconds)
-# 2. train configs/default.toml (6,000 steps: about 31 minutes alone on 2 cores with bf16; train.time_limit caps it at an hour)
+# 2. train configs/default.toml (6,000 steps: about 31 minutes alone on 2 idle cores with bf16; train.time_limit cuts
+#    it at an hour, and running the script again finishes the steps)
 # 3. evaluate on each collection's test split beside the n-grams fitted on that collection's train split
 # 4. the 4x4 style table and the copy check (benchmarks/style_control.py)
 # 5. copy the best checkpoint into the package as float16 (scripts/ship_default_model.py)
@@ -26,7 +27,7 @@ done
 
 RUN=$WORK/runs/default
 if [ -e "$RUN/checkpoint/config.json" ]; then
-    $NOTELM train "$WORK/corpus/all4" -o "$RUN" --resume
+    $NOTELM train "$WORK/corpus/all4" -o "$RUN" --resume --set train.time_limit=0  # a run cut by the cap finishes its steps
 else
     $NOTELM train "$WORK/corpus/all4" --config default -o "$RUN"
 fi

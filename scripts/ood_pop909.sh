@@ -16,7 +16,7 @@ NOTELM=${NOTELM:-notelm}
     "$WORK/corpus/nottingham" -o "$WORK/corpus/no_pop909"
 RUN=$WORK/runs/ood_pop909
 if [ -e "$RUN/checkpoint/config.json" ]; then
-    $NOTELM train "$WORK/corpus/no_pop909" -o "$RUN" --resume
+    $NOTELM train "$WORK/corpus/no_pop909" -o "$RUN" --resume --set train.time_limit=0  # a run cut by the cap finishes its steps
 else
     $NOTELM train "$WORK/corpus/no_pop909" --config default -o "$RUN" ${STEPS:+--set "train.steps=$STEPS"}
 fi

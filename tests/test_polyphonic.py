@@ -349,7 +349,43 @@ def test_start_crops_begin_that_share_of_crops_at_the_first_event_of_their_song(
     at_start = tokens[:, 0, 0] == offsets[songs]
     # a quarter chosen to begin there, plus the 1 in ~940 / ~2940 that a uniform start puts there anyway
     assert at_start.mean() == pytest.approx(0.25 + 0.75 * (0.25 / 937 + 0.75 / 2937), abs=0.01)
-    assert np.bincount(songs, minlength=2)[1] / 20000 == pytest.approx(2937 / (937 + 2937), abs=0.01)
+    # uniform crops already open every song equally often, so the start crops go half to each song
+    assert np.bincount(songs[at_start], minlength=2) / at_start.sum() == pytest.approx([0.5, 0.5], abs=0.02)
+    assert np.bincount(songs, minlength=2)[1] / 20000 == pytest.approx(0.75 * 2937 / (937 + 2937) + 0.125, abs=0.01)
+
+
+def test_opening_weights_fill_the_songs_that_open_least_up_to_one_level():
+    from notelm.data import opening_weights
+
+    # natural openings 0.5 * (0.5 / 1, 0.5 / 10) = 0.25, 0.025; the budget 0.5 lifts both to (0.5 + 0.275) / 2
+    extra = opening_weights(np.array([0.5, 0.5]), np.array([1, 10]), np.zeros(2, int), 0.5)
+    assert extra == pytest.approx([0.3875 - 0.25, 0.3875 - 0.025])
+    # a small budget lifts only the song that opens least, and not past the other
+    extra = opening_weights(np.array([0.5, 0.5]), np.array([1, 10]), np.zeros(2, int), 0.1)
+    assert extra == pytest.approx([0.0, 0.1])
+    # each label spends its own part of the budget: label 1 has 3/4 of the chance, so 3/4 of the start crops
+    extra = opening_weights(np.array([0.125, 0.125, 0.75]), np.array([1, 1, 4]), np.array([0, 0, 1]), 0.4)
+    assert extra[:2].sum() == pytest.approx(0.1) and extra[2] == pytest.approx(0.3)
+    assert extra[0] == pytest.approx(extra[1])
+
+
+def test_start_crops_drawn_by_length_open_a_short_and_a_long_song_equally_often():
+    from notelm.data import CropSampler, crop_weights
+
+    # crops of 257 events, drawn by length: the 200-event song is always cropped from its first event, the
+    # 300-event one from any of 44 starts; without start crops the short one opens 30 times as often
+    lengths = np.array([200, 300, 300])
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    weights = crop_weights("by_length", lengths, np.zeros(3, int))
+    opens = {}
+    for share in (0.0, 0.5):
+        sampler = CropSampler([np.arange(offsets[-1])], offsets, np.arange(3), 257, song_weights=weights,
+                              start_share=share)
+        tokens, songs = sampler.sample(np.random.default_rng(0), 40000)
+        opens[share] = np.bincount(songs[tokens[:, 0, 0] == offsets[songs]], minlength=3) / 40000
+    assert opens[0.0][0] / opens[0.0][1] == pytest.approx(200 / 300 * 44, rel=0.15)
+    assert opens[0.5] == pytest.approx(np.full(3, opens[0.5].mean()), rel=0.05)
+    assert opens[0.5].sum() == pytest.approx(0.5 + 0.5 * (200 + 600 / 44) / 800, abs=0.01)
 
 
 def test_evaluate_ensemble_scores_the_mixture_and_refuses_a_run_of_another_corpus(tiny, tmp_path):

@@ -91,8 +91,9 @@ class TrainConfig(Settings):
                                           "most) or 'like_train' (the way train.crops draws the training crops)",
                                choices=("uniform", "like_train"))
     start_crops: float = setting(0.0, "share of training crops that begin at their song's first event (the rest "
-                                      "begin anywhere): how pieces open, learned from every collection, not only "
-                                      "from its short songs", minimum=0.0, maximum=1.0)
+                                      "begin anywhere), given to the songs that open least, so that every song of "
+                                      "a condition label opens about equally often: how pieces open, learned from "
+                                      "every song, not mostly from the short ones", minimum=0.0, maximum=1.0)
     split: str = setting("song", "'song': train/valid/test by song; 'window': the original's random split of "
                                  "windows (it leaks: neighbouring windows overlap)", choices=("song", "window"))
     time_limit: float = setting(0.0, "a safety cap: seconds of training after which the run stops even if "

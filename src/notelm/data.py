@@ -31,10 +31,14 @@ class CropSampler:
     ``song_weights`` are given: then a song is drawn with the chance of its
     weight, then one of its crops (see ``crop_weights``).  Songs shorter than a
     crop give one crop padded with PAD.
+
+    ``start_share`` of the crops begin at their song's first event (BOS), the songs of
+    these drawn so that every song of a label opens about equally often (``opening_weights``).
     """
 
     def __init__(self, streams: list[np.ndarray], offsets: np.ndarray, songs: np.ndarray, length: int,
-                 windows: np.ndarray | None = None, song_weights: np.ndarray | None = None, start_share: float = 0.0):
+                 windows: np.ndarray | None = None, song_weights: np.ndarray | None = None, start_share: float = 0.0,
+                 labels: np.ndarray | None = None):
         self.streams, self.length = streams, length
         self.start_share = start_share  # this share of crops begins at its song's first event
         self.windows = windows  # if given, only these window indices are ever drawn
@@ -46,6 +50,12 @@ class CropSampler:
         n_starts = np.maximum(self.end - self.start - length + 1, 1)
         self.cum = np.concatenate([[0], np.cumsum(n_starts)])
         self.cum_weight = None if song_weights is None else np.concatenate([[0], np.cumsum(song_weights)])
+        self.cum_opening = None
+        if start_share and windows is None:
+            chance = (n_starts if song_weights is None else np.asarray(song_weights, np.float64)).astype(np.float64)
+            labels = np.zeros(len(self.songs), np.int64) if labels is None else np.asarray(labels)
+            extra = opening_weights(chance / chance.sum(), n_starts, labels, start_share)
+            self.cum_opening = np.concatenate([[0], np.cumsum(extra)])
 
     @property
     def n_windows(self) -> int:
@@ -61,11 +71,12 @@ class CropSampler:
             window = self.cum[k] + (rng.random(batch) * (self.cum[k + 1] - self.cum[k])).astype(np.int64)
         else:
             window = rng.integers(0, self.n_windows, batch)
-        if self.start_share:
+        if self.cum_opening is not None:
             # a long song's first events are in few of its crops: without these, a model sees how pieces
             # begin almost only in the short songs, and writes their openings in every style
-            k = np.searchsorted(self.cum, window, side="right") - 1
-            window = np.where(rng.random(batch) < self.start_share, self.cum[k], window)
+            song = np.searchsorted(self.cum_opening, rng.random(batch) * self.cum_opening[-1], side="right") - 1
+            song = np.minimum(song, len(self.songs) - 1)
+            window = np.where(rng.random(batch) < self.start_share, self.cum[song], window)
         return self.at(window)
 
     def at(self, window: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -97,6 +108,32 @@ def crop_weights(mode: str, lengths: np.ndarray, labels: np.ndarray) -> np.ndarr
     _, label = np.unique(labels, return_inverse=True)
     total = np.bincount(label, weights=lengths)
     return lengths / np.sqrt(np.maximum(total[label], 1.0))
+
+
+def opening_weights(chance: np.ndarray, n_starts: np.ndarray, labels: np.ndarray, share: float) -> np.ndarray:
+    """Each song's chance of giving a start crop, so that songs of a label open as equally often as ``share`` allows.
+
+    A crop that begins at a song's first event teaches how a piece opens.  Drawn like the other crops (a song
+    with ``chance``, then one of its ``n_starts`` crops), a song opens with the chance ``chance / n_starts``:
+    with crops drawn by length, a tune of 200 events (one crop) opens 30 times as often as one of 300 (44
+    crops), and a model samples openings, and so whole pieces, mostly like the short songs.  Here the start
+    crops (``share`` of all crops; each label gets its part of them, ``share`` times its songs' ``chance``)
+    go to the songs that open least, until every song of the label opens equally often or the share is
+    spent (water filling: extra = max(level - natural, 0), the level set so the extras sum to the part).
+    """
+    natural = (1.0 - share) * chance / n_starts
+    extra = np.zeros(len(chance))
+    for label in np.unique(labels):
+        mine = np.flatnonzero(labels == label)
+        order = mine[np.argsort(natural[mine])]
+        low = natural[order]
+        budget = share * chance[mine].sum()
+        # with the k least-opening songs filled to one level: level_k = (budget + their natural sum) / k;
+        # the right k is the first whose level does not reach the next song's natural chance
+        level = (budget + np.cumsum(low)) / np.arange(1, len(low) + 1)
+        k = int(np.argmax(level <= np.append(low[1:], np.inf)))
+        extra[order] = np.maximum(level[k] - low, 0.0)
+    return extra
 
 
 def window_splits(n_windows: int, fractions=(0.8, 0.1, 0.1), seed: int = 1234) -> dict[str, np.ndarray]:

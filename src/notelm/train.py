@@ -390,7 +390,7 @@ def _batches(encoded, vocab, cfg: TrainConfig) -> Batches:
         lengths = np.diff(encoded.offsets)
         weights = crop_weights(cfg.crops, lengths[train_ids], cond_of_song[train_ids])
         sampler = CropSampler(streams, encoded.offsets, train_ids, length, song_weights=weights,
-                              start_share=cfg.start_crops)
+                              start_share=cfg.start_crops, labels=cond_of_song[train_ids])
         # like_train: uniform valid crops would judge checkpoints mostly on the longest valid songs
         valid_mode = cfg.crops if cfg.valid_crops == "like_train" else "uniform"
         valid = CropSampler(streams, encoded.offsets, valid_ids, length,
