@@ -35,7 +35,8 @@ Prints the tables and, last, one JSON line: ``table`` (generated style -> real
 style -> overlap), ``diagonal_wins`` (rows whose best column is their own style),
 ``beats_ngram`` (styles where the model's own-style overlap is above the
 n-gram's), ``own_by_histogram`` (style -> model / n-gram -> each histogram's own-style
-overlap: where a gap comes from), ``copy_max`` / ``copy_median`` (model pieces), ``ngram_copy_max``.
+overlap: where a gap comes from), ``copy_max`` / ``copy_median`` (model pieces), ``ngram_copy_max``,
+``copy_max_by_style`` (model pieces, the longest run per style).
 """
 
 from __future__ import annotations
@@ -188,6 +189,7 @@ def main(argv=None) -> int:
               "beats_ngram": sum(table[s][s] > ngram_own[s] for s in styles), "ngram_own": ngram_own,
               "valid_own": valid_own, "own_by_histogram": by_histogram, "copy_max": int(copies["model"].max()),
               "copy_median": float(np.median(copies["model"])), "ngram_copy_max": int(copies["ngram"].max()),
+              "copy_max_by_style": {s: int(r.max()) for s, r in zip(styles, np.split(copies["model"], len(styles)))},
               "seconds": round(time.perf_counter() - started, 1)}
     print(json.dumps(result))
     return 0
@@ -218,8 +220,10 @@ def _print_tables(styles, table, ngram_sets, ngram_own, valid_own, by_histogram,
         m, n = by_histogram[s]["model"], by_histogram[s]["ngram"]
         print(f"| {s} | " + " | ".join(f"{m[k]:.3f} ({n[k]:.3f})" for k in HISTOGRAMS) + " |")
     for name, runs in copies.items():
+        per_style = ", ".join(f"{s} {r.max()}" for s, r in zip(styles, np.split(runs, len(styles))))
         print(f"\ncopy check ({name}): longest run shared with a training song: max {runs.max()}, "
-              f"median {np.median(runs):g} events; pieces over 16: {int((runs > 16).sum())} of {len(runs)}")
+              f"median {np.median(runs):g} events; pieces over 16: {int((runs > 16).sum())} of {len(runs)}; "
+              f"longest by style: {per_style}")
 
 
 if __name__ == "__main__":
