@@ -181,7 +181,9 @@ def main(argv=None) -> int:
     by_histogram = {s: {"model": overlaps(generated[s], real[s]), "ngram": overlaps(ngram_sets[s][1], real[s])}
                     for s in styles}
     copies = _copy_check(encoded, pieces)
-    _print_tables(styles, table, ngram_sets, ngram_own, valid_own, by_histogram, copies, a)
+    longest = {name: {s: int(r.max()) for s, r in zip(styles, np.split(runs, len(styles)))}
+               for name, runs in copies.items()}  # pieces were sampled style by style, a.pieces each
+    _print_tables(styles, table, ngram_sets, ngram_own, valid_own, by_histogram, copies, longest, a)
     result = {"styles": styles, "pieces": a.pieces, "length": a.length, "seed": a.seed, "guidance": a.guidance,
               "top_p": a.top_p, "temperature": a.temperature, "smoothing_floor": a.smoothing_floor,
               "table": table,
@@ -189,7 +191,7 @@ def main(argv=None) -> int:
               "beats_ngram": sum(table[s][s] > ngram_own[s] for s in styles), "ngram_own": ngram_own,
               "valid_own": valid_own, "own_by_histogram": by_histogram, "copy_max": int(copies["model"].max()),
               "copy_median": float(np.median(copies["model"])), "ngram_copy_max": int(copies["ngram"].max()),
-              "copy_max_by_style": {s: int(r.max()) for s, r in zip(styles, np.split(copies["model"], len(styles)))},
+              "copy_max_by_style": longest["model"],
               "seconds": round(time.perf_counter() - started, 1)}
     print(json.dumps(result))
     return 0
@@ -203,7 +205,7 @@ def _copy_check(encoded, pieces: dict) -> dict[str, np.ndarray]:
     return {name: index.longest_shared_runs(p) for name, p in pieces.items()}
 
 
-def _print_tables(styles, table, ngram_sets, ngram_own, valid_own, by_histogram, copies, a) -> None:
+def _print_tables(styles, table, ngram_sets, ngram_own, valid_own, by_histogram, copies, longest, a) -> None:
     print(f"\nCloseness (mean overlapping area of pitch-class, duration, inter-onset and polyphony histograms; "
           f"1 = identical) of {a.pieces} pieces x {a.length} events per style to each style's real test songs:\n")
     print("| generated in the style of | " + " | ".join(f"real {s}" for s in styles)
@@ -220,7 +222,7 @@ def _print_tables(styles, table, ngram_sets, ngram_own, valid_own, by_histogram,
         m, n = by_histogram[s]["model"], by_histogram[s]["ngram"]
         print(f"| {s} | " + " | ".join(f"{m[k]:.3f} ({n[k]:.3f})" for k in HISTOGRAMS) + " |")
     for name, runs in copies.items():
-        per_style = ", ".join(f"{s} {r.max()}" for s, r in zip(styles, np.split(runs, len(styles))))
+        per_style = ", ".join(f"{s} {n}" for s, n in longest[name].items())
         print(f"\ncopy check ({name}): longest run shared with a training song: max {runs.max()}, "
               f"median {np.median(runs):g} events; pieces over 16: {int((runs > 16).sum())} of {len(runs)}; "
               f"longest by style: {per_style}")

@@ -66,18 +66,21 @@ class CropSampler:
         if self.windows is not None:
             return self.at(self.windows[rng.integers(0, len(self.windows), batch)])
         if self.cum_weight is not None:
-            k = np.searchsorted(self.cum_weight, rng.random(batch) * self.cum_weight[-1], side="right") - 1
-            k = np.minimum(k, len(self.songs) - 1)
+            k = self._draw_songs(self.cum_weight, rng, batch)
             window = self.cum[k] + (rng.random(batch) * (self.cum[k + 1] - self.cum[k])).astype(np.int64)
         else:
             window = rng.integers(0, self.n_windows, batch)
         if self.cum_opening is not None:
             # a long song's first events are in few of its crops: without these, a model sees how pieces
             # begin almost only in the short songs, and writes their openings in every style
-            song = np.searchsorted(self.cum_opening, rng.random(batch) * self.cum_opening[-1], side="right") - 1
-            song = np.minimum(song, len(self.songs) - 1)
+            song = self._draw_songs(self.cum_opening, rng, batch)
             window = np.where(rng.random(batch) < self.start_share, self.cum[song], window)
         return self.at(window)
+
+    def _draw_songs(self, cum: np.ndarray, rng: np.random.Generator, batch: int) -> np.ndarray:
+        """``batch`` song indices, each with the chance of its weight (``cum``: the weights' running sum from 0)."""
+        k = np.searchsorted(cum, rng.random(batch) * cum[-1], side="right") - 1
+        return np.minimum(k, len(self.songs) - 1)
 
     def at(self, window: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The crops with the given window indices (0 .. n_windows-1)."""
