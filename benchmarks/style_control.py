@@ -2,7 +2,8 @@
 
     .venv/bin/python benchmarks/style_control.py RUN_DIR [--corpus CORPUS] [--pieces 16] [--length 256]
                                                  [--guidance G] [--top-p P] [--temperature T]
-                                                 [--smoothing-floor F] [--whole] [--seed S] [--quick]
+                                                 [--smoothing-floor F] [--copies avoid|allow] [--whole]
+                                                 [--seed S] [--quick]
 
 For every style S the model is conditioned on (the collections of its corpus),
 ``--pieces`` pieces of ``--length`` events are sampled with ``--condition S``
@@ -29,14 +30,20 @@ there is one set, the whole corpus, sampled without a condition: a 1x1 table,
 the model's samples against the n-gram's.
 
 The copy check: for every sampled piece, the longest run of whole events it
-shares with any training song of the corpus (``metrics.CorpusIndex``).
+shares with any training song of the corpus (``metrics.CorpusIndex``); for
+scale, the same of the real test songs' first ``--length`` events.  The
+model's pieces go through generate's copy guard where the run carries a copy
+index (``copyguard.py``; ``--copies allow``: the model's own draws); the
+n-gram's never do.
 
 Prints the tables and, last, one JSON line: ``table`` (generated style -> real
 style -> overlap), ``diagonal_wins`` (rows whose best column is their own style),
 ``beats_ngram`` (styles where the model's own-style overlap is above the
 n-gram's), ``own_by_histogram`` (style -> model / n-gram -> each histogram's own-style
 overlap: where a gap comes from), ``copy_max`` / ``copy_median`` (model pieces), ``ngram_copy_max``,
-``copy_max_by_style`` (model pieces, the longest run per style).
+``copy_max_by_style`` (model pieces, the longest run per style), ``copies`` and
+``copy_guard_redrawn`` (events the guard drew again; null: no guard), ``real_copy_over_16`` of
+``real_songs`` and ``real_copy_max_by_style`` (the real test songs).
 """
 
 from __future__ import annotations
@@ -137,6 +144,9 @@ def main(argv=None) -> int:
                     help="temperature of both sets of samples (default: generate's)")
     ap.add_argument("--smoothing-floor", type=float, default=None,
                     help="the floor a label-smoothed model's samples take back (default: generate's, the model's own)")
+    ap.add_argument("--copies", default=SamplingConfig.copies, choices=("avoid", "allow"),
+                    help="'avoid': the model's pieces go through generate's copy guard (the default, where the run "
+                         "has a copy index); 'allow': the model's own draws")
     ap.add_argument("--whole", action="store_true",
                     help="one set: the whole corpus, sampled without a condition (the default for a model that "
                          "knows fewer than two of its styles)")
@@ -148,6 +158,7 @@ def main(argv=None) -> int:
         a.pieces, a.length = 4, 64
     started = time.perf_counter()
     model = load_model(a.run)
+    guard = model.copy_guard if a.copies == "avoid" else None
     vocab = model.vocab
     corpus = a.corpus or read_run(a.run).get("corpus")
     encoded = load_or_encode(corpus, vocab.representation, vocab.config, condition=vocab.condition_label)
@@ -158,13 +169,17 @@ def main(argv=None) -> int:
         styles = [WHOLE]
     rep = from_vocab(vocab)
     cfg = SamplingConfig(seed=a.seed, guidance=a.guidance, top_p=a.top_p, temperature=a.temperature,
-                         smoothing_floor=a.smoothing_floor).validate()
-    real, valid, generated, ngram_sets, pieces = {}, {}, {}, {}, {"model": [], "ngram": []}
+                         smoothing_floor=a.smoothing_floor, copies=a.copies).validate()
+    real, valid, generated, ngram_sets = {}, {}, {}, {}
+    pieces = {"model": [], "ngram": [], "real test": []}  # event ids, for the copy check
+    counts = {name: [] for name in pieces}  # pieces per style of each set
     for style in styles:
         only = np.ones(len(encoded.offsets) - 1, bool) if whole else songs_of(encoded, style)
         cond = UNCONDITIONED if whole else vocab.condition_id(style)
         valid_ids = encoded.ids("valid")
-        real[style] = set_histograms(real_pieces(encoded, test[only[test]], a.length)[0])
+        real_notes, real_ids = real_pieces(encoded, test[only[test]], a.length)
+        real[style] = set_histograms(real_notes)
+        pieces["real test"] += [ids[:a.length] for ids in real_ids]  # how much real held-out music shares
         valid[style] = set_histograms(real_pieces(encoded, valid_ids[only[valid_ids]], a.length)[0])
         batch = sample(model, a.pieces, a.length, cond=cond, cfg=cfg)
         generated[style] = set_histograms([rep.decode(p.streams) for p in batch])
@@ -173,6 +188,8 @@ def main(argv=None) -> int:
         ngram_sets[style] = (name, set_histograms([rep.decode(p.streams) for p in ngram_batch]))
         pieces["model"] += [event_ids(p.streams, vocab) for p in batch]
         pieces["ngram"] += [event_ids(p.streams, vocab) for p in ngram_batch]
+        for name, n in (("model", a.pieces), ("ngram", a.pieces), ("real test", len(real_ids))):
+            counts[name].append(n)
         print(f"{style}: sampled {a.pieces} pieces (model) and {a.pieces} ({name}) in "
               f"{time.perf_counter() - started:.0f} s", file=sys.stderr)
     table = {g: {r: closeness(generated[g], real[r]) for r in styles} for g in styles}
@@ -181,8 +198,8 @@ def main(argv=None) -> int:
     by_histogram = {s: {"model": overlaps(generated[s], real[s]), "ngram": overlaps(ngram_sets[s][1], real[s])}
                     for s in styles}
     copies = _copy_check(encoded, pieces)
-    longest = {name: {s: int(r.max()) for s, r in zip(styles, np.split(runs, len(styles)))}
-               for name, runs in copies.items()}  # pieces were sampled style by style, a.pieces each
+    longest = {name: {s: int(r.max()) for s, r in zip(styles, np.split(runs, np.cumsum(counts[name])[:-1]))}
+               for name, runs in copies.items()}  # pieces come style by style
     _print_tables(styles, table, ngram_sets, ngram_own, valid_own, by_histogram, copies, longest, a)
     result = {"styles": styles, "pieces": a.pieces, "length": a.length, "seed": a.seed, "guidance": a.guidance,
               "top_p": a.top_p, "temperature": a.temperature, "smoothing_floor": a.smoothing_floor,
@@ -191,7 +208,10 @@ def main(argv=None) -> int:
               "beats_ngram": sum(table[s][s] > ngram_own[s] for s in styles), "ngram_own": ngram_own,
               "valid_own": valid_own, "own_by_histogram": by_histogram, "copy_max": int(copies["model"].max()),
               "copy_median": float(np.median(copies["model"])), "ngram_copy_max": int(copies["ngram"].max()),
-              "copy_max_by_style": longest["model"],
+              "copy_max_by_style": longest["model"], "copies": a.copies,
+              "real_copy_over_16": int((copies["real test"] > 16).sum()), "real_songs": len(copies["real test"]),
+              "real_copy_max_by_style": longest["real test"],
+              "copy_guard_redrawn": None if guard is None else guard.redrawn,
               "seconds": round(time.perf_counter() - started, 1)}
     print(json.dumps(result))
     return 0

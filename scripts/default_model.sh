@@ -9,7 +9,8 @@
 #    it at an hour, and running the script again finishes the steps)
 # 3. evaluate on each collection's test split beside the n-grams fitted on that collection's train split
 # 4. the 4x4 style table and the copy check (benchmarks/style_control.py)
-# 5. copy the best checkpoint into the package as float16 (scripts/ship_default_model.py)
+# 5. copy the best checkpoint into the package as float16, with the copy index of its training songs that the
+#    run wrote when it began (scripts/ship_default_model.py; generate keeps its pieces from long copies)
 # A step whose output exists is skipped, so a stopped run continues where it was.
 set -eu
 WORK=${1:-work}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -228,6 +229,9 @@ def test_default_model_generates_from_the_cli(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "piece_00" in out and "repeated notes" in out and "generated 2 pieces" in out
     assert (tmp_path / "piece_01.mid").exists() and (tmp_path / "piece_01.png").exists()
+    # it ships with the copy index of its training songs: the copy guard is on, and says what it did
+    report = json.loads((tmp_path / "generation.json").read_text())
+    assert report["copy_guard"]["longest"] == 16 and "drawn again" in out
     assert main(["generate", "-o", str(tmp_path), "--length", "lots"]) == 1
     assert "--length 'lots'" in capsys.readouterr().err
     assert main(["generate", "-o", str(tmp_path), "--num", "1", "--length", "8", "-q", "--force"]) == 0

@@ -18,7 +18,9 @@ import torch
 
 from notelm.checkpoint import load_model, load_tensors
 from notelm.config import load_config
+from notelm.copyguard import CopyGuard
 from notelm.data import CropSampler, window_splits
+from notelm.encoding import load_or_encode
 from notelm.io import NotelmError, read_json, write_json
 from notelm.models import trainable_families
 from notelm.train import lr_at, resume_config, train
@@ -98,6 +100,10 @@ def test_every_preset_trains_and_writes_a_loadable_model(corpus, tmp_path, prese
     model = load_model(tmp_path / "run")
     assert model.family == run.model.family and model.vocab.representation == run.representation
     assert model.vocab.conditions == ["folk", "jigs"]
+    # the copy index of its training songs, written when the run began: generate keeps clear of long copies
+    encoded = load_or_encode(corpus, run.representation, run.encoding, condition=run.data.condition)
+    expected = CopyGuard.build([encoded.song(int(i)) for i in encoded.ids("train")], model.vocab)
+    assert model.copy_guard.keys.tolist() == expected.keys.tolist() and len(expected.keys) > 0
 
 
 def test_resume_after_kill_continues_to_the_same_result(corpus, tmp_path):

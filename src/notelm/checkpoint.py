@@ -19,6 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from notelm.config import model_config, model_json
+from notelm.copyguard import guard_for
 from notelm.encoding import from_vocab
 from notelm.encoding.vocab import Vocab
 from notelm.io import NotelmError, atomic_dir, printable, read_json, write_json
@@ -190,6 +191,7 @@ def load_model(path, device: str = "cpu") -> NextEventModel:
     # its train.label_smoothing is the floor sampling takes back
     run = read_run(directory) or _checked_run(directory / "config.json", config.get("trained_with") or {})
     model.label_smoothing = float(run.get("train", {}).get("label_smoothing", 0.0))
+    model.copy_guard = guard_for(directory, model.vocab)  # what generate avoids copying (copyguard.py)
     return model
 
 

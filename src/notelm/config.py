@@ -126,6 +126,10 @@ class SamplingConfig(Settings):
                               "generation.json; the same seed and settings give the same pieces)", kind=int,
                         minimum=0, maximum=MAX_SEED)
     precision: str = setting("auto", PRECISION_DOC, choices=PRECISIONS)
+    copies: str = setting("avoid", "'avoid': no piece repeats more than 16 events in a row of a training song "
+                                   "(with a model that carries the copy index of its training songs, "
+                                   "copy_index.safetensors); 'allow': the model's own draws",
+                          choices=("avoid", "allow"))
 
     def check(self) -> None:
         from notelm.sampling import build_processors

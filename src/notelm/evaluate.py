@@ -75,7 +75,7 @@ from notelm.config import SamplingConfig
 from notelm.corpus import SPLITS
 from notelm.data import CropSampler, condition_map, window_splits
 from notelm.encoding import from_vocab, load_or_encode
-from notelm.encoding.vocab import N_SPECIAL, Vocab
+from notelm.encoding.vocab import Vocab, event_ids
 from notelm.generate import sample, write_pieces
 from notelm.io import NotelmError, atomic_path, printable, read_json, write_json, write_text
 from notelm.metrics import CorpusIndex, PredictionScores, compare_sets, copy_report, format_table, prediction_table
@@ -374,16 +374,6 @@ def fit_models(vocab: Vocab, streams, offsets, song_ids=None, orders=(2, 3, 4), 
 # =============================================================================
 # Music of generated pieces
 # =============================================================================
-
-def event_ids(streams: dict[str, np.ndarray], vocab: Vocab) -> np.ndarray:
-    """Each event as one int64 id (all its stream values, mixed radix); special events dropped."""
-    values = np.stack([np.asarray(streams[name], np.int64) for name in vocab.names])
-    values = values[:, (values >= N_SPECIAL).all(0)]
-    ids = np.zeros(values.shape[1], np.int64)
-    for row, size in zip(values, vocab.sizes):
-        ids = ids * size + row
-    return ids
-
 
 def generation_report(model, ngram_model, ngram_name: str, encoded, split: str, n: int, length: int,
                       copy_songs: np.ndarray, out_dir: Path, log=print, only: np.ndarray | None = None,

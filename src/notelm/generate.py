@@ -42,6 +42,7 @@ import numpy as np
 from notelm import notes as nt
 from notelm.checkpoint import default_model_path, load_model, read_run
 from notelm.config import MAX_SEED, SamplingConfig
+from notelm.copyguard import LONGEST
 from notelm.corpus import Corpus
 from notelm.encoding import from_vocab
 from notelm.encoding.vocab import BOS, UNCONDITIONED
@@ -109,19 +110,20 @@ def sample(model, n: int = 4, length: int = 256, seconds: float | None = None,
         raise NotelmError(f"the prompt holds {len(prompt[names[0]]) - 1} events, more than {MAX_EVENTS}; "
                           "take a part of it with --prompt-notes or --prompt-bars")
     cfg = with_model_floor(cfg, model)  # sample from what the model guesses, not from its floor
+    guard = model.copy_guard if cfg.copies == "avoid" else None
     if hasattr(model, "use_precision"):  # neural models: the arithmetic of their forward steps
         model.use_precision(cfg.precision, "generate")
     if cfg.guidance != 1.0 and cond != UNCONDITIONED:
         model = Guided(model, cfg.guidance)
     with model.session(n):
-        return _Sampler(model, cfg, seconds, qpm).run(n, length, prompt, cond, unit)
+        return _Sampler(model, cfg, seconds, qpm, guard).run(n, length, prompt, cond, unit)
 
 
 class _Sampler:
     """One batch of pieces: the model's state, the ids so far, the processor chain of every stream."""
 
-    def __init__(self, model, cfg: SamplingConfig, seconds: float | None, qpm: float):
-        self.model, self.seconds, self.qpm = model, seconds, qpm
+    def __init__(self, model, cfg: SamplingConfig, seconds: float | None, qpm: float, guard=None):
+        self.model, self.seconds, self.qpm, self.guard = model, seconds, qpm, guard
         self.names = model.vocab.names
         self.rep = from_vocab(model.vocab)
         self.rng = np.random.default_rng(cfg.seed)
@@ -166,12 +168,21 @@ class _Sampler:
     def _step(self, state, out: np.ndarray, t: int):
         """Draw event ``t`` of every piece, stream after stream, and advance the model over it."""
         chosen = []
+        last = len(self.names) - 1
         for k in range(len(self.names)):
             lp = self.model.stream_logprobs(state, k, chosen).astype(np.float64)
-            ids = draw(apply_processors(self.chains[k], lp, out[k, :, :t], self.skip), self.rng)
+            guarded = self.guard is not None and k == last
+            ids = self._draw(k, lp.copy() if guarded else lp, out, t)  # processors may write into lp
             chosen.append(ids)
-            out[k, :, t] = ids
+            if guarded:  # an event that would repeat a training song too long gets its last value again
+                chosen[k] = self.guard.without_copies(out[:, :, :t], chosen, lp,
+                                                      lambda rows, lp_rows, k=k: self._draw(k, lp_rows, out, t, rows))
+            out[k, :, t] = chosen[k]
         return self.model.advance(state, dict(zip(self.names, chosen)))
+
+    def _draw(self, k: int, lp: np.ndarray, out: np.ndarray, t: int, rows=slice(None)) -> np.ndarray:
+        """Stream ``k``'s values of event ``t`` for the pieces ``rows``, from their log-probabilities ``lp``."""
+        return draw(apply_processors(self.chains[k], lp, out[k, rows, :t], self.skip), self.rng)
 
     def _long_enough(self, out: np.ndarray, t: int) -> bool:
         """Whether every piece holds ``seconds`` of music after its prompt."""
@@ -409,11 +420,21 @@ def generate(model_path=None, out_dir="out", pieces: PieceOptions | None = None,
     report = {"model": str(model_path), "family": model.family, "condition": pieces.condition, "qpm": qpm,
               "time_signature": meta.time_signature, "key": meta.key, "seed": sampling.seed,
               "length": _length_report(pieces), "prompt": _prompt_report(prompt, batch),
-              "sampling": sampling.to_dict(), "pieces": rows, "seconds": round(time.perf_counter() - started, 2)}
+              "sampling": sampling.to_dict(), "copy_guard": _guard_report(model, sampling), "pieces": rows,
+              "seconds": round(time.perf_counter() - started, 2)}
     write_json(out_dir / REPORT, report)
+    guard = report["copy_guard"]
     log(f"generated {plural(pieces.num, 'piece')} with {model.family}, seed {sampling.seed} (--seed "
-        f"{sampling.seed} repeats it), in {report['seconds']:.1f} s -> {out_dir}")
+        f"{sampling.seed} repeats it), in {report['seconds']:.1f} s -> {out_dir}"
+        + (f"; copy guard: {plural(guard['redrawn'], 'event')} drawn again" if guard else ""))
     return report
+
+
+def _guard_report(model, sampling: SamplingConfig) -> dict | None:
+    """What the copy guard did (None: off, or the model carries no copy index)."""
+    if model.copy_guard is None or sampling.copies != "avoid":
+        return None
+    return {"longest": LONGEST, "redrawn": model.copy_guard.redrawn}
 
 
 def earlier_generation(out_dir: Path, force: bool) -> list[Path]:

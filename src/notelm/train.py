@@ -46,6 +46,8 @@ from notelm.checkpoint import (
     save_training_checkpoint,
 )
 from notelm.config import RunConfig, TrainConfig, apply_overrides, check_resume, parse_config, read_preset
+from notelm.copyguard import FILE as COPY_INDEX
+from notelm.copyguard import write_index
 from notelm.data import CropSampler, condition_map, crop_weights, transpose_batch, window_splits
 from notelm.encoding import from_vocab, load_or_encode
 from notelm.encoding.vocab import PAD, UNCONDITIONED
@@ -315,6 +317,8 @@ def _prepare(corpus_path, run: RunConfig | None, out_dir: Path, resume: bool, in
         out_dir.mkdir(parents=True, exist_ok=True)
         write_json(out_dir / "run.json", {"corpus": str(corpus_path), "init": init, **run.to_json(),
                                           "vocab": model.vocab.to_json(), "world_size": dist.world})
+        if not (out_dir / COPY_INDEX).exists():  # what generate keeps its pieces from copying (copyguard.py)
+            write_index(out_dir / COPY_INDEX, encoded, model.vocab)
     return s
 
 

@@ -135,3 +135,13 @@ class Vocab:
             values = streams[s.name]
             if len(values) and (values.min() < 0 or values.max() >= s.size):
                 raise NotelmError(f"stream {s.name!r} holds ids outside 0..{s.size - 1}")
+
+
+def event_ids(streams: dict[str, np.ndarray], vocab: Vocab) -> np.ndarray:
+    """Each event as one int64 id (all its stream values, mixed radix); special events dropped."""
+    values = np.stack([np.asarray(streams[name], np.int64) for name in vocab.names])
+    values = values[:, (values >= N_SPECIAL).all(0)]
+    ids = np.zeros(values.shape[1], np.int64)
+    for row, size in zip(values, vocab.sizes):
+        ids = ids * size + row
+    return ids

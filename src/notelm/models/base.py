@@ -45,6 +45,7 @@ class NextEventModel:
     ordered: bool = False  # do later streams see the earlier streams of the same event?
     representations: tuple[str, ...] = ()  # the representations this family reads (empty: every one)
     label_smoothing: float = 0.0  # train.label_smoothing of its run: the floor sampling takes back
+    copy_guard = None  # copyguard.CopyGuard of its training songs, where one was saved beside it
 
     @classmethod
     def build(cls, vocab: Vocab, cfg: Settings, device: str = "cpu") -> NextEventModel:
