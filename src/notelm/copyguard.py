@@ -8,12 +8,13 @@ song holds ``STRIDE`` consecutive windows of the song, so one of them starts at 
 kept position: when the event just drawn completes a kept window, its last value
 (the event's last stream, e.g. the duration) is drawn again without the value that
 made the copy.  Kept at every ``STRIDE``-th position, the index is ``STRIDE`` times
-smaller than one holding every window (about 1 byte per training event); it also
-stops some shorter runs that happen to match a kept window.
+smaller than one holding every window (5 bytes per key, about 1.1 bytes per training
+event); it also stops some shorter runs that happen to match a kept window.
 
-Keys are 32-bit hashes of the windows' whole-event ids (``vocab.event_ids``): a
-hash that collides only ever redraws a value that was not a copy, about once in
-7,000 drawn events per million keys.
+Keys are 40-bit hashes of the windows' whole-event ids (``vocab.event_ids``): with
+500,000 keys kept, a drawn event matches one by chance once in 2.2 million events
+(with 32-bit keys it would be once in 8,600, about as often as the real copies); such
+a collision only redraws a value that was not a copy.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ LONGEST = 16  # the longest run of a training song's events a sampled piece may 
 STRIDE = 4  # the index keeps the windows that start at every STRIDE-th event of a song
 WINDOW = LONGEST + 2 - STRIDE  # a run of LONGEST + 1 events holds STRIDE windows: one starts at a kept position
 FILE = "copy_index.safetensors"
+KEY_BITS = 40  # stored as 32 + 8 bits
 REDRAWS = 8  # tries per event before a copy is let through (every value the sampler allows makes one)
 
 _OFFSET, _PRIME = np.uint64(0xCBF29CE484222325), np.uint64(0x100000001B3)  # FNV-1a over 64-bit words
@@ -37,21 +39,21 @@ _MIX = np.uint64(0xFF51AFD7ED558CCD)  # a final avalanche, so that the top 32 bi
 
 
 def window_keys(windows: np.ndarray) -> np.ndarray:
-    """uint32 keys of whole-event windows ``[N, WINDOW]`` (int64 event ids)."""
+    """40-bit keys (as uint64) of whole-event windows ``[N, WINDOW]`` (int64 event ids)."""
     h = np.full(len(windows), _OFFSET, np.uint64)
     for column in np.asarray(windows, np.int64).T.astype(np.uint64):
         h = (h ^ column) * _PRIME  # uint64 arithmetic wraps around: the hash is mod 2**64
     h ^= h >> np.uint64(33)
     h *= _MIX
     h ^= h >> np.uint64(33)
-    return (h >> np.uint64(32)).astype(np.uint32)
+    return h >> np.uint64(64 - KEY_BITS)
 
 
 class CopyGuard:
     """The copy index of a model's training songs, and the check the sampler asks at every event."""
 
     def __init__(self, keys: np.ndarray, sizes: list[int]):
-        self.keys = np.unique(np.asarray(keys, np.uint32))  # sorted: found by binary search
+        self.keys = np.unique(np.asarray(keys, np.uint64))  # sorted: found by binary search
         self.sizes = [int(s) for s in sizes]  # the vocabulary's stream sizes: the radix of the event ids
         self.redrawn = 0  # events whose last value the guard drew again (for reports)
 
@@ -60,14 +62,16 @@ class CopyGuard:
         """The index of ``songs`` (each a ``dict[str, np.ndarray]`` of stream ids, as ``Encoded.song`` gives)."""
         keys = [window_keys(np.lib.stride_tricks.sliding_window_view(ids, WINDOW)[::STRIDE])
                 for ids in (event_ids(song, vocab) for song in songs) if len(ids) >= WINDOW]
-        return cls(np.concatenate(keys) if keys else np.zeros(0, np.uint32), vocab.sizes)
+        return cls(np.concatenate(keys) if keys else np.zeros(0, np.uint64), vocab.sizes)
 
     def save(self, path) -> None:
         from safetensors.numpy import save_file
 
-        meta = {"longest": str(LONGEST), "stride": str(STRIDE), "window": str(WINDOW), "sizes": json.dumps(self.sizes)}
+        meta = {"longest": str(LONGEST), "stride": str(STRIDE), "window": str(WINDOW), "key_bits": str(KEY_BITS),
+                "sizes": json.dumps(self.sizes)}
+        high, low = (self.keys >> np.uint64(8)).astype(np.uint32), (self.keys & np.uint64(0xFF)).astype(np.uint8)
         with atomic_path(path) as tmp:
-            save_file({"keys": self.keys}, str(tmp), metadata=meta)
+            save_file({"high": high, "low": low}, str(tmp), metadata=meta)
 
     @classmethod
     def load(cls, path, vocab: Vocab) -> CopyGuard:
@@ -76,17 +80,18 @@ class CopyGuard:
 
         try:
             with safe_open(str(path), "numpy") as f:
-                meta, keys = f.metadata() or {}, f.get_tensor("keys")
+                meta, high, low = f.metadata() or {}, f.get_tensor("high"), f.get_tensor("low")
         except (SafetensorError, OSError, ValueError, KeyError) as e:
             raise NotelmError(f"{path}: not a readable copy index ({e}); delete it to generate without the copy "
                               "guard") from None
-        expected = {"longest": str(LONGEST), "stride": str(STRIDE), "window": str(WINDOW)}
-        if any(meta.get(k) != v for k, v in expected.items()) or keys.dtype != np.uint32 or keys.ndim != 1:
+        expected = {"longest": str(LONGEST), "stride": str(STRIDE), "window": str(WINDOW), "key_bits": str(KEY_BITS)}
+        if (any(meta.get(k) != v for k, v in expected.items()) or (high.dtype, low.dtype) != (np.uint32, np.uint8)
+                or high.ndim != 1 or high.shape != low.shape):
             raise NotelmError(f"{path}: a copy index of another layout (another notelm version); delete it to "
                               "generate without the copy guard")
         if meta.get("sizes") != json.dumps(vocab.sizes):
             raise NotelmError(f"{path}: a copy index of another vocabulary than its model's")
-        return cls(keys, vocab.sizes)
+        return cls(high.astype(np.uint64) << np.uint64(8) | low, vocab.sizes)
 
     def copies(self, history: np.ndarray, event: np.ndarray) -> np.ndarray:
         """Which pieces the new ``event`` ([S, B] stream ids) would make repeat a kept window of a training
