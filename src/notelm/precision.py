@@ -8,8 +8,9 @@ checkpoint runs in any precision.
 
 ``auto`` picks bf16 only where it was measured to pay:
 
-* training on a CPU with AMX matrix units (``amx_bf16``): the LSTM and
-  transformer presets train about 2x faster (``benchmarks/train_throughput.py``);
+* training on a CPU with AMX matrix units (``amx_bf16``): the ``lstm`` preset
+  trains 1.7x and the ``transformer`` 1.5x as fast (``benchmarks/train_throughput.py``,
+  README "Speed");
 * training on a CUDA GPU that supports bf16;
 * not on a CPU with only AVX512-BF16 and no AMX (not measured), and not for
   generation on a CPU: one event per forward step is too little work for the
