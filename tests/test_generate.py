@@ -300,6 +300,8 @@ def test_the_seed_is_random_by_default_printed_saved_and_repeats_a_run_exactly(t
         report = json.loads((tmp_path / name / "generation.json").read_text())
         assert report["seed"] == report["sampling"]["seed"] == shown
         seeds.append(shown)
+        # a model saved without its training songs' copy index: generate says the guard is off
+        assert report["copy_guard"] is None and "copy guard: off (no copy index" in out
     assert seeds[0] != seeds[1]  # a new seed each run (the same one twice: a chance of 1 in 2**32)
     assert (tmp_path / "a" / "piece_00.mid").read_bytes() != (tmp_path / "b" / "piece_00.mid").read_bytes()
     rc, out, _ = cli(capsys, "--model", tiny_model, "-o", tmp_path / "again", "--num", "2", "--length", "24",

@@ -426,7 +426,9 @@ def generate(model_path=None, out_dir="out", pieces: PieceOptions | None = None,
     guard = report["copy_guard"]
     log(f"generated {plural(pieces.num, 'piece')} with {model.family}, seed {sampling.seed} (--seed "
         f"{sampling.seed} repeats it), in {report['seconds']:.1f} s -> {out_dir}"
-        + (f"; copy guard: {plural(guard['redrawn'], 'event')} drawn again" if guard else ""))
+        + (f"; copy guard: {plural(guard['redrawn'], 'event')} drawn again" if guard else
+           "; copy guard: off (no copy index of its training songs beside this model)"
+           if sampling.copies == "avoid" else ""))
     return report
 
 
