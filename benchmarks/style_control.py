@@ -60,6 +60,7 @@ import numpy as np
 from notelm import notes as nt
 from notelm.checkpoint import load_model
 from notelm.config import SamplingConfig
+from notelm.copyguard import guard_in_use
 from notelm.encoding import from_vocab, load_or_encode
 from notelm.encoding.vocab import UNCONDITIONED
 from notelm.evaluate import event_ids, fit_models, read_run, score_model, song_targets, songs_of
@@ -158,7 +159,6 @@ def main(argv=None) -> int:
         a.pieces, a.length = 4, 64
     started = time.perf_counter()
     model = load_model(a.run)
-    guard = model.copy_guard if a.copies == "avoid" else None
     vocab = model.vocab
     corpus = a.corpus or read_run(a.run).get("corpus")
     encoded = load_or_encode(corpus, vocab.representation, vocab.config, condition=vocab.condition_label)
@@ -170,6 +170,7 @@ def main(argv=None) -> int:
     rep = from_vocab(vocab)
     cfg = SamplingConfig(seed=a.seed, guidance=a.guidance, top_p=a.top_p, temperature=a.temperature,
                          smoothing_floor=a.smoothing_floor, copies=a.copies).validate()
+    guard = guard_in_use(model, cfg)
     real, valid, generated, ngram_sets = {}, {}, {}, {}
     pieces = {"model": [], "ngram": [], "real test": []}  # event ids, for the copy check
     counts = {name: [] for name in pieces}  # pieces per style of each set

@@ -99,6 +99,9 @@ def test_the_index_is_saved_beside_the_model_and_checked_when_read(tmp_path):
     other = get_representation("events").vocab()
     with pytest.raises(NotelmError, match="another vocabulary"):
         guard_for(tmp_path / "run" / "best", other)
+    CopyGuard(loaded.copy_guard.keys[::-1].copy(), VOCAB.sizes).save(tmp_path / "run" / FILE)
+    with pytest.raises(NotelmError, match="keys out of order"):  # a binary search would find nothing
+        load_model(tmp_path / "run")
     (tmp_path / "run" / FILE).write_bytes(b"not safetensors")
     with pytest.raises(NotelmError, match="not a readable copy index"):
         load_model(tmp_path / "run")

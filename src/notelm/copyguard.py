@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from notelm.encoding.vocab import N_SPECIAL, Vocab, event_ids
+from notelm.encoding.vocab import N_SPECIAL, Vocab, event_ids, mixed_radix
 from notelm.io import NotelmError, atomic_path
 
 LONGEST = 16  # the longest run of a training song's events a sampled piece may repeat
@@ -53,7 +53,7 @@ class CopyGuard:
     """The copy index of a model's training songs, and the check the sampler asks at every event."""
 
     def __init__(self, keys: np.ndarray, sizes: list[int]):
-        self.keys = np.unique(np.asarray(keys, np.uint64))  # sorted: found by binary search
+        self.keys = keys  # uint64, sorted and distinct: found by binary search
         self.sizes = [int(s) for s in sizes]  # the vocabulary's stream sizes: the radix of the event ids
         self.redrawn = 0  # events whose last value the guard drew again (for reports)
 
@@ -62,7 +62,8 @@ class CopyGuard:
         """The index of ``songs`` (each a ``dict[str, np.ndarray]`` of stream ids, as ``Encoded.song`` gives)."""
         keys = [window_keys(np.lib.stride_tricks.sliding_window_view(ids, WINDOW)[::STRIDE])
                 for ids in (event_ids(song, vocab) for song in songs) if len(ids) >= WINDOW]
-        return cls(np.concatenate(keys) if keys else np.zeros(0, np.uint64), vocab.sizes)
+        keys = np.sort(np.concatenate(keys)) if keys else np.zeros(0, np.uint64)
+        return cls(keys[np.r_[True, keys[1:] != keys[:-1]]] if len(keys) else keys, vocab.sizes)
 
     def save(self, path) -> None:
         from safetensors.numpy import save_file
@@ -91,7 +92,11 @@ class CopyGuard:
                               "generate without the copy guard")
         if meta.get("sizes") != json.dumps(vocab.sizes):
             raise NotelmError(f"{path}: a copy index of another vocabulary than its model's")
-        return cls(high.astype(np.uint64) << np.uint64(8) | low, vocab.sizes)
+        keys = high.astype(np.uint64) << np.uint64(8) | low
+        if not (keys[1:] > keys[:-1]).all():  # written sorted: a binary search in any other order finds nothing
+            raise NotelmError(f"{path}: a damaged copy index (keys out of order); delete it to generate without the "
+                              "copy guard")
+        return cls(keys, vocab.sizes)
 
     def copies(self, history: np.ndarray, event: np.ndarray) -> np.ndarray:
         """Which pieces the new ``event`` ([S, B] stream ids) would make repeat a kept window of a training
@@ -99,10 +104,7 @@ class CopyGuard:
         if history.shape[2] < WINDOW:  # BOS and fewer than WINDOW - 1 events: no window yet
             return np.zeros(history.shape[1], bool)
         values = np.concatenate([history[:, :, history.shape[2] - WINDOW + 1:], event[:, :, None]], 2)
-        ids = np.zeros(values.shape[1:], np.int64)
-        for row, size in zip(values.astype(np.int64), self.sizes):
-            ids = ids * size + row
-        keys = window_keys(ids)
+        keys = window_keys(mixed_radix(values, self.sizes))
         slot = np.minimum(np.searchsorted(self.keys, keys), max(len(self.keys) - 1, 0))
         found = self.keys[slot] == keys if len(self.keys) else np.zeros(len(keys), bool)
         return found & (values >= N_SPECIAL).all((0, 2))  # a window through BOS or EOS is no song's
@@ -122,6 +124,12 @@ class CopyGuard:
             ids[rows] = redraw(rows, logprobs[rows])
             self.redrawn += len(rows)
         return ids
+
+
+def guard_in_use(model, cfg) -> CopyGuard | None:
+    """The guard sampling with ``cfg`` (a ``SamplingConfig``) puts on ``model``'s pieces: None where
+    ``--copies allow`` or where the model carries no copy index."""
+    return model.copy_guard if cfg.copies == "avoid" else None
 
 
 def guard_for(directory: Path, vocab: Vocab) -> CopyGuard | None:

@@ -42,7 +42,7 @@ import numpy as np
 from notelm import notes as nt
 from notelm.checkpoint import default_model_path, load_model, read_run
 from notelm.config import MAX_SEED, SamplingConfig
-from notelm.copyguard import LONGEST
+from notelm.copyguard import LONGEST, guard_in_use
 from notelm.corpus import Corpus
 from notelm.encoding import from_vocab
 from notelm.encoding.vocab import BOS, UNCONDITIONED
@@ -110,7 +110,7 @@ def sample(model, n: int = 4, length: int = 256, seconds: float | None = None,
         raise NotelmError(f"the prompt holds {len(prompt[names[0]]) - 1} events, more than {MAX_EVENTS}; "
                           "take a part of it with --prompt-notes or --prompt-bars")
     cfg = with_model_floor(cfg, model)  # sample from what the model guesses, not from its floor
-    guard = model.copy_guard if cfg.copies == "avoid" else None
+    guard = guard_in_use(model, cfg)
     if hasattr(model, "use_precision"):  # neural models: the arithmetic of their forward steps
         model.use_precision(cfg.precision, "generate")
     if cfg.guidance != 1.0 and cond != UNCONDITIONED:
@@ -434,9 +434,8 @@ def generate(model_path=None, out_dir="out", pieces: PieceOptions | None = None,
 
 def _guard_report(model, sampling: SamplingConfig) -> dict | None:
     """What the copy guard did (None: off, or the model carries no copy index)."""
-    if model.copy_guard is None or sampling.copies != "avoid":
-        return None
-    return {"longest": LONGEST, "redrawn": model.copy_guard.redrawn}
+    guard = guard_in_use(model, sampling)
+    return None if guard is None else {"longest": LONGEST, "redrawn": guard.redrawn}
 
 
 def earlier_generation(out_dir: Path, force: bool) -> list[Path]:

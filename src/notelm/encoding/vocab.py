@@ -137,11 +137,16 @@ class Vocab:
                 raise NotelmError(f"stream {s.name!r} holds ids outside 0..{s.size - 1}")
 
 
+def mixed_radix(values: np.ndarray, sizes: list[int]) -> np.ndarray:
+    """One int64 id per position from the stream ids ``values`` ``[S, ...]`` (the first stream the most
+    significant digit, ``sizes`` the radices): a whole event as one number."""
+    ids = np.zeros(np.shape(values)[1:], np.int64)
+    for row, size in zip(values, sizes):
+        ids = ids * size + np.asarray(row, np.int64)
+    return ids
+
+
 def event_ids(streams: dict[str, np.ndarray], vocab: Vocab) -> np.ndarray:
     """Each event as one int64 id (all its stream values, mixed radix); special events dropped."""
     values = np.stack([np.asarray(streams[name], np.int64) for name in vocab.names])
-    values = values[:, (values >= N_SPECIAL).all(0)]
-    ids = np.zeros(values.shape[1], np.int64)
-    for row, size in zip(values, vocab.sizes):
-        ids = ids * size + row
-    return ids
+    return mixed_radix(values[:, (values >= N_SPECIAL).all(0)], vocab.sizes)

@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from notelm.encoding.vocab import mixed_radix
+
 MAX_WEIGHT = 0.9  # the model always keeps some weight: a cache never rules a value out
 MAX_CONTEXT = 12  # longest context matched, in events
 FITTED_CONTEXT = 48  # ... by a cache whose shares are fitted per match length
@@ -35,10 +37,7 @@ LENGTH_EDGES = np.array([1, 2, 3, 4, 5, 7, 9, 13, 17, 25])  # buckets of match l
 
 def event_ids(tokens: np.ndarray, sizes: list[int]) -> np.ndarray:
     """``[T, S]`` stream ids -> ``[T]`` one id per whole event (mixed radix, specials included)."""
-    ids = np.zeros(len(tokens), np.int64)
-    for s, size in enumerate(sizes):
-        ids = ids * size + tokens[:, s]
-    return ids
+    return mixed_radix(np.asarray(tokens).T, sizes)
 
 
 def cache_counts(events: np.ndarray, n_values: int, max_context: int = MAX_CONTEXT):
