@@ -21,8 +21,9 @@ histogram (sum of the bin-wise minimum; 1 = identical), averaged over the four.
 The real sets are the first ``--length`` events of every test song of each
 style.  The table has a row per generated style and a column per real style:
 style control works where each row's largest value is on the diagonal.  Beside
-it: the n-gram's samples against their own style, and the real valid songs of
-each style against its test songs (how close two real sets of one style are).
+it: the n-gram's samples against their own style, and the real valid songs and
+the real training songs of each style against its test songs (how close two real
+sets of one style are; the training songs: what a model that wrote exactly them would score).
 
 Styles without test songs are left out.  With ``--whole``, or for a model that
 knows fewer than two of the corpus's styles (one trained on one collection),
@@ -39,7 +40,10 @@ n-gram's never do.
 Prints the tables and, last, one JSON line: ``table`` (generated style -> real
 style -> overlap), ``diagonal_wins`` (rows whose best column is their own style),
 ``beats_ngram`` (styles where the model's own-style overlap is above the
-n-gram's), ``own_by_histogram`` (style -> model / n-gram -> each histogram's own-style
+n-gram's), ``gap_to_ngram`` (style -> the model's own-style overlap minus the n-gram's,
+``gap``, and its 90 % bootstrap interval over the pieces drawn, ``lo`` .. ``hi``),
+``ahead_of_ngram_90`` / ``behind_ngram_90`` (styles whose whole interval is above / below zero),
+``own_by_histogram`` (style -> model / n-gram -> each histogram's own-style
 overlap: where a gap comes from), ``copy_max`` / ``copy_median`` (model pieces), ``ngram_copy_max``,
 ``copy_max_by_style`` (model pieces, the longest run per style), ``copies`` and
 ``copy_guard_redrawn`` (events the guard drew again; null: no guard), ``real_copy_over_16`` of
@@ -73,6 +77,7 @@ MAX_CHORD = 8
 ORDERS = (2, 3, 4, 5)
 CHOOSE_ON_SONGS = 30  # valid songs per style the n-gram is chosen on (enough to rank orders)
 WHOLE = "all"  # the label of the one set of --whole: the whole corpus
+BOOTSTRAP = 2000  # resamplings of the pieces for the model-vs-n-gram interval
 
 
 def histograms(notes: nt.Notes) -> dict[str, np.ndarray]:
@@ -94,9 +99,15 @@ def _time_counts(quarters: np.ndarray) -> np.ndarray:
     return np.bincount(bins, minlength=len(TIME_BIN_EDGES) - 1)
 
 
-def set_histograms(pieces: list[nt.Notes]) -> dict[str, np.ndarray]:
+def piece_histograms(pieces: list[nt.Notes]) -> dict[str, np.ndarray]:
+    """Each histogram of every piece with notes, stacked: name -> [pieces, bins]."""
     per_piece = [histograms(p) for p in pieces if nt.num_notes(p)]
-    return {k: np.mean([h[k] for h in per_piece], 0) for k in HISTOGRAMS}
+    return {k: np.stack([h[k] for h in per_piece]) for k in HISTOGRAMS}
+
+
+def set_histograms(pieces: list[nt.Notes]) -> dict[str, np.ndarray]:
+    """A set's histograms: the mean of its pieces' normalized histograms."""
+    return {k: v.mean(0) for k, v in piece_histograms(pieces).items()}
 
 
 def overlaps(a: dict, b: dict) -> dict[str, float]:
@@ -107,6 +118,25 @@ def overlaps(a: dict, b: dict) -> dict[str, float]:
 def closeness(a: dict, b: dict) -> float:
     """The four overlapping areas, averaged."""
     return float(np.mean(list(overlaps(a, b).values())))
+
+
+def bootstrap_gap(model: dict, ngram: dict, real: dict, rounds: int = BOOTSTRAP, seed: int = 0) -> dict:
+    """Own-style closeness of the model's set minus the n-gram's, and how much of it is the pieces drawn:
+    both sets resampled with replacement ``rounds`` times (the real set fixed); the interval is the gap
+    ± 1.645 standard deviations of the resampled gaps (90 %).  Centred on the gap itself, not on the
+    resamples' percentiles: a resampled set is noisier, so its overlap with the real set is biased low.
+    ``model`` / ``ngram``: ``piece_histograms`` of the two sets."""
+    rng = np.random.default_rng(seed)
+
+    def resampled(per_piece):
+        n = len(next(iter(per_piece.values())))
+        picks = rng.integers(0, n, (rounds, n))
+        return np.mean([np.minimum(v[picks].mean(1), real[k]).sum(-1) for k, v in per_piece.items()], 0)
+
+    spread = float(np.std(resampled(model) - resampled(ngram)))
+    means = [{k: v.mean(0) for k, v in pieces.items()} for pieces in (model, ngram)]
+    gap = closeness(means[0], real) - closeness(means[1], real)
+    return {"gap": gap, "lo": gap - 1.645 * spread, "hi": gap + 1.645 * spread}
 
 
 def best_ngram(encoded, only: np.ndarray) -> tuple[str, NGramModel]:
@@ -171,7 +201,7 @@ def main(argv=None) -> int:
     cfg = SamplingConfig(seed=a.seed, guidance=a.guidance, top_p=a.top_p, temperature=a.temperature,
                          smoothing_floor=a.smoothing_floor, copies=a.copies).validate()
     guard = guard_in_use(model, cfg)
-    real, valid, generated, ngram_sets = {}, {}, {}, {}
+    real, valid, trained, generated, ngram_sets, gaps = {}, {}, {}, {}, {}, {}
     pieces = {"model": [], "ngram": [], "real test": []}  # event ids, for the copy check
     counts = {name: [] for name in pieces}  # pieces per style of each set
     for style in styles:
@@ -182,11 +212,16 @@ def main(argv=None) -> int:
         real[style] = set_histograms(real_notes)
         pieces["real test"] += [ids[:a.length] for ids in real_ids]  # how much real held-out music shares
         valid[style] = set_histograms(real_pieces(encoded, valid_ids[only[valid_ids]], a.length)[0])
+        train_ids = encoded.ids("train")
+        trained[style] = set_histograms(real_pieces(encoded, train_ids[only[train_ids]], a.length)[0])
         batch = sample(model, a.pieces, a.length, cond=cond, cfg=cfg)
-        generated[style] = set_histograms([rep.decode(p.streams) for p in batch])
+        model_pieces = piece_histograms([rep.decode(p.streams) for p in batch])
+        generated[style] = {k: v.mean(0) for k, v in model_pieces.items()}
         name, ngram = best_ngram(encoded, only)
         ngram_batch = sample(ngram, a.pieces, a.length, cfg=replace(cfg, smoothing_floor=None))  # its own: none
-        ngram_sets[style] = (name, set_histograms([rep.decode(p.streams) for p in ngram_batch]))
+        ngram_pieces = piece_histograms([rep.decode(p.streams) for p in ngram_batch])
+        ngram_sets[style] = (name, {k: v.mean(0) for k, v in ngram_pieces.items()})
+        gaps[style] = bootstrap_gap(model_pieces, ngram_pieces, real[style], seed=a.seed)
         pieces["model"] += [event_ids(p.streams, vocab) for p in batch]
         pieces["ngram"] += [event_ids(p.streams, vocab) for p in ngram_batch]
         for name, n in (("model", a.pieces), ("ngram", a.pieces), ("real test", len(real_ids))):
@@ -196,18 +231,25 @@ def main(argv=None) -> int:
     table = {g: {r: closeness(generated[g], real[r]) for r in styles} for g in styles}
     ngram_own = {s: closeness(ngram_sets[s][1], real[s]) for s in styles}
     valid_own = {s: closeness(valid[s], real[s]) for s in styles}
+    train_own = {s: closeness(trained[s], real[s]) for s in styles}
     by_histogram = {s: {"model": overlaps(generated[s], real[s]), "ngram": overlaps(ngram_sets[s][1], real[s])}
                     for s in styles}
     copies = _copy_check(encoded, pieces)
     longest = {name: {s: int(r.max()) for s, r in zip(styles, np.split(runs, np.cumsum(counts[name])[:-1]))}
                for name, runs in copies.items()}  # pieces come style by style
-    _print_tables(styles, table, ngram_sets, ngram_own, valid_own, by_histogram, copies, longest, a)
+    _print_tables(styles, table, ngram_sets, ngram_own, valid_own, train_own, by_histogram, copies, longest, a)
+    print(f"\nModel minus n-gram, own-style closeness, with the 90 % interval of {BOOTSTRAP} resamplings of both "
+          f"sets' pieces: " + "; ".join(f"{s} {g['gap']:+.3f} ({g['lo']:+.3f} .. {g['hi']:+.3f})"
+                                       for s, g in gaps.items()))
     result = {"styles": styles, "pieces": a.pieces, "length": a.length, "seed": a.seed, "guidance": a.guidance,
               "top_p": a.top_p, "temperature": a.temperature, "smoothing_floor": a.smoothing_floor,
               "table": table,
               "diagonal_wins": sum(max(table[s], key=table[s].get) == s for s in styles),
               "beats_ngram": sum(table[s][s] > ngram_own[s] for s in styles), "ngram_own": ngram_own,
-              "valid_own": valid_own, "own_by_histogram": by_histogram, "copy_max": int(copies["model"].max()),
+              "gap_to_ngram": gaps, "ahead_of_ngram_90": sum(g["lo"] > 0 for g in gaps.values()),
+              "behind_ngram_90": sum(g["hi"] < 0 for g in gaps.values()),
+              "valid_own": valid_own, "train_own": train_own, "own_by_histogram": by_histogram,
+              "copy_max": int(copies["model"].max()),
               "copy_median": float(np.median(copies["model"])), "ngram_copy_max": int(copies["ngram"].max()),
               "copy_max_by_style": longest["model"], "copies": a.copies,
               "real_copy_over_16": int((copies["real test"] > 16).sum()), "real_songs": len(copies["real test"]),
@@ -226,16 +268,18 @@ def _copy_check(encoded, pieces: dict) -> dict[str, np.ndarray]:
     return {name: index.longest_shared_runs(p) for name, p in pieces.items()}
 
 
-def _print_tables(styles, table, ngram_sets, ngram_own, valid_own, by_histogram, copies, longest, a) -> None:
+def _print_tables(styles, table, ngram_sets, ngram_own, valid_own, train_own, by_histogram, copies, longest,
+                  a) -> None:
     print(f"\nCloseness (mean overlapping area of pitch-class, duration, inter-onset and polyphony histograms; "
           f"1 = identical) of {a.pieces} pieces x {a.length} events per style to each style's real test songs:\n")
     print("| generated in the style of | " + " | ".join(f"real {s}" for s in styles)
-          + " | best n-gram of the style (own style) | real valid songs (own style) |")
-    print("|---|" + "---:|" * (len(styles) + 2))
+          + " | best n-gram of the style (own style) | real valid songs (own style) | real train songs (own style) |")
+    print("|---|" + "---:|" * (len(styles) + 3))
     for g in styles:
         best = max(table[g], key=table[g].get)
         cells = [f"**{table[g][r]:.3f}**" if r == best else f"{table[g][r]:.3f}" for r in styles]
-        print(f"| {g} | " + " | ".join(cells) + f" | {ngram_own[g]:.3f} ({ngram_sets[g][0]}) | {valid_own[g]:.3f} |")
+        print(f"| {g} | " + " | ".join(cells)
+              + f" | {ngram_own[g]:.3f} ({ngram_sets[g][0]}) | {valid_own[g]:.3f} | {train_own[g]:.3f} |")
     print("\nOwn-style closeness by histogram, model (n-gram):\n")
     print("| style | " + " | ".join(HISTOGRAMS) + " |")
     print("|---|" + "---:|" * len(HISTOGRAMS))

@@ -74,6 +74,35 @@ def test_autocast_runs_matrix_products_in_bf16_and_leaves_fp32_alone():
         assert layer(x).dtype == torch.float32
 
 
+def test_bf16_training_attention_matches_fp32_flash_attention_and_its_gradients():
+    """bf16 training attends with explicit products (transformer.attention); outputs and gradients stay
+    within bf16 rounding of fp32 flash attention, and the future stays masked."""
+    from notelm.models.transformer import attention
+
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 4, 40, 16, requires_grad=True) for _ in range(3))
+    grad = torch.randn(2, 4, 40, 16)
+    reference = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+    reference.backward(grad)
+    expected = [t.grad.clone() for t in (q, k, v)]
+    low = [t.detach().bfloat16().requires_grad_() for t in (q, k, v)]
+    with precision.autocast("cpu", "bf16"):
+        out = attention(*low, is_causal=True)
+    assert out.dtype == torch.bfloat16
+    assert (out.float() - reference).abs().max() < 0.03
+    out.backward(grad.bfloat16())
+    for got, want in zip(low, expected):
+        assert (got.grad.float() - want).abs().max() < 0.05 * want.abs().max()
+    changed = v.detach().bfloat16().clone()
+    changed[:, :, 20:] += 5.0  # later values must not reach earlier positions
+    with torch.no_grad(), precision.autocast("cpu", "bf16"):
+        before = attention(*[t.detach() for t in low[:2]], low[2].detach(), is_causal=True)
+    with torch.enable_grad(), precision.autocast("cpu", "bf16"):
+        after = attention(low[0].detach(), low[1].detach(), changed, is_causal=True)
+    assert torch.equal(after[:, :, :20].float(), out[:, :, :20].detach().float())
+    assert (before.float() - reference.detach()).abs().max() < 0.03  # the no-grad path: bf16 flash
+
+
 @pytest.mark.parametrize("family", ["lstm", "transformer"])
 def test_checkpoints_do_not_depend_on_precision(corpus, tmp_path, family):
     extra = ["model.n_heads=2", "model.context=16"] if family == "transformer" else []

@@ -59,14 +59,34 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 
 def attention(q, k, v, **options):
-    """Scaled dot-product attention (SDPA's fused flash kernel: no dropout on the attention weights,
-    which would make it fall back to the explicit one).  In bf16 training on a CPU it runs in fp32:
-    there the bf16 flash-attention backward took about twice as long as the fp32 one (profile of
-    ``benchmarks/train_throughput.py --profile``), while the bf16 forward alone is the faster."""
+    """Scaled dot-product attention: SDPA's fused flash kernel, except in bf16 training on a CPU.
+
+    There the flash kernel's bf16 backward took longer than its fp32 one (profile of
+    ``benchmarks/train_throughput.py --profile``), so causal attention is written out instead: two bf16
+    matrix products on the AMX units (the first adds the causal mask and scales as it multiplies) and a
+    softmax that reads and writes bf16 (it sums in fp32 inside).  No dropout on the attention weights
+    either way."""
     if q.dtype == torch.bfloat16 and q.device.type == "cpu" and torch.is_grad_enabled():
+        if options.get("is_causal") and options.get("attn_mask") is None:
+            B, H, T, E = q.shape
+            scores = torch.baddbmm(_future(T, q.device), q.reshape(B * H, T, E), k.reshape(B * H, T, E).transpose(1, 2),
+                                   alpha=1.0 / math.sqrt(E))
+            return (torch.softmax(scores, dim=-1, dtype=torch.bfloat16) @ v.reshape(B * H, T, E)).view(B, H, T, E)
         with torch.autocast("cpu", enabled=False):
             return F.scaled_dot_product_attention(q.float(), k.float(), v.float(), **options).to(q.dtype)
     return F.scaled_dot_product_attention(q, k, v, **options)
+
+
+_FUTURE: dict = {}
+
+
+def _future(T: int, device) -> torch.Tensor:
+    """[T, T] bf16: -inf above the diagonal (the later events a causal position must not see), else 0;
+    made once per length."""
+    key = (T, str(device))
+    if key not in _FUTURE:
+        _FUTURE[key] = torch.full((T, T), float("-inf"), device=device).triu(1).to(torch.bfloat16)
+    return _FUTURE[key]
 
 
 class Block(nn.Module):
