@@ -35,5 +35,5 @@ fi
 for name in $COLLECTIONS; do
     $NOTELM evaluate "$RUN" --collection "$name" -o "$RUN/eval_$name" -q
 done
-$PYTHON benchmarks/style_control.py "$RUN" --pieces 64 | tee "$RUN/style_control.txt"
+$PYTHON benchmarks/style_control.py "$RUN" --pieces 256 | tee "$RUN/style_control.txt"
 $PYTHON scripts/ship_default_model.py "$RUN"
