@@ -105,9 +105,13 @@ def piece_histograms(pieces: list[nt.Notes]) -> dict[str, np.ndarray]:
     return {k: np.stack([h[k] for h in per_piece]) for k in HISTOGRAMS}
 
 
+def mean_histograms(per_piece: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A set's histograms from ``piece_histograms``: the mean of its pieces' normalized histograms."""
+    return {k: v.mean(0) for k, v in per_piece.items()}
+
+
 def set_histograms(pieces: list[nt.Notes]) -> dict[str, np.ndarray]:
-    """A set's histograms: the mean of its pieces' normalized histograms."""
-    return {k: v.mean(0) for k, v in piece_histograms(pieces).items()}
+    return mean_histograms(piece_histograms(pieces))
 
 
 def overlaps(a: dict, b: dict) -> dict[str, float]:
@@ -134,8 +138,7 @@ def bootstrap_gap(model: dict, ngram: dict, real: dict, rounds: int = BOOTSTRAP,
         return np.mean([np.minimum(v[picks].mean(1), real[k]).sum(-1) for k, v in per_piece.items()], 0)
 
     spread = float(np.std(resampled(model) - resampled(ngram)))
-    means = [{k: v.mean(0) for k, v in pieces.items()} for pieces in (model, ngram)]
-    gap = closeness(means[0], real) - closeness(means[1], real)
+    gap = closeness(mean_histograms(model), real) - closeness(mean_histograms(ngram), real)
     return {"gap": gap, "lo": gap - 1.645 * spread, "hi": gap + 1.645 * spread}
 
 
@@ -192,7 +195,7 @@ def main(argv=None) -> int:
     vocab = model.vocab
     corpus = a.corpus or read_run(a.run).get("corpus")
     encoded = load_or_encode(corpus, vocab.representation, vocab.config, condition=vocab.condition_label)
-    test = encoded.ids("test")
+    test, valid_ids, train_ids = encoded.ids("test"), encoded.ids("valid"), encoded.ids("train")
     styles = [s for s in vocab.conditions if s in encoded.vocab.conditions and songs_of(encoded, s)[test].any()]
     whole = a.whole or len(styles) < 2  # e.g. a model of one collection: against the whole corpus, no condition
     if whole:
@@ -207,20 +210,18 @@ def main(argv=None) -> int:
     for style in styles:
         only = np.ones(len(encoded.offsets) - 1, bool) if whole else songs_of(encoded, style)
         cond = UNCONDITIONED if whole else vocab.condition_id(style)
-        valid_ids = encoded.ids("valid")
         real_notes, real_ids = real_pieces(encoded, test[only[test]], a.length)
         real[style] = set_histograms(real_notes)
         pieces["real test"] += [ids[:a.length] for ids in real_ids]  # how much real held-out music shares
         valid[style] = set_histograms(real_pieces(encoded, valid_ids[only[valid_ids]], a.length)[0])
-        train_ids = encoded.ids("train")
         trained[style] = set_histograms(real_pieces(encoded, train_ids[only[train_ids]], a.length)[0])
         batch = sample(model, a.pieces, a.length, cond=cond, cfg=cfg)
         model_pieces = piece_histograms([rep.decode(p.streams) for p in batch])
-        generated[style] = {k: v.mean(0) for k, v in model_pieces.items()}
+        generated[style] = mean_histograms(model_pieces)
         name, ngram = best_ngram(encoded, only)
         ngram_batch = sample(ngram, a.pieces, a.length, cfg=replace(cfg, smoothing_floor=None))  # its own: none
         ngram_pieces = piece_histograms([rep.decode(p.streams) for p in ngram_batch])
-        ngram_sets[style] = (name, {k: v.mean(0) for k, v in ngram_pieces.items()})
+        ngram_sets[style] = (name, mean_histograms(ngram_pieces))
         gaps[style] = bootstrap_gap(model_pieces, ngram_pieces, real[style], seed=a.seed)
         pieces["model"] += [event_ids(p.streams, vocab) for p in batch]
         pieces["ngram"] += [event_ids(p.streams, vocab) for p in ngram_batch]

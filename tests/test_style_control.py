@@ -24,8 +24,8 @@ def test_bootstrap_gap_separates_a_close_set_from_a_far_one_and_not_two_alike():
     real = {k: centre for k in style_control.HISTOGRAMS}
     close, far = _pieces(rng, centre, 64, 0.05), _pieces(rng, centre[::-1], 64, 0.05)
     gap = style_control.bootstrap_gap(close, far, real, rounds=500)
-    assert gap["gap"] == (style_control.closeness({k: v.mean(0) for k, v in close.items()}, real)
-                          - style_control.closeness({k: v.mean(0) for k, v in far.items()}, real))
+    assert gap["gap"] == (style_control.closeness(style_control.mean_histograms(close), real)
+                          - style_control.closeness(style_control.mean_histograms(far), real))
     assert 0.3 < gap["lo"] < gap["gap"] < gap["hi"]  # the far set's overlap is about 0.6: a gap of ~0.4
     alike = style_control.bootstrap_gap(close, _pieces(rng, centre, 64, 0.05), real, rounds=500)
     assert alike["lo"] < 0 < alike["hi"]  # two draws of one distribution: the interval holds zero
