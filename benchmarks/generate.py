@@ -91,10 +91,13 @@ def transformer_rates(model: NeuralModel, new: int, rng, pieces: int = 1) -> tup
         net = model.net.eval()
         seq = np.repeat(np.stack([prompt[n] for n in names], -1)[None], pieces, 0)
         for _ in range(new):
-            h, _ = net.features(net.embed(torch.as_tensor(seq), None))
+            tokens = torch.as_tensor(seq)
+            h, _ = net.features(net.embed(tokens, None))
+            refs = net.references(tokens)  # the relative-pitch head's last notes (None without one)
+            refs = refs[:, -1] if refs is not None else None
             chosen = []
             for k in range(len(names)):
-                lp = torch.log_softmax(net.head(h[:, -1], k, chosen).double(), -1).numpy()
+                lp = torch.log_softmax(net.head(h[:, -1], k, chosen, refs).double(), -1).numpy()
                 chosen.append(torch.as_tensor(draw(lp, rng)))
             seq = np.concatenate([seq, torch.stack(chosen, -1).numpy()[:, None]], 1)
 

@@ -393,6 +393,40 @@ def test_counting_notes_is_bounded_for_a_model_that_writes_only_rests():
     assert all(nt.num_notes(rep.decode(p.streams)) == 0 for p in pieces)
 
 
+def test_rope_rotates_each_channel_pair_by_its_position_angle():
+    from notelm.models.transformer import apply_rope, rope_tables
+
+    positions, dim = torch.arange(5), 8
+    x = torch.randn(2, 5, dim, dtype=torch.float64)
+    out = apply_rope(x, *(t.double() for t in rope_tables(positions, dim)))
+    half = dim // 2
+    angle = positions[:, None].double() / 10000.0 ** (torch.arange(half).double() * 2 / dim)  # [T, half]
+    a, b = x[..., :half], x[..., half:]  # channel pairs (i, i + half) as complex numbers a + ib
+    rotated = torch.complex(a, b) * torch.exp(1j * angle)
+    assert torch.allclose(out, torch.cat([rotated.real, rotated.imag], -1), atol=1e-6)
+    # so q·k depends on how far apart the two positions are, not on where they are
+    q, k = torch.randn(dim, dtype=torch.float64), torch.randn(dim, dtype=torch.float64)
+    qs, ks = (apply_rope(v.expand(5, dim), *(t.double() for t in rope_tables(positions, dim))) for v in (q, k))
+    assert torch.allclose(qs[2] @ ks[0], qs[4] @ ks[2]) and not torch.allclose(qs[2] @ ks[0], qs[3] @ ks[0])
+
+
+def test_relative_pitch_scores_land_on_the_pitch_each_interval_leads_to():
+    model = events_model("lstm", relative_pitch=3)
+    rel, pitch = model.net.relative, model.vocab.stream("pitch")
+    with torch.no_grad():
+        rel.intervals.weight.zero_()
+        bias = rel.intervals.bias.zero_().view(3, 255)  # [reference, interval + 127]
+        bias[0, 127 + 7] = 1.0  # a fifth above the newest note
+        bias[1, 127 - 2] = 10.0  # a tone below the one before it
+        bias[0, 127 - 127] = 100.0  # leads below pitch 0 from every reference used here but pitch 127
+        bias[2, 127] = 1000.0  # the third reference is NONE below: never counted
+    refs = torch.tensor([[[60, 64, -1], [0, 127, -1], [127, -1, -1]]])
+    with torch.no_grad():
+        logits = rel(torch.zeros(1, 3, rel.intervals.in_features), refs, torch.zeros(1, 3, pitch.size))[0].numpy()
+    placed = {(int(t), pitch.name_of(i)): float(logits[t, i]) for t, i in zip(*np.nonzero(logits))}
+    assert placed == {(0, "67"): 1.0, (0, "62"): 10.0, (1, "7"): 1.0, (1, "125"): 10.0, (2, "0"): 100.0}
+
+
 def test_relative_pitch_references_are_the_last_notes_newest_first():
     model = events_model("lstm", relative_pitch=3)
     rel, pitch = model.net.relative, model.vocab.stream("pitch")

@@ -58,6 +58,28 @@ def test_crop_sampler_cuts_windows_inside_songs_and_pads_short_ones():
     assert not set(splits["train"]) & set(splits["test"])
 
 
+@pytest.mark.parametrize("bit_generator", [np.random.PCG64, np.random.MT19937])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_dropout_keeps_its_share_scaled_up_and_draws_again_after_a_restored_generator(bit_generator, dtype):
+    from notelm.models.neural import Dropout
+
+    drop = Dropout(0.25)  # threshold 64 of 256: keeps 3/4, scaled by 4/3
+    drop.rng = np.random.Generator(bit_generator(7))
+    state = drop.rng.bit_generator.state
+    x = torch.ones(64, 128, 96, dtype=dtype)
+    out = drop(x).float()
+    assert set(out.unique().tolist()) == {0.0, float(torch.tensor(4 / 3, dtype=dtype))}
+    assert abs((out > 0).float().mean().item() - 0.75) < 0.005  # 786,432 draws: 0.005 is ~10 sd
+    drop.rng.bit_generator.state = state  # a resumed run restores the generator: the same mask again
+    assert torch.equal(drop(x).float(), out)
+    assert not torch.equal(drop(x).float(), out)  # and the next draw is a new one
+    locked = Dropout(0.25, locked=True)  # one mask per sequence and channel, shared by every step
+    kept = locked(x).float() > 0
+    assert torch.equal(kept, kept[:, :1].expand_as(kept)) and 0.7 < kept.float().mean() < 0.8
+    drop.eval()
+    assert drop(x) is x
+
+
 def test_schedule_warms_up_then_decays():
     cfg = load_config(None, ["train.lr=0.01", "train.min_lr=0.001", "train.warmup=10", "train.steps=110"]).train
     assert lr_at(0, cfg) == pytest.approx(0.001)

@@ -39,23 +39,24 @@ class TransformerConfig(NetConfig):
 
 
 def rope_tables(positions: torch.Tensor, dim: int, base: float = 10000.0):
-    """cos/sin tables [T, dim] for rotary position embeddings (each angle used by two channels)."""
+    """Tables [T, dim] for rotary position embeddings (each angle used by two channels, i and i + dim/2):
+    its cosine, and its sine negated on the first half (the sign of ``rotate_half``, see ``apply_rope``)."""
     inv = 1.0 / (base ** (torch.arange(0, dim, 2, device=positions.device, dtype=torch.float32) / dim))
     angles = positions.float()[:, None] * inv[None, :]
-    angles = torch.cat([angles, angles], dim=-1)
-    return angles.cos(), angles.sin()
+    sin = angles.sin()
+    return torch.cat([angles, angles], dim=-1).cos(), torch.cat([-sin, sin], dim=-1)
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
     """Rotate channel pairs (i, i + dim/2) of x [..., T, dim] by their position's angle.
 
-    q and k go through together (x = qkv[:2]): each op here runs once per layer and
-    step, and at one event per step the number of ops is what costs."""
-    half = x.shape[-1] // 2
-    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    x * cos + rotate_half(x) * sin, where rotate_half(x) = [-x2, x1] is x rolled by half with the
+    first half negated: the sign lives in the table, so the rotation is one roll and one fused
+    multiply-add (three ops forward, not five; each one a pass over q and k).  q and k go through
+    together (x = qkv[:2]): at one event per generation step the number of ops is what costs."""
     if cos.dtype != x.dtype:
-        cos, sin = cos.to(x.dtype), sin.to(x.dtype)
-    return x * cos + rotated * sin
+        cos, signed_sin = cos.to(x.dtype), signed_sin.to(x.dtype)
+    return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, -1), signed_sin)
 
 
 def attention(q, k, v, **options):
@@ -103,10 +104,13 @@ class Block(nn.Module):
 
     def forward(self, x, rope, cache):
         B, T, D = x.shape
-        qkv = self.qkv(self.ln1(x)).view(B, T, 3, self.n_heads, D // self.n_heads).permute(2, 0, 3, 1, 4)
-        v = qkv[2]
-        qk = apply_rope(qkv[:2], *rope) if rope is not None else qkv[:2]
-        q, k = qk[0], qk[1]
+        qkv = self.qkv(self.ln1(x)).view(B, T, 3, self.n_heads, D // self.n_heads)
+        # one copy into [3, B, heads, T, head_dim]: rope then runs on contiguous memory (bf16 ~1.7x as
+        # fast as on the strided view) and attention reads q, k and v as they are, without a copy each.
+        # A split, not two slices: its backward is one concatenation, not two zero-filled full copies
+        qk, v = qkv.permute(2, 0, 3, 1, 4).contiguous().split([2, 1])
+        qk = apply_rope(qk, *rope) if rope is not None else qk
+        q, k, v = qk[0], qk[1], v[0]
         past = 0
         if cache is not None:
             k, v, past = self._remember(cache, k, v)
