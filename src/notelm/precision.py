@@ -1,16 +1,17 @@
 """Arithmetic precision of the neural models: ``"auto"``, ``"fp32"`` or ``"bf16"``, chosen in one place.
 
 ``bf16`` runs every forward pass under bf16 autocast: matrix products (linear
-layers, the LSTM's oneDNN kernels, attention) in bfloat16, everything else and
-the loss in fp32 (one exception: the transformer's attention softmax in training,
-``models.transformer.attention``), and the weights (the master copy the optimizer
-updates) stay fp32. So a checkpoint is the same whatever precision trained it, and any
+layers, the LSTM's oneDNN kernels, attention) in bfloat16; the element-wise work
+on their results (residual sums, GELU, layer norm, dropout, the transformer's
+attention softmax) reads and writes bf16 and sums in fp32 inside; the loss is
+computed in fp32, and the weights (the master copy the optimizer updates) stay
+fp32. So a checkpoint is the same whatever precision trained it, and any
 checkpoint runs in any precision.
 
 ``auto`` picks bf16 only where it was measured to pay:
 
 * training on a CPU with AMX matrix units (``amx_bf16``): the ``lstm`` preset
-  trains 1.7x and the ``transformer`` 1.6x as fast (``benchmarks/train_throughput.py``,
+  trains 1.9-2.1x and the ``transformer`` 1.8-2.0x as fast (``benchmarks/train_throughput.py``,
   README "Speed");
 * training on a CUDA GPU that supports bf16;
 * not on a CPU with only AVX512-BF16 and no AMX (not measured), and not for

@@ -288,9 +288,9 @@ class EventNet(nn.Module):
         """Logits of stream k from features h and (ordered heads) the values of streams < k;
         ``refs``: the references of ``RelativePitch`` (when the model has one)."""
         if self.cfg.heads == "ordered" and k > 0:
-            chosen_embeds = sum(F.embedding(chosen[j], self.head_embeds[j].weight) for j in range(k))
-            # cast to h's dtype first (bf16 under autocast): a CPU adds mixed dtypes ~10x slower
-            h = self.head_mix[k - 1](h + chosen_embeds.to(h.dtype))
+            embeds = [F.embedding(chosen[j], self.head_embeds[j].weight) for j in range(k)]
+            # summed, then cast to h's dtype (bf16 under autocast): a CPU adds mixed dtypes ~10x slower
+            h = self.head_mix[k - 1](h + sum(embeds[1:], embeds[0]).to(h.dtype))
         head = self.heads[k]
         g = self.dropout(h)
         logits = F.linear(g, head.weight, head.bias)
