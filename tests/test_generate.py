@@ -427,6 +427,25 @@ def test_relative_pitch_scores_land_on_the_pitch_each_interval_leads_to():
     assert placed == {(0, "67"): 1.0, (0, "62"): 10.0, (1, "7"): 1.0, (1, "125"): 10.0, (2, "0"): 100.0}
 
 
+def test_relative_pitch_windows_and_their_gradient_equal_a_gather_summed_over_references():
+    from notelm.models.neural import Windows
+
+    rng = torch.Generator().manual_seed(0)
+    refs, groups = 3, 40
+    scores = torch.randn(groups * refs, 255, generator=rng, dtype=torch.float64, requires_grad=True)
+    start = torch.randint(0, 128, (groups * refs,), generator=rng)
+    start[::7] = -1  # NONE references: their window counts as zeros, and gets no gradient
+    weight = torch.randn(groups, 128, generator=rng, dtype=torch.float64)
+    out = Windows.apply(scores, start, refs)
+    (grad,) = torch.autograd.grad((out * weight).sum(), scores)
+    index = start.clamp(min=0)[:, None] + torch.arange(128)
+    expected_rows = scores.gather(1, index) * (start >= 0)[:, None]
+    expected = expected_rows.view(groups, refs, 128).sum(1)
+    (expected_grad,) = torch.autograd.grad((expected * weight).sum(), scores)
+    assert torch.equal(out, expected) and torch.equal(grad, expected_grad)
+    assert (grad[start < 0] == 0).all() and (grad[start >= 0] != 0).sum() == (start >= 0).sum() * 128
+
+
 def test_relative_pitch_references_are_the_last_notes_newest_first():
     model = events_model("lstm", relative_pitch=3)
     rel, pitch = model.net.relative, model.vocab.stream("pitch")

@@ -113,33 +113,42 @@ class Dropout(nn.Module):
 
 
 class Windows(torch.autograd.Function):
-    """``out[m] = scores[m, start[m] : start[m] + 128]`` for each row m of ``scores`` [M, L]; zeros where
-    ``start[m] < 0``.
+    """``out[n] = sum over r < refs of scores[m, start[m] : start[m] + 128]``, m = n * refs + r, for
+    ``scores`` [M, L] and ``start`` [M]; a window whose ``start[m] < 0`` counts as zeros.
 
-    The same as a ``gather`` with an index [M, 128], without building that index: the rows are
-    read from an overlapping strided view of the scores, one 128-long copy each, and the
-    backward writes the gradient rows back the same way (a gather's backward is a scatter-add,
-    whose bf16 kernel on a CPU converts the whole score tensor to fp32 and back)."""
+    The same as a ``gather`` with an index [M, 128] and a sum over each group of ``refs`` rows,
+    without building that index: the rows are read from an overlapping strided view of the scores,
+    one 128-long copy each, and the backward writes the gradient rows back the same way (a gather's
+    backward is a scatter-add, whose bf16 kernel on a CPU converts the whole score tensor to fp32
+    and back).  Unused windows are zeroed by row index (they are few: the first notes of a crop);
+    a mask over all rows, and a sum over the refs axis, each took ~4x as long in bf16 on a CPU."""
 
     WIDTH = 128
 
     @staticmethod
-    def forward(ctx, scores: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, scores: torch.Tensor, start: torch.Tensor, refs: int) -> torch.Tensor:
         M, L = scores.shape
         offsets = torch.arange(M, device=scores.device) * L + start.clamp(min=0)
-        out = Windows.rows(scores.contiguous()).index_select(0, offsets)
-        unused = (start < 0)[:, None]
+        rows = Windows.rows(scores.contiguous()).index_select(0, offsets)
+        unused = (start < 0).nonzero().view(-1)
+        rows.index_fill_(0, unused, 0)
         ctx.save_for_backward(offsets, unused)
-        ctx.size = (M, L)
-        return out.masked_fill_(unused, 0)
+        ctx.size, ctx.refs = (M, L), refs
+        grouped = rows.view(-1, refs, Windows.WIDTH)
+        out = grouped[:, 0].clone()
+        for r in range(1, refs):
+            out += grouped[:, r]
+        return out
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         offsets, unused = ctx.saved_tensors
         grad_scores = grad.new_zeros(ctx.size)
-        # rows of different m never overlap, so each gradient value is written once
-        Windows.rows(grad_scores).index_copy_(0, offsets, grad.masked_fill(unused, 0))
-        return grad_scores, None
+        # each window of a group gets the group's gradient; rows of different m never overlap, so
+        # each gradient value is written once, and an unused window's whole row gets none
+        each = grad.unsqueeze(1).expand(-1, ctx.refs, Windows.WIDTH).reshape(-1, Windows.WIDTH)
+        Windows.rows(grad_scores).index_copy_(0, offsets, each)
+        return grad_scores.index_fill_(0, unused, 0), None, None
 
     @staticmethod
     def rows(t: torch.Tensor) -> torch.Tensor:
@@ -198,7 +207,7 @@ class RelativePitch(nn.Module):
         # pitch p lies p - ref intervals from a reference: its score is at 127 - ref + p, so the 128
         # pitches read one contiguous run of a reference's 255 scores, starting at 127 - ref
         start = torch.where(refs >= 0, 127 - refs, -1)
-        placed = Windows.apply(scores.reshape(-1, 255), start.reshape(-1)).view(*refs.shape, 128).sum(-2)
+        placed = Windows.apply(scores.reshape(-1, 255), start.reshape(-1), self.refs).view(*refs.shape[:-1], 128)
         placed = placed.to(logits.dtype)
         if self.first_pitch >= 0:  # the pitches' ids are consecutive: pad, cheaper than index_add
             return logits + F.pad(placed, (self.first_pitch, logits.shape[-1] - self.first_pitch - 128))
@@ -284,13 +293,17 @@ class EventNet(nn.Module):
             parts.append(self.cond_embed(c)[:, None, :].expand(-1, tokens.shape[1], -1))
         return self.dropout(torch.cat(parts, dim=-1))
 
-    def head(self, h: torch.Tensor, k: int, chosen: list[torch.Tensor], refs: torch.Tensor | None = None):
+    def head(self, h: torch.Tensor, k: int, chosen: list[torch.Tensor], refs: torch.Tensor | None = None,
+             embedded: torch.Tensor | None = None):
         """Logits of stream k from features h and (ordered heads) the values of streams < k;
-        ``refs``: the references of ``RelativePitch`` (when the model has one)."""
+        ``refs``: the references of ``RelativePitch`` (when the model has one); ``embedded``: the
+        values' summed embeddings, when the caller has them already (``forward``)."""
         if self.cfg.heads == "ordered" and k > 0:
-            embeds = [F.embedding(chosen[j], self.head_embeds[j].weight) for j in range(k)]
-            # summed, then cast to h's dtype (bf16 under autocast): a CPU adds mixed dtypes ~10x slower
-            h = self.head_mix[k - 1](h + sum(embeds[1:], embeds[0]).to(h.dtype))
+            if embedded is None:
+                embeds = [F.embedding(chosen[j], self.head_embeds[j].weight) for j in range(k)]
+                embedded = sum(embeds[1:], embeds[0])
+            # cast to h's dtype (bf16 under autocast) after the sum: a CPU adds mixed dtypes ~10x slower
+            h = self.head_mix[k - 1](h + embedded.to(h.dtype))
         head = self.heads[k]
         g = self.dropout(h)
         logits = F.linear(g, head.weight, head.bias)
@@ -307,7 +320,14 @@ class EventNet(nn.Module):
         h, state = self.features(self.embed(tokens, cond), state)
         chosen = [targets[..., j] for j in range(len(self.sizes) - 1)] if targets is not None else []
         refs = self.references(tokens)
-        return [self.head(h, k, chosen, refs) for k in range(len(self.sizes))], state
+        logits, embedded = [], None
+        for k in range(len(self.sizes)):
+            if self.cfg.heads == "ordered" and chosen and k > 0:
+                # head k's embeddings are head k-1's plus one more: one lookup per stream, not per pair
+                new = F.embedding(chosen[k - 1], self.head_embeds[k - 1].weight)
+                embedded = new if embedded is None else embedded + new
+            logits.append(self.head(h, k, chosen, refs, embedded))
+        return logits, state
 
 
 def _inference(method):
