@@ -120,8 +120,10 @@ class Windows(torch.autograd.Function):
     without building that index: the rows are read from an overlapping strided view of the scores,
     one 128-long copy each, and the backward writes the gradient rows back the same way (a gather's
     backward is a scatter-add, whose bf16 kernel on a CPU converts the whole score tensor to fp32
-    and back).  Unused windows are zeroed by row index (they are few: the first notes of a crop);
-    a mask over all rows, and a sum over the refs axis, each took ~4x as long in bf16 on a CPU."""
+    and back).  Unused windows are zeroed by row index (they are few: the first notes of a crop),
+    and the windows of a group are summed by adding rows: in bf16 on a CPU, at a training batch's
+    12,288 windows, a mask over all rows took 1.6 ms against 0.007, a sum over the refs axis 1.25 ms
+    against 0.36."""
 
     WIDTH = 128
 
