@@ -16,6 +16,12 @@
     python benchmarks/train_throughput.py --quick   # under a minute
     python benchmarks/train_throughput.py --precision-only --profile 25   # where a step's time goes
     python benchmarks/train_throughput.py --precision-only --presets transformer --set model.hidden=256
+    python benchmarks/train_throughput.py --precision-only --presets transformer --free layernorm,gelu,dropout
+
+``--free`` times the step with some operations made free of cost (each layer norm,
+GELU or dropout an identity, attention returning its values): the step then
+computes another model, so its figures are not a training speed but a ceiling,
+what the fastest possible kernels for those operations could give.
 
 The last line is one JSON object with the figures.
 """
@@ -23,6 +29,7 @@ The last line is one JSON object with the figures.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import tempfile
 import time
@@ -59,9 +66,25 @@ def timed_steps(step, warmup: int, steps: int) -> float:
     return (time.perf_counter() - t) / steps
 
 
-def preset_step(encoded, preset: str, precision: str, seed: int = 0, overrides=()):
+FREE_PARTS = ("layernorm", "gelu", "dropout", "attention")
+
+
+def free(net, parts) -> None:
+    """Replace every module of the kinds named in ``parts`` (FREE_PARTS) by an identity, in place."""
+    from notelm.models.neural import Dropout
+
+    kinds = tuple(kind for name, kind in (("layernorm", torch.nn.LayerNorm), ("gelu", torch.nn.GELU),
+                                          ("dropout", Dropout)) if name in parts)
+    for module in list(net.modules()):
+        for name, child in list(module.named_children()):
+            if kinds and isinstance(child, kinds):
+                setattr(module, name, torch.nn.Identity())
+
+
+def preset_step(encoded, preset: str, precision: str, seed: int = 0, overrides=(), free_parts=()):
     """One ``notelm train`` step of a preset (events representation; ``overrides``: ``section.key=value``
-    as ``notelm train --set``) as a function, and its targets per step."""
+    as ``notelm train --set``) as a function, and its targets per step.  ``free_parts``: operations made
+    free of cost (``free``; "attention": each attention returns its values)."""
     from notelm.config import load_config
     from notelm.data import CropSampler
     from notelm.models import build_model
@@ -75,6 +98,7 @@ def preset_step(encoded, preset: str, precision: str, seed: int = 0, overrides=(
     rng = np.random.default_rng(seed)
     model.net.use_rng(rng)
     model.net.train()
+    free(model.net, free_parts)
     opt = _optimizer(model.net, cfg)
     streams = [encoded.streams[n] for n in encoded.vocab.names]
     sampler = CropSampler(streams, encoded.offsets, encoded.ids("train"), cfg.context + 1)
@@ -85,7 +109,7 @@ def preset_step(encoded, preset: str, precision: str, seed: int = 0, overrides=(
     def step():
         tokens = batches[count[0] % len(batches)]
         count[0] += 1
-        with autocast("cpu", precision):
+        with autocast("cpu", precision), _values_for_attention("attention" in free_parts):
             loss, _ = batch_loss(model.net, tokens, cond, "full")
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -95,9 +119,24 @@ def preset_step(encoded, preset: str, precision: str, seed: int = 0, overrides=(
     return step, cfg.batch_size * cfg.context
 
 
-def precision_throughput(encoded, preset: str, rounds: int, steps: int, profile: int = 0, overrides=()) -> dict:
+@contextlib.contextmanager
+def _values_for_attention(on: bool):
+    """While on, the transformer's attention returns its values v (no products, no softmax)."""
+    import notelm.models.transformer as transformer
+
+    real = transformer.attention
+    if on:
+        transformer.attention = lambda q, k, v, **_: v
+    try:
+        yield
+    finally:
+        transformer.attention = real
+
+
+def precision_throughput(encoded, preset: str, rounds: int, steps: int, profile: int = 0, overrides=(),
+                         free_parts=()) -> dict:
     """Targets/s of a preset in fp32 and in bf16 (median of ``rounds`` alternating blocks of ``steps`` steps)."""
-    runs = {p: preset_step(encoded, preset, p, overrides=overrides) for p in ("fp32", "bf16")}
+    runs = {p: preset_step(encoded, preset, p, overrides=overrides, free_parts=free_parts) for p in ("fp32", "bf16")}
     rates = {p: [] for p in runs}
     for _ in range(rounds):
         for precision, (step, targets) in runs.items():
@@ -106,7 +145,8 @@ def precision_throughput(encoded, preset: str, rounds: int, steps: int, profile:
     # the ratio of each round's two adjacent blocks, then the median: the machine's speed drifts by
     # a third from minute to minute on a shared host, and a round's two blocks see the same drift
     ratio = float(np.median(np.array(rates["bf16"]) / np.array(rates["fp32"])))
-    print(f"{preset:<12} fp32 {out['fp32']:>9,.0f}  bf16 {out['bf16']:>9,.0f} targets/s  "
+    label = f"{preset} (free: {','.join(free_parts)})" if free_parts else preset
+    print(f"{label:<12} fp32 {out['fp32']:>9,.0f}  bf16 {out['bf16']:>9,.0f} targets/s  "
           f"bf16/fp32 {ratio:.2f}x   (rounds: "
           f"{', '.join(f'{a:,.0f}/{b:,.0f}' for a, b in zip(rates['fp32'], rates['bf16']))})", flush=True)
     if profile:
@@ -136,9 +176,15 @@ def main(argv=None) -> dict:
     ap.add_argument("--precision-only", action="store_true", help="skip the windows-vs-crops comparison")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                     help="change every timed preset as `notelm train --set` does (e.g. model.hidden=256)")
+    ap.add_argument("--free", default="", metavar="PARTS",
+                    help=f"make these operations free (a ceiling, not a speed; any of {','.join(FREE_PARTS)})")
     ap.add_argument("--profile", type=int, default=0, metavar="N", help="also print the N costliest ops per precision")
     ap.add_argument("--quick", action="store_true")
     a = ap.parse_args(argv)
+    free_parts = [p for p in a.free.split(",") if p]
+    unknown = sorted(set(free_parts) - set(FREE_PARTS))
+    if unknown:
+        ap.error(f"--free: unknown part(s) {', '.join(unknown)}; expected any of {', '.join(FREE_PARTS)}")
 
     from notelm.corpus import prepare
     from notelm.encoding import load_or_encode
@@ -157,7 +203,7 @@ def main(argv=None) -> dict:
         print(f"fp32 vs bf16 autocast, {steps} timed steps per round, {torch.get_num_threads()} threads")
         for preset in a.presets.split(","):
             result.update(precision_throughput(encoded, preset, a.rounds or (1 if a.quick else 7), steps, a.profile,
-                                               a.overrides))
+                                               a.overrides, free_parts))
     print(json.dumps(result))
     return result
 
